@@ -1,0 +1,87 @@
+"""Local backend: each server is a launcher subprocess on this machine, in its own process group.
+
+The embedded default for one machine (a workstation, a single allocation). A launcher's exit is
+the job's end; cancel is SIGTERM to its group (the launcher forwards it to the server), SIGKILL
+after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .base import Backend, Launch, launcher_argv
+
+KILL_AFTER_S = 10.0
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self._waiters: set[asyncio.Task[None]] = set()
+
+    async def submit(self, launches: list[Launch]) -> None:
+        for i, launch in enumerate(launches):
+            if i and self.cfg.delay_ms:
+                await asyncio.sleep(self.cfg.delay_ms / 1000)
+            await self._spawn(launch)
+
+    async def _spawn(self, launch: Launch) -> None:
+        launch.log_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        # "python" in a server command means the balancer's own environment (its venv), as a user
+        # who started the balancer from an activated venv expects.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env.update(launch.env)
+        argv = launcher_argv(launch.spec.server_command())
+        # Opening a local log file does not block in any way that matters.
+        with open(launch.log_dir / f"{launch.server_id}.log", "ab") as log:  # noqa: ASYNC230
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    env=env,
+                    cwd=launch.spec.cwd,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                self.events.job_ended(launch.server_id, f"cannot start launcher: {exc}", True)
+                return
+        self.procs[launch.server_id] = proc
+        self.events.job_started(launch.server_id, str(proc.pid), "localhost")
+        task = asyncio.create_task(self._watch(launch.server_id, proc))
+        self._waiters.add(task)
+        task.add_done_callback(self._waiters.discard)
+
+    async def _watch(self, server_id: str, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        self.procs.pop(server_id, None)
+        self.events.job_ended(server_id, f"launcher exited with code {code}", code != 0)
+
+    async def cancel(self, server_id: str) -> None:
+        proc = self.procs.get(server_id)
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), KILL_AFTER_S)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.cancel(sid) for sid in list(self.procs)))
+        # Let the watchers report the exits before the pool goes away.
+        if self._waiters:
+            await asyncio.wait(self._waiters, timeout=2)

@@ -1,0 +1,190 @@
+"""Command line: ``balancer serve|analyze|plot`` and the reference-compatible ``load-balancer``.
+
+Every user error ends with one line on stderr and exit code 2; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from .config import SCHEDULERS, BalancerConfig, ConfigError, load_config, parse_config
+from .journal import Journal
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _run_dir(cfg: BalancerConfig) -> Path:
+    if cfg.run_dir:
+        d = Path(cfg.run_dir)
+    else:
+        d = Path(".balancer-runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d.resolve()
+
+
+async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
+    """Run until SIGINT/SIGTERM, then shut down gracefully. Returns the exit code."""
+    from .app import Balancer, build_app
+
+    run_dir = _run_dir(cfg)
+    journal = Journal(cfg.journal or run_dir / "journal.jsonl")
+    token = os.environ.get("UMBRIDGE_BALANCER_TOKEN") or secrets.token_urlsafe(32)
+    token_file = run_dir / "token"
+    token_file.touch(mode=0o600)
+    token_file.write_text(token)
+    balancer = Balancer(cfg, journal, run_dir, token)
+    runner = web.AppRunner(build_app(balancer), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port, shutdown_timeout=cfg.shutdown_grace_s)
+    try:
+        await site.start()
+    except OSError as exc:
+        print(f"balancer: error: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}", file=sys.stderr)
+        await runner.cleanup()
+        journal.close()
+        return 2
+    port = runner.addresses[0][1]
+    url = f"http://{cfg.host}:{port}"
+    try:
+        await balancer.start(url)
+    except ConfigError as exc:
+        print(f"balancer: {exc}", file=sys.stderr)
+        await runner.cleanup()
+        journal.close()
+        return 2
+    journal.event(
+        "balancer.started",
+        url=url,
+        host=cfg.host,
+        port=port,
+        scheduler=cfg.scheduler,
+        pid=os.getpid(),
+        config=config_path,
+        run_dir=str(run_dir),
+        specs=[s.name for s in cfg.servers],
+    )
+    print(f"balancer: serving UM-Bridge on {url} (scheduler {cfg.scheduler}, run dir {run_dir})", flush=True)
+    stop = asyncio.Event()
+    reason = ["signal"]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda s=sig: (reason.__setitem__(0, s.name), stop.set()))
+    await stop.wait()
+    print(f"balancer: {reason[0]}: stopping (grace {cfg.shutdown_grace_s:g} s)", flush=True)
+    # Stop accepting connections, let in-flight calls finish, then stop the servers.
+    for s in list(runner.sites):
+        await s.stop()
+    await balancer.shutdown(reason[0])
+    await runner.cleanup()
+    journal.close()
+    print("balancer: stopped", flush=True)
+    return 0
+
+
+def _serve_main(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(
+            args.config,
+            scheduler=args.scheduler,
+            host=args.host,
+            port=args.port,
+            journal=args.journal,
+            run_dir=args.run_dir,
+            delay_ms=getattr(args, "delay_ms", None),
+        )
+    except ConfigError as exc:
+        print(f"balancer: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(cfg, args.config))
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", choices=SCHEDULERS, help="backend that starts servers (default: local)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 4242; 0 picks a free one)")
+    p.add_argument("--journal", help="timing journal path (default RUN_DIR/journal.jsonl)")
+    p.add_argument("--run-dir", help="directory for journal, logs and token (default .balancer-runs/...)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(prog="balancer", description="UM-Bridge load balancer with a warm pool of model servers")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("serve", help="run the balancer")
+    p.add_argument("--config", required=True, help="TOML configuration file")
+    _add_serve_args(p)
+    p.set_defaults(func=_serve_main)
+    try:
+        from analysis.cli import add_subcommands
+    except ImportError:
+        add_subcommands = None
+    if add_subcommands is not None:
+        add_subcommands(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def load_balancer_main(argv: list[str] | None = None) -> int:
+    """Drop-in for UM-Bridge's C++ ``load-balancer``: same flags, same job-script conventions.
+
+    Without ``--config`` the servers come from the reference's job scripts in the working
+    directory (``hq_scripts/job.sh`` or ``slurm_scripts/job.sh``; the model listens on ``$PORT``).
+    """
+    parser = _Parser(prog="load-balancer", description=load_balancer_main.__doc__.split("\n")[0])
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default=None)
+    parser.add_argument("--port", type=int, default=4242)
+    parser.add_argument("--delay-ms", type=int, default=None, help="pause between job submissions")
+    parser.add_argument("--config", help="TOML configuration (optional)")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--journal", default=None)
+    parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--max-servers", type=int, default=None, help="pool size without --config")
+    args = parser.parse_args(argv)
+    if args.delay_ms is not None and args.delay_ms < 0:
+        print("load-balancer: error: --delay-ms must be >= 0", file=sys.stderr)
+        return 2
+    if args.config:
+        return _serve_main(args)
+    scheduler = args.scheduler or "hyperqueue"
+    script_dir = "slurm_scripts" if scheduler == "slurm" else "hq_scripts"
+    script = Path(script_dir) / "job.sh"
+    if not script.is_file():
+        print(f"load-balancer: error: no --config and no {script} in {Path.cwd()}", file=sys.stderr)
+        return 2
+    specs = [{"name": "default", "job_script": str(script.resolve())}]
+    for extra in sorted(Path(script_dir).glob("job_*.sh")):
+        model = extra.stem[len("job_") :]
+        specs.append({"name": f"job_{model}", "job_script": str(extra.resolve()), "models": [model]})
+    for s in specs:
+        if args.max_servers:
+            s["max_servers"] = args.max_servers
+    try:
+        cfg = parse_config(
+            {"servers": specs},
+            scheduler=scheduler,
+            port=args.port,
+            host=args.host,
+            journal=args.journal,
+            run_dir=args.run_dir,
+            delay_ms=args.delay_ms,
+        )
+    except ConfigError as exc:
+        print(f"load-balancer: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(cfg))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

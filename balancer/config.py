@@ -1,0 +1,290 @@
+"""TOML configuration: parsed once at start-up into frozen dataclasses, every key validated.
+
+A bad key ends the program with one line naming it (``ConfigError``), never a traceback later.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+SCHEDULERS = ("local", "slurm", "hyperqueue")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the user, naming the offending key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config error: {key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the cluster backends ask the scheduler for, per server."""
+
+    cpus: int = 1
+    memory: str | None = None  # e.g. "2G", passed to the scheduler as is
+    gpus: int = 0
+    time_limit: str | None = None  # SLURM syntax, e.g. "01:00:00"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One kind of model server and how many of it the pool may run."""
+
+    name: str
+    command: tuple[str, ...] = ()
+    job_script: str | None = None
+    models: tuple[str, ...] = ()  # empty: discovered from /Info of the first server
+    concurrency: int = 1
+    min_servers: int = 0
+    max_servers: int = 4
+    backlog: int = 2
+    idle_timeout_s: float = 60.0
+    startup_timeout_s: float = 120.0
+    max_attempts: int = 3
+    max_start_failures: int = 3
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
+    resources: Resources = field(default_factory=Resources)
+    # Backend-specific settings (partition, account, sbatch args, ...), validated by the backend.
+    backend_options: tuple[tuple[str, Any], ...] = ()
+
+    def server_command(self) -> list[str]:
+        """The command that starts one model server (it must listen on ``$PORT``)."""
+        if self.job_script:
+            return ["bash", self.job_script]
+        return list(self.command)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.backend_options).get(key, default)
+
+
+@dataclass(frozen=True)
+class BalancerConfig:
+    host: str = "127.0.0.1"
+    port: int = 4242
+    scheduler: str = "local"
+    journal: str | None = None
+    run_dir: str | None = None
+    max_body_mb: float = 64.0
+    lease_s: float = 30.0
+    shutdown_grace_s: float = 30.0
+    scale_interval_s: float = 0.25
+    delay_ms: int = 0
+    # Address the launchers use to reach the balancer (defaults to host:port).
+    advertise_url: str | None = None
+    servers: tuple[ServerSpec, ...] = ()
+    backend: tuple[tuple[str, Any], ...] = ()  # [backend] table, validated by the backend
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    def backend_option(self, key: str, default: Any = None) -> Any:
+        return dict(self.backend).get(key, default)
+
+
+_SPEC_KEYS = {f.name for f in fields(ServerSpec)} - {"backend_options"}
+_TOP_KEYS = {f.name for f in fields(BalancerConfig)} - {"servers", "backend"}
+_RES_KEYS = {f.name for f in fields(Resources)}
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _typed(key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else ()):
+        raise ConfigError(key, f"expected {what}, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(key, f"expected {what}, got {value!r}")
+    return value
+
+
+def _positive(key: str, value: Any, *, allow_zero: bool = False, integer: bool = False) -> Any:
+    kind: type | tuple[type, ...] = int if integer else (int, float)
+    _typed(key, value, kind, "an integer" if integer else "a number")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return value
+
+
+def _parse_resources(key: str, raw: Any) -> Resources:
+    _typed(key, raw, dict, "a table")
+    for k in raw:
+        if k not in _RES_KEYS:
+            raise ConfigError(f"{key}.{k}", f"unknown key (known: {', '.join(sorted(_RES_KEYS))})")
+    cpus = _positive(f"{key}.cpus", raw.get("cpus", 1), integer=True)
+    gpus = _positive(f"{key}.gpus", raw.get("gpus", 0), integer=True, allow_zero=True)
+    memory = raw.get("memory")
+    if memory is not None:
+        memory = str(_typed(f"{key}.memory", memory, (str, int), 'a size such as "4G"'))
+    time_limit = raw.get("time_limit")
+    if time_limit is not None:
+        time_limit = _typed(f"{key}.time_limit", time_limit, str, 'a time such as "01:00:00"')
+    return Resources(cpus=cpus, memory=memory, gpus=gpus, time_limit=time_limit)
+
+
+def _parse_spec(idx: int, raw: Any, base_dir: Path, backend_keys: frozenset[str]) -> ServerSpec:
+    key = f"servers[{idx}]"
+    _typed(key, raw, dict, "a table")
+    name = raw.get("name", f"server{idx}")
+    _typed(f"{key}.name", name, str, "a string")
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"{key}.name", f"use letters, digits, '.', '_' and '-' only, got {name!r}")
+    key = f"servers.{name}"
+    opts: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k not in _SPEC_KEYS and k != "resources":
+            if k in backend_keys:
+                opts[k] = v
+                continue
+            raise ConfigError(f"{key}.{k}", "unknown key")
+    command = raw.get("command")
+    job_script = raw.get("job_script")
+    if (command is None) == (job_script is None):
+        raise ConfigError(f"{key}.command", "give exactly one of 'command' or 'job_script'")
+    cmd: tuple[str, ...] = ()
+    if command is not None:
+        if isinstance(command, str):
+            cmd = tuple(shlex.split(command))
+        elif isinstance(command, list) and all(isinstance(c, str) for c in command):
+            cmd = tuple(command)
+        else:
+            raise ConfigError(f"{key}.command", "expected a string or a list of strings")
+        if not cmd:
+            raise ConfigError(f"{key}.command", "is empty")
+    if job_script is not None:
+        _typed(f"{key}.job_script", job_script, str, "a path")
+        path = Path(job_script)
+        if not path.is_absolute():
+            path = base_dir / path
+        if not path.is_file():
+            raise ConfigError(f"{key}.job_script", f"no such file: {path}")
+        job_script = str(path)
+    models = raw.get("models", [])
+    if not (isinstance(models, list) and all(isinstance(m, str) and m for m in models)):
+        raise ConfigError(f"{key}.models", "expected a list of model names")
+    env = raw.get("env", {})
+    _typed(f"{key}.env", env, dict, "a table of strings")
+    env_items = []
+    for k, v in env.items():
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise ConfigError(f"{key}.env.{k}", f"expected a string or number, got {v!r}")
+        env_items.append((str(k), str(v)))
+    cwd = raw.get("cwd")
+    if cwd is not None:
+        _typed(f"{key}.cwd", cwd, str, "a directory")
+        cwd_path = Path(cwd) if Path(cwd).is_absolute() else base_dir / cwd
+        if not cwd_path.is_dir():
+            raise ConfigError(f"{key}.cwd", f"no such directory: {cwd_path}")
+        cwd = str(cwd_path)
+    min_servers = _positive(f"{key}.min_servers", raw.get("min_servers", 0), allow_zero=True, integer=True)
+    max_servers = _positive(f"{key}.max_servers", raw.get("max_servers", 4), integer=True)
+    if min_servers > max_servers:
+        raise ConfigError(f"{key}.min_servers", f"{min_servers} exceeds max_servers = {max_servers}")
+    return ServerSpec(
+        name=name,
+        command=cmd,
+        job_script=job_script,
+        models=tuple(models),
+        concurrency=_positive(f"{key}.concurrency", raw.get("concurrency", 1), integer=True),
+        min_servers=min_servers,
+        max_servers=max_servers,
+        backlog=_positive(f"{key}.backlog", raw.get("backlog", 2), integer=True),
+        idle_timeout_s=float(_positive(f"{key}.idle_timeout_s", raw.get("idle_timeout_s", 60.0))),
+        startup_timeout_s=float(_positive(f"{key}.startup_timeout_s", raw.get("startup_timeout_s", 120.0))),
+        max_attempts=_positive(f"{key}.max_attempts", raw.get("max_attempts", 3), integer=True),
+        max_start_failures=_positive(
+            f"{key}.max_start_failures", raw.get("max_start_failures", 3), integer=True
+        ),
+        env=tuple(env_items),
+        cwd=cwd,
+        resources=_parse_resources(f"{key}.resources", raw.get("resources", {})),
+        backend_options=tuple(sorted(opts.items())),
+    )
+
+
+# Per-server keys that a backend accepts besides the common ones (partition, account, ...).
+BACKEND_SPEC_KEYS: frozenset[str] = frozenset(
+    {"partition", "account", "qos", "sbatch_args", "servers_per_job", "hq_resources", "threads"}
+)
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides: Any) -> BalancerConfig:
+    """Validate a parsed TOML document; ``overrides`` (from the CLI) win over the file."""
+    base_dir = base_dir or Path.cwd()
+    top = raw.get("balancer", {})
+    _typed("balancer", top, dict, "a table")
+    for k in raw:
+        if k not in ("balancer", "servers", "backend"):
+            raise ConfigError(k, "unknown section (known: balancer, servers, backend)")
+    for k in top:
+        if k not in _TOP_KEYS:
+            raise ConfigError(f"balancer.{k}", f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
+    values: dict[str, Any] = {**top, **{k: v for k, v in overrides.items() if v is not None}}
+    host = _typed("balancer.host", values.get("host", "127.0.0.1"), str, "a host name or address")
+    port = _typed("balancer.port", values.get("port", 4242), int, "a port number")
+    if not 0 <= port <= 65535:
+        raise ConfigError("balancer.port", f"must be within 0..65535, got {port}")
+    scheduler = values.get("scheduler", "local")
+    if scheduler not in SCHEDULERS:
+        raise ConfigError("balancer.scheduler", f"expected one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+    for k in ("journal", "run_dir", "advertise_url"):
+        if values.get(k) is not None:
+            _typed(f"balancer.{k}", values[k], str, "a string")
+    backend = raw.get("backend", {})
+    _typed("backend", backend, dict, "a table")
+    servers_raw = raw.get("servers", [])
+    _typed("servers", servers_raw, list, "an array of tables ([[servers]])")
+    if not servers_raw:
+        raise ConfigError("servers", "no server defined: add at least one [[servers]] table")
+    specs = tuple(_parse_spec(i, s, base_dir, BACKEND_SPEC_KEYS) for i, s in enumerate(servers_raw))
+    names = [s.name for s in specs]
+    for n in names:
+        if names.count(n) > 1:
+            raise ConfigError(f"servers.{n}.name", "duplicate server name")
+    delay = values.get("delay_ms", 0)
+    return BalancerConfig(
+        host=host,
+        port=port,
+        scheduler=scheduler,
+        journal=values.get("journal"),
+        run_dir=values.get("run_dir"),
+        max_body_mb=float(_positive("balancer.max_body_mb", values.get("max_body_mb", 64.0))),
+        lease_s=float(_positive("balancer.lease_s", values.get("lease_s", 30.0))),
+        shutdown_grace_s=float(
+            _positive("balancer.shutdown_grace_s", values.get("shutdown_grace_s", 30.0), allow_zero=True)
+        ),
+        scale_interval_s=float(_positive("balancer.scale_interval_s", values.get("scale_interval_s", 0.25))),
+        delay_ms=_positive("balancer.delay_ms", delay, allow_zero=True, integer=True),
+        advertise_url=values.get("advertise_url"),
+        servers=specs,
+        backend=tuple(sorted(backend.items())),
+    )
+
+
+def load_config(path: str | os.PathLike[str], **overrides: Any) -> BalancerConfig:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"invalid TOML: {exc}") from None
+    return parse_config(raw, base_dir=p.resolve().parent, **overrides)
+
+
+def with_overrides(cfg: BalancerConfig, **kw: Any) -> BalancerConfig:
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})

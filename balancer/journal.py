@@ -1,0 +1,57 @@
+"""Append-only JSONL timing journal: one event per line, written and flushed as it happens.
+
+Every line carries the schema version ``v``, the event name ``ev``, wall-clock ``t`` (Unix seconds)
+and monotonic ``m`` (seconds, for durations that survive clock steps). The schema is documented in
+README.md ("Journal schema"); add fields freely, never rename or remove them without bumping
+``SCHEMA_VERSION``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+_OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
+
+
+class Journal:
+    """Writes events with one ``os.write`` each: unbuffered, so a crash loses nothing written."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._fd: int | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def event(self, ev: str, **fields: Any) -> None:
+        if self._fd is None:
+            return
+        fields["v"] = SCHEMA_VERSION
+        fields["ev"] = ev
+        fields["t"] = time.time()
+        fields["m"] = time.monotonic()
+        # A short write to a regular file only happens on a full disk; nothing sensible to do then.
+        os.write(self._fd, orjson.dumps(fields, option=_OPTS, default=str))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_journal(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """All well-formed events of a journal; a truncated last line (crash mid-write) is skipped."""
+    events = []
+    with open(path, "rb") as fh:
+        for line in fh:
+            try:
+                events.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue
+    return events

@@ -1,0 +1,273 @@
+"""Launcher: runs one model server inside an allocation and keeps it on a lease.
+
+``python -m balancer.launch -- <server command>`` picks a free port, exports ``PORT``, starts the
+server in its own process group, waits until its ``/Info`` answers, registers the URL with the
+balancer (token from ``UMBRIDGE_BALANCER_TOKEN``) and then long-polls a lease. The server is stopped
+when the balancer says so, when the balancer has been unreachable for the lease time, or on
+SIGTERM/SIGINT; the launcher exits with the server's exit code. Nothing is orphaned if the
+balancer dies. With ``UMBRIDGE_LOADBALANCER_COMM_FILEDIR`` set it also writes the reference
+balancer's ``url-<jobid>.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import ipaddress
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import aiohttp
+
+from .backends.base import ENV_LEASE, ENV_SERVER_ID, ENV_STARTUP, ENV_TOKEN, ENV_URL
+
+STOP_GRACE_S = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def log(msg: str) -> None:
+    print(f"[launch {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def job_id() -> str:
+    env = os.environ
+    if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    if "SLURM_JOB_ID" in env:
+        return env["SLURM_JOB_ID"]
+    if "HQ_JOB_ID" in env:
+        return f"{env['HQ_JOB_ID']}.{env.get('HQ_TASK_ID', '0')}"
+    return str(os.getpid())
+
+
+def server_id() -> str:
+    """One id, or a comma list (job arrays, several servers per job) indexed by the task number."""
+    raw = os.environ.get(ENV_SERVER_ID, "")
+    ids = [x for x in raw.split(",") if x]
+    if len(ids) <= 1:
+        return ids[0] if ids else ""
+    env = os.environ
+    idx = env.get("UMBRIDGE_BALANCER_TASK_INDEX") or env.get("SLURM_ARRAY_TASK_ID") or env.get("HQ_TASK_ID")
+    base = int(env.get("UMBRIDGE_BALANCER_TASK_BASE", "0"))
+    return ids[int(idx or 0) - base]
+
+
+def advertised_host(balancer_url: str) -> str:
+    """The address the balancer should use: loopback for a local balancer, else our host name."""
+    if os.environ.get("UMBRIDGE_BALANCER_ADVERTISE_HOST"):
+        return os.environ["UMBRIDGE_BALANCER_ADVERTISE_HOST"]
+    host = urlparse(balancer_url).hostname or ""
+    with contextlib.suppress(ValueError):
+        if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+            return "127.0.0.1"
+    return socket.getfqdn()
+
+
+def _die_with_parent() -> None:
+    """Runs in the server's child before exec: a SIGTERM reaches it if the launcher dies."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Launcher:
+    def __init__(self, command: list[str]) -> None:
+        self.command = command
+        self.balancer = os.environ.get(ENV_URL, "").rstrip("/")
+        self.token = os.environ.get(ENV_TOKEN, "")
+        self.sid = server_id()
+        self.lease_s = float(os.environ.get(ENV_LEASE, "30"))
+        self.startup_s = float(os.environ.get(ENV_STARTUP, "120"))
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stop_reason: str | None = None
+        self.stopped = asyncio.Event()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log(f"stopping server: {reason}")
+        self.stopped.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, f"signal {sig.name}")
+        port = free_port()
+        host = advertised_host(self.balancer) if self.balancer else "127.0.0.1"
+        env = dict(os.environ, PORT=str(port))
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.command, env=env, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
+        log(f"server pid {self.proc.pid} on port {port}: {' '.join(self.command)}")
+        url = f"http://{host}:{port}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as http:
+            exited = asyncio.ensure_future(self.proc.wait())
+            try:
+                ok = await self._wait_ready(http, port, exited)
+                if ok:
+                    self._write_url_file(url)
+                    if self.balancer:
+                        await self._lease(http, url, port, exited)
+                    else:
+                        await asyncio.wait(
+                            [exited, asyncio.ensure_future(self.stopped.wait())],
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+            finally:
+                code = await self._stop_server(exited)
+                if self.balancer and self.stop_reason is None:
+                    await self._report_exit(http, code)
+        log(f"server exited with code {code}")
+        return code
+
+    async def _wait_ready(self, http: aiohttp.ClientSession, port: int, exited: asyncio.Future[int]) -> bool:
+        deadline = time.monotonic() + self.startup_s
+        delay = 0.02
+        while time.monotonic() < deadline and not self.stopped.is_set():
+            if exited.done():
+                log(f"server exited before it answered /Info (code {exited.result()})")
+                return False
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                async with http.get(
+                    f"http://127.0.0.1:{port}/Info", timeout=aiohttp.ClientTimeout(total=2)
+                ) as r:
+                    if r.status == 200:
+                        return True
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+        if not self.stopped.is_set():
+            self.request_stop(f"server did not answer /Info within {self.startup_s:g} s")
+        return False
+
+    def _write_url_file(self, url: str) -> None:
+        d = os.environ.get("UMBRIDGE_LOADBALANCER_COMM_FILEDIR")
+        if d:
+            path = Path(d) / f"url-{job_id()}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(url)
+            tmp.replace(path)  # readers never see a half-written URL
+
+    async def _post(
+        self, http: aiohttp.ClientSession, path: str, doc: dict, timeout: float
+    ) -> tuple[int, dict]:
+        async with http.post(
+            f"{self.balancer}{path}",
+            json=doc,
+            headers=self.headers,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as r:
+            try:
+                body = await r.json(content_type=None)
+            except ValueError:
+                body = {}
+            return r.status, body if isinstance(body, dict) else {}
+
+    async def _lease(
+        self, http: aiohttp.ClientSession, url: str, port: int, exited: asyncio.Future[int]
+    ) -> None:
+        doc = {
+            "server": self.sid,
+            "url": url,
+            "host": urlparse(url).hostname,
+            "port": port,
+            "job": job_id(),
+            "pid": self.proc.pid if self.proc else None,
+        }
+        last_ok = time.monotonic()
+        registered = False
+        wait = max(0.5, self.lease_s / 3)
+        stop_wait = asyncio.ensure_future(self.stopped.wait())
+        try:
+            while not self.stopped.is_set() and not exited.done():
+                if time.monotonic() - last_ok > self.lease_s:
+                    self.request_stop(f"balancer unreachable for {self.lease_s:g} s (lease expired)")
+                    return
+                try:
+                    if not registered:
+                        req = asyncio.ensure_future(self._post(http, "/api/servers/register", doc, 10))
+                    else:
+                        req = asyncio.ensure_future(
+                            self._post(http, f"/api/servers/{self.sid}/lease", {"wait": wait}, wait + 10)
+                        )
+                    done, _ = await asyncio.wait(
+                        [req, exited, stop_wait], return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if req not in done:
+                        req.cancel()
+                        return
+                    status, body = req.result()
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                    log(f"balancer not reachable: {type(exc).__name__}: {exc}")
+                    await asyncio.wait([exited, stop_wait], timeout=min(1.0, self.lease_s / 10))
+                    continue
+                last_ok = time.monotonic()
+                if status == 401:
+                    self.request_stop("balancer refused our token (401)")
+                    return
+                if status >= 400 or body.get("stop"):
+                    self.request_stop(body.get("reason", "balancer asked to stop"))
+                    return
+                if not registered:
+                    registered = True
+                    log(f"registered {url} as {self.sid}")
+        finally:
+            stop_wait.cancel()
+
+    async def _stop_server(self, exited: asyncio.Future[int]) -> int:
+        assert self.proc is not None
+        if not exited.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), STOP_GRACE_S)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                await exited
+        # Children the server left behind in its group go too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        code = exited.result()
+        return 128 - code if code < 0 else code
+
+    async def _report_exit(self, http: aiohttp.ClientSession, code: int) -> None:
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            await self._post(http, f"/api/servers/{self.sid}/exited", {"code": code}, 5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m balancer.launch", description=__doc__.split("\n")[0])
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the model server command")
+    args = p.parse_args(argv)
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd:
+        print("launch: error: give the model server command after --", file=sys.stderr)
+        return 2
+    launcher = Launcher(cmd)
+    try:
+        return asyncio.run(launcher.run())
+    except FileNotFoundError as exc:
+        print(f"launch: error: cannot start {cmd[0]!r}: {exc.strerror}", file=sys.stderr)
+        return 127
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Server records and the dispatcher: per-model FIFO of waiting calls, hand-off of free slots.
+
+A call that finds a free slot takes it synchronously (no task, no future). Otherwise it waits on a
+future in its model's queue; when a slot frees, it is handed straight to the oldest waiter, so a
+server never takes more than ``concurrency`` calls and no call overtakes an older one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+from .config import ServerSpec
+from .scaling import pick_server
+
+# Server states, in lifecycle order. A server takes calls only in READY.
+REQUESTED = "requested"  # asked of the backend
+STARTING = "starting"  # the backend has a job for it
+REGISTERED = "registered"  # the launcher reported its URL; checking /Info
+READY = "ready"
+DRAINING = "draining"  # finishing its calls before its job's time limit; takes no new ones
+STOPPING = "stopping"  # told to stop (lease), waiting for its job to end
+GONE = "gone"
+
+NOT_YET_READY = (REQUESTED, STARTING, REGISTERED)
+
+
+@dataclass(eq=False, slots=True)
+class Server:
+    id: str
+    spec: ServerSpec
+    requested_m: float
+    state: str = REQUESTED
+    concurrency: int = 1
+    outstanding: int = 0
+    idle_since_m: float = 0.0
+    url: str | None = None
+    host: str | None = None
+    job: str | None = None
+    models: tuple[str, ...] = ()
+    deadline_wall: float | None = None
+    replaced: bool = False
+    lease_waiter: asyncio.Future[None] | None = None
+    stop_at_m: float | None = None  # when the lease stop was issued (for the cancel fallback)
+
+
+class NoServerError(Exception):
+    """No server can take this call (its specs are held after failed starts, or shutting down)."""
+
+
+_seq = itertools.count()
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    fut: asyncio.Future[Server]
+    seq: int
+    model: str
+
+
+@dataclass
+class Dispatcher:
+    """Owns which READY servers serve which model and who waits for them."""
+
+    by_model: dict[str, list[Server]] = field(default_factory=dict)
+    queues: dict[str, deque[_Waiter]] = field(default_factory=dict)
+
+    # -- calls ---------------------------------------------------------------------------------
+    def try_acquire(self, model: str) -> Server | None:
+        """A free slot right now, or None. Only when nobody waits, so FIFO order holds."""
+        q = self.queues.get(model)
+        if q:
+            return None
+        servers = self.by_model.get(model)
+        if not servers:
+            return None
+        s = pick_server(servers)
+        if s is not None:
+            s.outstanding += 1  # type: ignore[attr-defined]
+        return s  # type: ignore[return-value]
+
+    def enqueue(self, model: str, front: bool = False) -> asyncio.Future[Server]:
+        """Join the model's queue; the future resolves with a server whose slot is already taken."""
+        fut: asyncio.Future[Server] = asyncio.get_running_loop().create_future()
+        q = self.queues.setdefault(model, deque())
+        if front:
+            q.appendleft(_Waiter(fut, -next(_seq), model))
+        else:
+            q.append(_Waiter(fut, next(_seq), model))
+        # A slot may be free already (e.g. retried call at the front): hand it out at once.
+        servers = self.by_model.get(model)
+        if servers:
+            s = pick_server(servers)
+            if s is not None:
+                self._hand(s)  # type: ignore[arg-type]
+        return fut
+
+    def waiting(self, model: str) -> int:
+        q = self.queues.get(model)
+        return sum(1 for w in q if not w.fut.done()) if q else 0
+
+    def release(self, server: Server, now: float) -> None:
+        """A call finished on ``server``: give the slot to the oldest waiter, else free it."""
+        server.outstanding -= 1
+        if server.state == READY:
+            self._hand(server)
+        if server.outstanding == 0:
+            server.idle_since_m = now
+
+    def _hand(self, server: Server) -> None:
+        while server.outstanding < server.concurrency:
+            w = self._oldest_waiter(server.models)
+            if w is None:
+                return
+            server.outstanding += 1
+            w.fut.set_result(server)
+
+    def _oldest_waiter(self, models: tuple[str, ...]) -> _Waiter | None:
+        best_q = None
+        best_seq = None
+        for m in models:
+            q = self.queues.get(m)
+            if not q:
+                continue
+            while q and q[0].fut.done():  # cancelled or failed waiters
+                q.popleft()
+            if q and (best_seq is None or q[0].seq < best_seq):
+                best_q, best_seq = q, q[0].seq
+        return best_q.popleft() if best_q is not None else None
+
+    # -- servers -------------------------------------------------------------------------------
+    def add(self, server: Server) -> None:
+        for m in server.models:
+            self.by_model.setdefault(m, []).append(server)
+        self._hand(server)
+
+    def remove(self, server: Server) -> None:
+        for m in server.models:
+            lst = self.by_model.get(m)
+            if lst and server in lst:
+                lst.remove(server)
+
+    def fail_waiters(self, model: str, exc: Exception) -> int:
+        q = self.queues.pop(model, None)
+        n = 0
+        for w in q or ():
+            if not w.fut.done():
+                w.fut.set_exception(exc)
+                n += 1
+        return n
