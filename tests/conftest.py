@@ -1,0 +1,33 @@
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import BalancerProc, pid_alive
+
+
+@pytest.fixture
+def start_balancer(tmp_path: Path) -> Iterator[Any]:
+    """Factory: ``start_balancer(servers, **balancer_keys)``; everything is stopped after the test."""
+    procs: list[BalancerProc] = []
+
+    def make(servers: list[dict[str, Any]], env: dict[str, str] | None = None, **kw: Any) -> BalancerProc:
+        d = tmp_path / f"b{len(procs)}"
+        d.mkdir()
+        b = BalancerProc(d, servers, env=env, **kw)
+        procs.append(b)
+        return b
+
+    yield make
+    for b in procs:
+        pids = b.server_pids()
+        if b.proc.poll() is None:
+            b.stop()
+        for pid in pids:  # never leave a model server behind, even when a test failed
+            if pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)

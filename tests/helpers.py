@@ -1,0 +1,121 @@
+"""Test harness: a real ``balancer serve`` process with real model servers, read through its journal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from balancer.journal import read_journal
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02, what: str = "") -> Any:
+    """Poll ``pred`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or pred}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_model_spec(name: str = "testmodel", **kw: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": name, "command": [sys.executable, str(MODELS / "testmodel.py")]}
+    spec.update(kw)
+    return spec
+
+
+test_model_spec.__test__ = False  # type: ignore[attr-defined]
+
+
+class BalancerProc:
+    """One balancer process; ``events()`` reads its journal."""
+
+    def __init__(self, tmp: Path, servers: list[dict[str, Any]], env: dict[str, str] | None = None,
+                 **balancer: Any) -> None:
+        self.run_dir = tmp / "run"
+        self.journal = self.run_dir / "journal.jsonl"
+        cfg = {"balancer": {"port": 0, "run_dir": str(self.run_dir), **balancer}, "servers": servers}
+        self.config = tmp / "balancer.toml"
+        self.config.write_text(tomli_w.dumps(cfg))
+        self.log = open(tmp / "balancer.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "balancer.cli", "serve", "--config", str(self.config)],
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        started = wait_until(lambda: self.find("balancer.started") or self._died(), 30, what="balancer start")
+        self.url: str = started["url"]
+
+    def _died(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"balancer exited with {self.proc.returncode}: {self.output()}")
+
+    def output(self) -> str:
+        return (self.log.name and Path(self.log.name).read_text(errors="replace"))[-4000:]
+
+    def events(self, ev: str | None = None) -> list[dict[str, Any]]:
+        if not self.journal.exists():
+            return []
+        evs = read_journal(self.journal)
+        return [e for e in evs if ev is None or e["ev"] == ev]
+
+    def find(self, ev: str, **match: Any) -> dict[str, Any] | None:
+        for e in self.events(ev):
+            if all(e.get(k) == v for k, v in match.items()):
+                return e
+        return None
+
+    def wait_event(self, ev: str, timeout: float = 30, **match: Any) -> dict[str, Any]:
+        return wait_until(lambda: self.find(ev, **match), timeout, what=f"{ev} {match}")
+
+    def server_pids(self) -> list[int]:
+        """Launcher (job) and model server pids of every server this balancer ever started."""
+        pids = [int(e["job"]) for e in self.events("server.started")]
+        pids += [int(e["pid"]) for e in self.events("server.registered") if e.get("pid")]
+        return pids
+
+    def token(self) -> str:
+        return (self.run_dir / "token").read_text()
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        finally:
+            self.log.close()
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
