@@ -56,14 +56,15 @@ test_model_spec.__test__ = False  # type: ignore[attr-defined]
 class BalancerProc:
     """One balancer process; ``events()`` reads its journal."""
 
-    def __init__(self, tmp: Path, servers: list[dict[str, Any]], env: dict[str, str] | None = None,
-                 **balancer: Any) -> None:
+    def __init__(
+        self, tmp: Path, servers: list[dict[str, Any]], env: dict[str, str] | None = None, **balancer: Any
+    ) -> None:
         self.run_dir = tmp / "run"
         self.journal = self.run_dir / "journal.jsonl"
         cfg = {"balancer": {"port": 0, "run_dir": str(self.run_dir), **balancer}, "servers": servers}
         self.config = tmp / "balancer.toml"
         self.config.write_text(tomli_w.dumps(cfg))
-        self.log = open(tmp / "balancer.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.log = open(tmp / "balancer.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "balancer.cli", "serve", "--config", str(self.config)],
             cwd=ROOT,

@@ -44,8 +44,11 @@ def test_every_endpoint_and_two_models(start_balancer):
         umbridge.supported_models(b.url)
     assert len(b.events("server.requested")) == requested
     received = {e["call"]: e for e in b.events("call.received")}
-    meta_done = [e for e in b.events("call.completed") if received[e["call"]]["op"] in
-                 ("Info", "InputSizes", "OutputSizes", "ModelInfo")]
+    meta_done = [
+        e
+        for e in b.events("call.completed")
+        if received[e["call"]]["op"] in ("Info", "InputSizes", "OutputSizes", "ModelInfo")
+    ]
     assert len(meta_done) >= 60 and sum(e["cached"] for e in meta_done) >= 60 - 6
 
 
@@ -78,8 +81,15 @@ def _check_concurrency_from_journal(events: list[dict], limit: int) -> dict[str,
 @pytest.mark.parametrize("concurrency", [1, 2])
 def test_64_concurrent_calls_over_4_servers(start_balancer, concurrency):
     b = start_balancer(
-        [test_model_spec(models=["forward"], min_servers=4, max_servers=4, concurrency=concurrency,
-                         env={"TEST_DELAY": "20"})]
+        [
+            test_model_spec(
+                models=["forward"],
+                min_servers=4,
+                max_servers=4,
+                concurrency=concurrency,
+                env={"TEST_DELAY": "20"},
+            )
+        ]
     )
     wait_until(lambda: len(b.events("server.ready")) == 4, 60, what="4 servers ready")
     model = umbridge.HTTPModel(b.url, "forward")
@@ -161,14 +171,26 @@ def test_nan_output_passes_through_as_sent(start_balancer):
         ("/Evaluate", b'{"name": 7, "input": [[1.0]]}', 400, "InvalidInput"),
         ("/Evaluate", b'{"name": "forward", "input": [[1.0, 2.0]]}', 400, "InvalidInput"),
         ("/Evaluate", b'{"name": "forward", "input": [[1.0], [2.0]]}', 400, "InvalidInput"),
-        ("/Gradient", b'{"name": "forward", "input": [[1.0]], "outWrt": 0, "inWrt": 3, "sens": [1.0]}',
-         400, "InvalidInput"),
-        ("/Gradient", b'{"name": "forward", "input": [[1.0]], "outWrt": 0, "inWrt": 0, "sens": [1, 2]}',
-         400, "InvalidInput"),
-        ("/ApplyJacobian", b'{"name": "forward", "input": [[1.0]], "outWrt": 0, "inWrt": 0}', 400,
-         "InvalidInput"),
+        (
+            "/Gradient",
+            b'{"name": "forward", "input": [[1.0]], "outWrt": 0, "inWrt": 3, "sens": [1.0]}',
+            400,
+            "InvalidInput",
+        ),
+        (
+            "/Gradient",
+            b'{"name": "forward", "input": [[1.0]], "outWrt": 0, "inWrt": 0, "sens": [1, 2]}',
+            400,
+            "InvalidInput",
+        ),
+        (
+            "/ApplyJacobian",
+            b'{"name": "forward", "input": [[1.0]], "outWrt": 0, "inWrt": 0}',
+            400,
+            "InvalidInput",
+        ),
         ("/InputSizes", b'{"name": "nosuchmodel"}', 400, "ModelNotFound"),
-        ("/Evaluate", b'{"name": "forward", "input": [[' + b"1.0," * 40000 + b'1.0]]}', 413, "InvalidInput"),
+        ("/Evaluate", b'{"name": "forward", "input": [[' + b"1.0," * 40000 + b"1.0]]}", 413, "InvalidInput"),
         ("/EvaluateShMem", b'{"name": "forward"}', 400, "UnsupportedFeature"),
     ],
 )
@@ -185,8 +207,11 @@ def test_bad_input_gets_umbridge_error_json(shared_balancer, path, body, status,
 def shared_balancer(tmp_path_factory):
     from tests.helpers import BalancerProc
 
-    b = BalancerProc(tmp_path_factory.mktemp("shared"), [test_model_spec(models=["forward"], min_servers=1)],
-                     max_body_mb=0.1)
+    b = BalancerProc(
+        tmp_path_factory.mktemp("shared"),
+        [test_model_spec(models=["forward"], min_servers=1)],
+        max_body_mb=0.1,
+    )
     yield b
     assert b.stop() == 0
 
@@ -200,8 +225,9 @@ def test_shmem_probe_falls_back_to_http(shared_balancer):
 def test_registration_requires_the_token(shared_balancer):
     b = shared_balancer
     doc = {"server": "s1", "url": "http://127.0.0.1:1"}
-    r = requests.post(f"{b.url}/api/servers/register", json=doc, timeout=10,
-                      headers={"Authorization": "Bearer wrong"})
+    r = requests.post(
+        f"{b.url}/api/servers/register", json=doc, timeout=10, headers={"Authorization": "Bearer wrong"}
+    )
     assert r.status_code == 401 and r.json()["error"]["type"] == "Unauthorized"
     r = requests.post(f"{b.url}/api/servers/s1/lease", json={}, timeout=10)
     assert r.status_code == 401
@@ -211,21 +237,41 @@ def test_registration_requires_the_token(shared_balancer):
 
 
 def test_idle_servers_stop_down_to_min(start_balancer):
-    b = start_balancer([test_model_spec(models=["forward"], min_servers=1, max_servers=3, idle_timeout_s=0.5,
-                                        env={"TEST_DELAY": "200"})])
+    b = start_balancer(
+        [
+            test_model_spec(
+                models=["forward"],
+                min_servers=1,
+                max_servers=3,
+                idle_timeout_s=0.5,
+                env={"TEST_DELAY": "200"},
+            )
+        ]
+    )
     model = umbridge.HTTPModel(b.url, "forward")
     with ThreadPoolExecutor(6) as ex:
         list(ex.map(lambda i: model([[1.0]]), range(12)))
     assert len(b.events("server.ready")) >= 2  # demand grew the pool
-    wait_until(lambda: len([e for e in b.events("server.stopped")]) == len(b.events("server.ready")) - 1, 30,
-               what="idle servers stopped")
+    wait_until(
+        lambda: len([e for e in b.events("server.stopped")]) == len(b.events("server.ready")) - 1,
+        30,
+        what="idle servers stopped",
+    )
     assert all(e["reason"] == "idle" for e in b.events("scale.decision") if e["action"] == "stop")
     assert model([[1.0]]) == [[2.0]]  # the min_servers one still serves
 
 
 def test_crash_looping_spec_is_held_and_calls_fail_cleanly(start_balancer):
-    b = start_balancer([{"name": "broken", "command": [sys.executable, "-c", "raise SystemExit(3)"],
-                         "models": ["forward"], "max_start_failures": 2}])
+    b = start_balancer(
+        [
+            {
+                "name": "broken",
+                "command": [sys.executable, "-c", "raise SystemExit(3)"],
+                "models": ["forward"],
+                "max_start_failures": 2,
+            }
+        ]
+    )
     r = requests.post(f"{b.url}/Evaluate", json={"name": "forward", "input": [[1.0]]}, timeout=60)
     assert r.status_code == 503
     assert "failed to start 2 times" in r.json()["error"]["message"]
