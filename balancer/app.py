@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -48,11 +49,13 @@ from .pool import (
 )
 from .protocol import ProtocolError, error_response
 from .scaling import Action, SpecState, decide, start_backoff_s
+from .upstream import Upstream, UpstreamError
 
 # Hop-by-hop and per-connection headers: never copied from a model server's answer.
 _DROP_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server", "content-encoding"}
 )
+_DROP_RAW = frozenset(h.encode() for h in _DROP_HEADERS)
 _JSON = {"Content-Type": "application/json"}
 _LOST_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
 STOP_GRACE_S = 5.0  # after a lease stop, how long before the backend's cancel is used
@@ -79,6 +82,10 @@ class Answer:
 
     def response(self) -> web.Response:
         return web.Response(body=self.body, status=self.status, headers=self.headers)
+
+
+def _raw_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw if k.lower() not in _DROP_RAW]
 
 
 def _copy_headers(resp: aiohttp.ClientResponse) -> CIMultiDict[str]:
@@ -205,6 +212,8 @@ class Balancer:
         if s.state == READY or s.state == DRAINING:
             self.dispatcher.remove(s)
         s.state = GONE
+        if s.upstream is not None:
+            s.upstream.close()
         if s.lease_waiter is not None and not s.lease_waiter.done():
             s.lease_waiter.set_result(None)
         self._notify()
@@ -305,6 +314,8 @@ class Balancer:
         if s.state != REGISTERED:
             return
         s.models = tuple(models)
+        u = urlsplit(s.url)
+        s.upstream = Upstream(u.hostname or "127.0.0.1", u.port or 80)
         s.state = READY
         s.idle_since_m = time.monotonic()
         rt.failures = 0
@@ -718,6 +729,7 @@ class Balancer:
         disp = self.dispatcher
         journal = self.journal
         max_attempts = self._max_attempts(model)
+        path = "/" + op
         attempt = 0
         while True:
             attempt += 1
@@ -742,14 +754,11 @@ class Balancer:
             journal.event("call.dispatched", call=call, server=s.id, attempt=attempt)
             t0 = time.monotonic()
             try:
-                async with self.session.post(s.url + "/" + op, data=body, headers=_JSON) as resp:  # type: ignore[operator]
-                    data = await resp.read()
-                    status = resp.status
-                    headers = _copy_headers(resp)
-            except _LOST_ERRORS as exc:
-                disp.release(s, time.monotonic())
+                status, raw, data = await s.upstream.post(path, body)  # type: ignore[union-attr]
+            except (OSError, UpstreamError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-                await self._server_lost(s, reason)
+                await self._server_lost(s, reason)  # holding the slot: nobody else tries it meanwhile
+                disp.release(s, time.monotonic())
                 journal.event("call.requeued", call=call, server=s.id, attempt=attempt, reason=reason)
                 if attempt >= max_attempts:
                     return self._reject(
@@ -767,7 +776,7 @@ class Balancer:
             journal.event(
                 "call.completed", call=call, server=s.id, status=status, bytes=len(data), service_s=t1 - t0
             )
-            return web.Response(body=data, status=status, headers=headers)
+            return web.Response(body=data, status=status, headers=_raw_headers(raw))
 
     def _max_attempts(self, model: str) -> int:
         return max((rt.spec.max_attempts for rt in self.specs.values() if model in rt.models), default=3)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .config import ServerSpec
 from .scaling import pick_server
+from .upstream import Upstream
 
 # Server states, in lifecycle order. A server takes calls only in READY.
 REQUESTED = "requested"  # asked of the backend
@@ -44,6 +45,7 @@ class Server:
     replaced: bool = False
     lease_waiter: asyncio.Future[None] | None = None
     stop_at_m: float | None = None  # when the lease stop was issued (for the cancel fallback)
+    upstream: Upstream | None = None  # keep-alive connections, set when the server is ready
 
 
 class NoServerError(Exception):
