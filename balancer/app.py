@@ -18,8 +18,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from aiohttp import web
-from multidict import CIMultiDict
 
 from . import protocol
 from .backends import make_backend
@@ -33,6 +31,7 @@ from .backends.base import (
     Launch,
 )
 from .config import BalancerConfig, ServerSpec
+from .frontend import JSON_CT, Reply, Request, Router, error_reply, json_reply
 from .journal import Journal
 from .pool import (
     DRAINING,
@@ -47,16 +46,12 @@ from .pool import (
     NoServerError,
     Server,
 )
-from .protocol import ProtocolError, error_response
+from .protocol import ProtocolError
 from .scaling import Action, SpecState, decide, start_backoff_s
 from .upstream import Upstream, UpstreamError
 
-# Hop-by-hop and per-connection headers: never copied from a model server's answer.
-_DROP_HEADERS = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server", "content-encoding"}
-)
-_DROP_RAW = frozenset(h.encode() for h in _DROP_HEADERS)
-_JSON = {"Content-Type": "application/json"}
+# Per-connection headers of a model server's answer; the frontend frames its own answer.
+_DROP_RAW = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length"})
 _LOST_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
 STOP_GRACE_S = 5.0  # after a lease stop, how long before the backend's cancel is used
 
@@ -74,26 +69,9 @@ class SpecRuntime:
     held_reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    status: int
-    headers: CIMultiDict[str]
-    body: bytes
-
-    def response(self) -> web.Response:
-        return web.Response(body=self.body, status=self.status, headers=self.headers)
-
-
-def _raw_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw if k.lower() not in _DROP_RAW]
-
-
-def _copy_headers(resp: aiohttp.ClientResponse) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for k, v in resp.headers.items():
-        if k.lower() not in _DROP_HEADERS:
-            out.add(k, v)
-    return out
+def _pass_headers(raw: list[tuple[bytes, bytes]]) -> bytes:
+    """A model server's headers, as it sent them, minus the per-connection ones."""
+    return b"".join(b"%s: %s\r\n" % (k, v) for k, v in raw if k.lower() not in _DROP_RAW)
 
 
 class Balancer:
@@ -102,6 +80,7 @@ class Balancer:
         self.journal = journal
         self.run_dir = run_dir
         self.token = token
+        self._bearer = f"Bearer {token}".encode()
         self.url = f"http://{cfg.host}:{cfg.port}"
         self.servers: dict[str, Server] = {}
         self.specs: dict[str, SpecRuntime] = {}
@@ -112,8 +91,8 @@ class Balancer:
         self.session: aiohttp.ClientSession | None = None
         self._call_ids = itertools.count(1)
         self._server_ids = itertools.count(1)
-        self._meta: dict[tuple[str, str, bytes], Answer] = {}
-        self._meta_inflight: dict[tuple[str, str, bytes], asyncio.Future[Answer]] = {}
+        self._meta: dict[tuple[str, str, bytes], Reply] = {}
+        self._meta_inflight: dict[tuple[str, str, bytes], asyncio.Future[Reply]] = {}
         self._meta_waiting: dict[str, int] = {}  # model ("" = unknown model) -> waiting metadata calls
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
@@ -456,26 +435,26 @@ class Balancer:
                 self.job_ended(launch.server_id, f"submit failed: {type(exc).__name__}: {exc}", True)
 
     # -- control API (launchers) -----------------------------------------------------------------
-    def _authorized(self, request: web.Request) -> bool:
-        got = request.headers.get("Authorization", "")
-        if hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode()):
+    def _authorized(self, request: Request) -> bool:
+        got = request.headers.get(b"authorization", b"")
+        if hmac.compare_digest(got, self._bearer):
             return True
         self.journal.event("auth.refused", path=request.path, remote=request.remote)
         return False
 
-    async def api_register(self, request: web.Request) -> web.Response:
+    async def api_register(self, request: Request) -> Reply:
         if not self._authorized(request):
-            return error_response("Unauthorized", "missing or wrong balancer token", 401)
+            return error_reply("Unauthorized", "missing or wrong balancer token", 401)
         try:
-            doc = orjson.loads(await request.read())
+            doc = orjson.loads(request.body)
             sid, url = str(doc["server"]), str(doc["url"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            return error_response("InvalidInput", "expected {server, url, ...}", 400)
+            return error_reply("InvalidInput", "expected {server, url, ...}", 400)
         s = self.servers.get(sid)
         if s is None:
-            return web.json_response({"stop": True, "reason": "unknown server"}, status=404)
+            return json_reply({"stop": True, "reason": "unknown server"}, 404)
         if s.state not in (REQUESTED, STARTING):
-            return web.json_response({"stop": True, "reason": f"server is {s.state}"}, status=410)
+            return json_reply({"stop": True, "reason": f"server is {s.state}"}, 410)
         s.url = url.rstrip("/")
         s.host = doc.get("host") or s.host
         s.job = s.job or doc.get("job")
@@ -490,17 +469,30 @@ class Balancer:
             pid=doc.get("pid"),
         )
         self._spawn(self._check_ready(s))
-        return web.json_response({"lease_s": self.cfg.lease_s})
+        return json_reply({"lease_s": self.cfg.lease_s})
 
-    async def api_lease(self, request: web.Request) -> web.Response:
+    @staticmethod
+    def _server_in_path(request: Request) -> str:
+        # /api/servers/{server}/lease or /exited
+        parts = request.path.split("/")
+        return parts[3] if len(parts) == 5 else ""
+
+    async def api_servers(self, request: Request) -> Reply:
+        if request.path.endswith("/lease"):
+            return await self.api_lease(request)
+        if request.path.endswith("/exited"):
+            return await self.api_exited(request)
+        return error_reply("NotFound", f"no route {request.path}", 404)
+
+    async def api_lease(self, request: Request) -> Reply:
         """Long poll: answers at once when the server must stop, else after ``wait`` seconds."""
         if not self._authorized(request):
-            return error_response("Unauthorized", "missing or wrong balancer token", 401)
-        s = self.servers.get(request.match_info["server"])
+            return error_reply("Unauthorized", "missing or wrong balancer token", 401)
+        s = self.servers.get(self._server_in_path(request))
         if s is None or s.state in (GONE, STOPPING):
-            return web.json_response({"stop": True})
+            return json_reply({"stop": True})
         try:
-            wait = float(orjson.loads(await request.read() or b"{}").get("wait", 0))
+            wait = float(orjson.loads(request.body or b"{}").get("wait", 0))
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
             wait = 0.0
         wait = max(0.0, min(wait, self.cfg.lease_s / 2))
@@ -509,22 +501,22 @@ class Balancer:
                 s.lease_waiter = asyncio.get_running_loop().create_future()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(s.lease_waiter), wait)
-        return web.json_response({"stop": s.state in (GONE, STOPPING)})
+        return json_reply({"stop": s.state in (GONE, STOPPING)})
 
-    async def api_exited(self, request: web.Request) -> web.Response:
+    async def api_exited(self, request: Request) -> Reply:
         if not self._authorized(request):
-            return error_response("Unauthorized", "missing or wrong balancer token", 401)
+            return error_reply("Unauthorized", "missing or wrong balancer token", 401)
         try:
-            code = orjson.loads(await request.read()).get("code")
+            code = orjson.loads(request.body).get("code")
         except (orjson.JSONDecodeError, AttributeError):
             code = None
-        s = self.servers.get(request.match_info["server"])
+        s = self.servers.get(self._server_in_path(request))
         if s is not None:
             failed = s.state != STOPPING
             self.job_ended(s.id, f"model server exited with code {code}", failed)
-        return web.json_response({"ok": True})
+        return json_reply({"ok": True})
 
-    async def api_status(self, request: web.Request) -> web.Response:
+    async def api_status(self, request: Request) -> Reply:
         servers = [
             {
                 "id": s.id,
@@ -538,7 +530,7 @@ class Balancer:
             if s.state != GONE
         ]
         queues = {m: self.dispatcher.waiting(m) for m in self.dispatcher.queues}
-        return web.json_response(
+        return json_reply(
             {"servers": servers, "queues": queues, "inflight": self._inflight, "models": self.known_models()}
         )
 
@@ -575,7 +567,7 @@ class Balancer:
                 return
         raise ProtocolError("ModelNotFound", f"model '{model}' not found; available: {self.known_models()}")
 
-    async def info(self, request: web.Request) -> web.Response:
+    async def info(self, request: Request) -> Reply:
         call = next(self._call_ids)
         self.journal.event("call.received", call=call, op="Info", model=None, bytes=0)
         if not self._all_discovered():
@@ -587,14 +579,13 @@ class Balancer:
                 self._meta_waiting[""] -= 1
         body = orjson.dumps({"protocolVersion": protocol.PROTOCOL_VERSION, "models": self.known_models()})
         self.journal.event("call.completed", call=call, server=None, status=200, bytes=len(body), cached=True)
-        return web.Response(body=body, content_type="application/json")
+        return 200, JSON_CT, body
 
-    async def _read(self, request: web.Request, op: str) -> tuple[int, protocol.ParsedRequest, bytes]:
+    def _read(self, request: Request, op: str) -> tuple[int, protocol.ParsedRequest, bytes]:
         call = next(self._call_ids)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            self.journal.event("call.received", call=call, op=op, model=None, bytes=request.content_length)
+        body = request.body
+        if request.too_large:
+            self.journal.event("call.received", call=call, op=op, model=None, bytes=None)
             raise ProtocolError(
                 "InvalidInput",
                 f"request body exceeds the balancer's limit of {self.cfg.max_body_mb:g} MiB (max_body_mb)",
@@ -608,9 +599,9 @@ class Balancer:
         self.journal.event("call.received", call=call, op=op, model=req.model, bytes=len(body))
         return call, req, body
 
-    async def metadata(self, request: web.Request, op: str) -> web.Response:
+    async def metadata(self, request: Request, op: str) -> Reply:
         try:
-            call, req, body = await self._read(request, op)
+            call, req, body = self._read(request, op)
         except ProtocolError as exc:
             return self._reject(None, exc)
         try:
@@ -621,17 +612,17 @@ class Balancer:
         except NoServerError as exc:
             return self._reject(call, ProtocolError("ServiceUnavailable", str(exc), 503))
         self.journal.event(
-            "call.completed", call=call, server=None, status=ans.status, bytes=len(ans.body), cached=cached
+            "call.completed", call=call, server=None, status=ans[0], bytes=len(ans[2]), cached=cached
         )
-        return ans.response()
+        return ans
 
-    def _reject(self, call: int | None, exc: ProtocolError) -> web.Response:
+    def _reject(self, call: int | None, exc: ProtocolError) -> Reply:
         if call is None:
             call = next(self._call_ids)
         self.journal.event("call.failed", call=call, status=exc.status, reason=f"{exc.kind}: {exc.message}")
-        return error_response(exc.kind, exc.message, exc.status)
+        return error_reply(exc.kind, exc.message, exc.status)
 
-    async def _metadata(self, op: str, model: str, ckey: bytes, body: bytes) -> tuple[Answer, bool]:
+    async def _metadata(self, op: str, model: str, ckey: bytes, body: bytes) -> tuple[Reply, bool]:
         """Ask one ready server once per (op, model, config); everyone else gets the cached answer."""
         key = (op, model, ckey)
         ans = self._meta.get(key)
@@ -644,7 +635,7 @@ class Balancer:
         self._meta_inflight[key] = fut
         try:
             ans = await self._fetch_metadata(op, model, body)
-            if ans.status == 200:
+            if ans[0] == 200:
                 self._meta[key] = ans
             fut.set_result(ans)
             return ans, False
@@ -655,14 +646,13 @@ class Balancer:
         finally:
             del self._meta_inflight[key]
 
-    async def _fetch_metadata(self, op: str, model: str, body: bytes) -> Answer:
-        assert self.session is not None
+    async def _fetch_metadata(self, op: str, model: str, body: bytes) -> Reply:
         for _ in range(3):
             s = await self._any_ready(model)
             try:
-                async with self.session.post(f"{s.url}/{op}", data=body, headers=_JSON) as r:
-                    return Answer(r.status, _copy_headers(r), await r.read())
-            except _LOST_ERRORS as exc:
+                status, raw, data = await s.upstream.post("/" + op, body)  # type: ignore[union-attr]
+                return status, _pass_headers(raw), data
+            except (OSError, UpstreamError) as exc:
                 await self._server_lost(s, f"{op}: {type(exc).__name__}: {exc}")
         raise NoServerError(f"no server answered {op} for model '{model}'")
 
@@ -691,15 +681,15 @@ class Balancer:
         outs = None
         if op != "Evaluate":
             out_ans, _ = await self._metadata("OutputSizes", model, ckey, body)
-            outs = orjson.loads(out_ans.body)["outputSizes"] if out_ans.status == 200 else None
-        return (orjson.loads(ins.body)["inputSizes"] if ins.status == 200 else None), outs
+            outs = orjson.loads(out_ans[2])["outputSizes"] if out_ans[0] == 200 else None
+        return (orjson.loads(ins[2])["inputSizes"] if ins[0] == 200 else None), outs
 
-    async def evaluate(self, request: web.Request, op: str) -> web.Response:
+    async def evaluate(self, request: Request, op: str) -> Reply:
         """Evaluate/Gradient/ApplyJacobian/ApplyHessian: validate, queue, forward, retry on loss."""
         self._inflight += 1
         try:
             try:
-                call, req, body = await self._read(request, op)
+                call, req, body = self._read(request, op)
             except ProtocolError as exc:
                 return self._reject(None, exc)
             try:
@@ -707,7 +697,7 @@ class Balancer:
                 key = ("InputSizes", req.model, req.config_key)
                 cached = self._meta.get(key)
                 if cached is not None and op == "Evaluate":
-                    protocol.check_sizes(op, req.doc, orjson.loads(cached.body)["inputSizes"], None)
+                    protocol.check_sizes(op, req.doc, orjson.loads(cached[2])["inputSizes"], None)
                 else:
                     ins, outs = await self._sizes(req.model, req.config, req.config_key, op)
                     if ins is not None:
@@ -724,7 +714,7 @@ class Balancer:
             if self.closing and self._inflight == 0:
                 self._notify()
 
-    async def _forward(self, call: int, op: str, model: str, body: bytes) -> web.Response:
+    async def _forward(self, call: int, op: str, model: str, body: bytes) -> Reply:
         assert self.session is not None
         disp = self.dispatcher
         journal = self.journal
@@ -776,43 +766,39 @@ class Balancer:
             journal.event(
                 "call.completed", call=call, server=s.id, status=status, bytes=len(data), service_s=t1 - t0
             )
-            return web.Response(body=data, status=status, headers=_raw_headers(raw))
+            return status, _pass_headers(raw), data
 
     def _max_attempts(self, model: str) -> int:
         return max((rt.spec.max_attempts for rt in self.specs.values() if model in rt.models), default=3)
 
 
-async def shmem_unsupported(request: web.Request) -> web.Response:
-    return error_response(
-        "UnsupportedFeature", "shared memory does not cross the balancer; use plain HTTP", 400
-    )
+async def shmem_unsupported(request: Request) -> Reply:
+    return error_reply("UnsupportedFeature", "shared memory does not cross the balancer; use plain HTTP", 400)
 
 
-async def test_shmem(request: web.Request) -> web.Response:
+async def test_shmem(request: Request) -> Reply:
     # The umbridge client compares a value it put in shared memory; an empty answer makes it
     # fall back to HTTP, which is what we want behind a balancer.
-    return web.json_response({})
+    return json_reply({})
 
 
-def build_app(b: Balancer) -> web.Application:
-    app = web.Application(client_max_size=b.cfg.max_body_bytes)
-    r = app.router
-    r.add_get("/Info", b.info)
+def build_router(b: Balancer) -> Router:
+    r = Router()
+    r.add("GET", "/Info", b.info)
     for op in protocol.EVAL_OPS:
-        r.add_post(f"/{op}", _bind(b.evaluate, op))
-        r.add_post(f"/{op}ShMem", shmem_unsupported)
+        r.add("POST", f"/{op}", _bind(b.evaluate, op))
+        r.add("POST", f"/{op}ShMem", shmem_unsupported)
     for op in protocol.META_OPS:
-        r.add_post(f"/{op}", _bind(b.metadata, op))
-    r.add_post("/TestShMem", test_shmem)
-    r.add_post("/api/servers/register", b.api_register)
-    r.add_post("/api/servers/{server}/lease", b.api_lease)
-    r.add_post("/api/servers/{server}/exited", b.api_exited)
-    r.add_get("/api/status", b.api_status)
-    return app
+        r.add("POST", f"/{op}", _bind(b.metadata, op))
+    r.add("POST", "/TestShMem", test_shmem)
+    r.add("POST", "/api/servers/register", b.api_register)
+    r.add_prefix("POST", "/api/servers/", b.api_servers)
+    r.add("GET", "/api/status", b.api_status)
+    return r
 
 
 def _bind(fn: Any, op: str) -> Any:
-    async def handler(request: web.Request) -> web.Response:
+    async def handler(request: Request) -> Reply:
         return await fn(request, op)
 
     return handler

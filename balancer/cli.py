@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-from aiohttp import web
-
 from .config import SCHEDULERS, BalancerConfig, ConfigError, load_config, parse_config
 from .journal import Journal
 
@@ -37,7 +35,8 @@ def _run_dir(cfg: BalancerConfig) -> Path:
 
 async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     """Run until SIGINT/SIGTERM, then shut down gracefully. Returns the exit code."""
-    from .app import Balancer, build_app
+    from .app import Balancer, build_router
+    from .frontend import FrontServer
 
     run_dir = _run_dir(cfg)
     journal = Journal(cfg.journal or run_dir / "journal.jsonl")
@@ -46,23 +45,19 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     token_file.touch(mode=0o600)
     token_file.write_text(token)
     balancer = Balancer(cfg, journal, run_dir, token)
-    runner = web.AppRunner(build_app(balancer), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port, shutdown_timeout=cfg.shutdown_grace_s)
+    front = FrontServer(build_router(balancer), cfg.max_body_bytes)
     try:
-        await site.start()
+        port = await front.listen(cfg.host, cfg.port)
     except OSError as exc:
         print(f"balancer: error: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}", file=sys.stderr)
-        await runner.cleanup()
         journal.close()
         return 2
-    port = runner.addresses[0][1]
     url = f"http://{cfg.host}:{port}"
     try:
         await balancer.start(url)
     except ConfigError as exc:
         print(f"balancer: {exc}", file=sys.stderr)
-        await runner.cleanup()
+        await front.close()
         journal.close()
         return 2
     journal.event(
@@ -85,10 +80,9 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     await stop.wait()
     print(f"balancer: {reason[0]}: stopping (grace {cfg.shutdown_grace_s:g} s)", flush=True)
     # Stop accepting connections, let in-flight calls finish, then stop the servers.
-    for s in list(runner.sites):
-        await s.stop()
+    await front.stop_listening()
     await balancer.shutdown(reason[0])
-    await runner.cleanup()
+    await front.close()
     journal.close()
     print("balancer: stopped", flush=True)
     return 0

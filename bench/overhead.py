@@ -6,7 +6,7 @@ separate process with keep-alive connections (raw aiohttp), so its CPU is not th
 Targets (2-core machine): added p50 <= 0.3 ms, balancer CPU <= 100 us per call, throughput at 64
 in flight >= 50% of direct.
 
-    python bench/overhead.py [--seconds 3] [--concurrency 8]
+    python bench/overhead.py [--seconds 3] [--concurrency 64]
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def run_load(url: str, inflight: int, seconds: float) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--concurrency", type=int, default=8, help="balancer's per-server concurrency cap")
+    X
     ap.add_argument("--loadgen")
     ap.add_argument("--inflight", type=int, default=1)
     args = ap.parse_args()
