@@ -82,7 +82,9 @@ def run_load(url: str, inflight: int, seconds: float) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
-    X
+    # 64: the balancer may pass all 64 calls on, as the direct client does; the umbridge server
+    # queues them internally either way.
+    ap.add_argument("--concurrency", type=int, default=64, help="balancer's per-server concurrency cap")
     ap.add_argument("--loadgen")
     ap.add_argument("--inflight", type=int, default=1)
     args = ap.parse_args()
