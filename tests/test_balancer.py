@@ -312,3 +312,31 @@ def test_launcher_stops_its_server_when_the_balancer_disappears(start_balancer):
     b.kill()  # SIGKILL: no shutdown, nobody cancels anything
     # Within the lease time (2 s) plus the server's stop grace, launcher and server are gone.
     wait_until(lambda: not any(pid_alive(p) for p in pids), 15, what="launcher and server gone")
+
+
+def test_real_run_journal_is_analysed_and_plotted(start_balancer, tmp_path):
+    """A journal from a real run goes through `balancer analyze` and `balancer plot` (issue: analysis)."""
+    import json
+    import subprocess
+
+    b = start_balancer([test_model_spec(models=["forward"], max_servers=2, env={"TEST_DELAY": "10"})])
+    model = umbridge.HTTPModel(b.url, "forward")
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(lambda i: model([[1.0]]), range(40)))
+    assert b.stop() == 0
+    cli = [sys.executable, "-m", "balancer.cli"]
+    r = subprocess.run(
+        [*cli, "analyze", str(b.journal), "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    (run,) = json.loads(r.stdout)["runs"]
+    m = run["metrics"]
+    assert m["evaluations"] == 40 and m["failed_calls"] == 0
+    assert 1 <= m["server_starts"] <= 2 and m["makespan_p50_s"] >= 0.01  # the model sleeps 10 ms
+    out = tmp_path / "plots"
+    r = subprocess.run(
+        [*cli, "plot", str(b.journal), "-o", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    pngs = list(out.glob("*.png"))
+    assert pngs and all(p.stat().st_size > 1000 for p in pngs)
