@@ -31,3 +31,6 @@ def start_balancer(tmp_path: Path) -> Iterator[Any]:
             if pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
+
+
+from tests.slurm.fixture import slurm, slurm_cluster  # noqa: E402, F401 - shared SLURM fixtures
