@@ -93,6 +93,9 @@ class Balancer:
         self._server_ids = itertools.count(1)
         self._meta: dict[tuple[str, str, bytes], Reply] = {}
         self._meta_inflight: dict[tuple[str, str, bytes], asyncio.Future[Reply]] = {}
+        self._in_sizes: dict[tuple[str, bytes], list[int]] = {}
+        self._out_sizes: dict[tuple[str, bytes], list[int]] = {}
+        self._attempts: dict[str, int] = {}
         self._meta_waiting: dict[str, int] = {}  # model ("" = unknown model) -> waiting metadata calls
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
@@ -675,14 +678,26 @@ class Balancer:
 
     async def _sizes(
         self, model: str, config: Any, ckey: bytes, op: str
-    ) -> tuple[list[int], list[int] | None]:
-        body = orjson.dumps({"name": model, "config": config})
-        ins, _ = await self._metadata("InputSizes", model, ckey, body)
-        outs = None
-        if op != "Evaluate":
-            out_ans, _ = await self._metadata("OutputSizes", model, ckey, body)
-            outs = orjson.loads(out_ans[2])["outputSizes"] if out_ans[0] == 200 else None
-        return (orjson.loads(ins[2])["inputSizes"] if ins[0] == 200 else None), outs
+    ) -> tuple[list[int] | None, list[int] | None]:
+        """The model's input (and, for derivatives, output) sizes for this config, parsed once."""
+        key = (model, ckey)
+        ins = self._in_sizes.get(key)
+        body = b""
+        if ins is None:
+            body = orjson.dumps({"name": model, "config": config})
+            ans, _ = await self._metadata("InputSizes", model, ckey, body)
+            if ans[0] != 200:
+                return None, None
+            ins = self._in_sizes[key] = orjson.loads(ans[2])["inputSizes"]
+        if op == "Evaluate":
+            return ins, None
+        outs = self._out_sizes.get(key)
+        if outs is None:
+            body = body or orjson.dumps({"name": model, "config": config})
+            ans, _ = await self._metadata("OutputSizes", model, ckey, body)
+            if ans[0] == 200:
+                outs = self._out_sizes[key] = orjson.loads(ans[2])["outputSizes"]
+        return ins, outs
 
     async def evaluate(self, request: Request, op: str) -> Reply:
         """Evaluate/Gradient/ApplyJacobian/ApplyHessian: validate, queue, forward, retry on loss."""
@@ -694,14 +709,9 @@ class Balancer:
                 return self._reject(None, exc)
             try:
                 await self._check_model(req.model)
-                key = ("InputSizes", req.model, req.config_key)
-                cached = self._meta.get(key)
-                if cached is not None and op == "Evaluate":
-                    protocol.check_sizes(op, req.doc, orjson.loads(cached[2])["inputSizes"], None)
-                else:
-                    ins, outs = await self._sizes(req.model, req.config, req.config_key, op)
-                    if ins is not None:
-                        protocol.check_sizes(op, req.doc, ins, outs)
+                ins, outs = await self._sizes(req.model, req.config, req.config_key, op)
+                if ins is not None:
+                    protocol.check_sizes(op, req.doc, ins, outs)
             except ProtocolError as exc:
                 return self._reject(call, exc)
             except NoServerError as exc:
@@ -769,7 +779,12 @@ class Balancer:
             return status, _pass_headers(raw), data
 
     def _max_attempts(self, model: str) -> int:
-        return max((rt.spec.max_attempts for rt in self.specs.values() if model in rt.models), default=3)
+        n = self._attempts.get(model)
+        if n is None:
+            n = max((rt.spec.max_attempts for rt in self.specs.values() if model in rt.models), default=3)
+            if self._all_discovered():
+                self._attempts[model] = n
+        return n
 
 
 async def shmem_unsupported(request: Request) -> Reply:
