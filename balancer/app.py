@@ -470,6 +470,7 @@ class Balancer:
             port=doc.get("port"),
             job=doc.get("job"),
             pid=doc.get("pid"),
+            launcher_pid=doc.get("launcher_pid"),
         )
         self._spawn(self._check_ready(s))
         return json_reply({"lease_s": self.cfg.lease_s})

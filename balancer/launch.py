@@ -190,6 +190,7 @@ class Launcher:
             "port": port,
             "job": job_id(),
             "pid": self.proc.pid if self.proc else None,
+            "launcher_pid": os.getpid(),
         }
         last_ok = time.monotonic()
         registered = False

@@ -98,10 +98,15 @@ class BalancerProc:
         return wait_until(lambda: self.find(ev, **match), timeout, what=f"{ev} {match}")
 
     def server_pids(self) -> list[int]:
-        """Launcher (job) and model server pids of every server this balancer ever started."""
-        pids = [int(e["job"]) for e in self.events("server.started")]
-        pids += [int(e["pid"]) for e in self.events("server.registered") if e.get("pid")]
-        return pids
+        """Launcher and model server pids of every server that registered (any backend); for the
+        local backend also launchers that never registered (their job id is their pid)."""
+        pids = []
+        for e in self.events("server.registered"):
+            pids += [int(e[k]) for k in ("pid", "launcher_pid") if e.get(k)]
+        started = self.find("balancer.started")
+        if started and started.get("scheduler") == "local":
+            pids += [int(e["job"]) for e in self.events("server.started")]
+        return sorted(set(pids))
 
     def token(self) -> str:
         return (self.run_dir / "token").read_text()
