@@ -107,6 +107,7 @@ class Balancer:
     # -- life cycle ------------------------------------------------------------------------------
     async def start(self, url: str) -> None:
         self.url = url
+        await self.backend.start()  # first: a ConfigError here leaves nothing to clean up
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(
             connector=connector,
@@ -114,7 +115,6 @@ class Balancer:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
-        await self.backend.start()
         self._scaler = asyncio.create_task(self._scale_loop())
 
     def _spawn(self, coro: Any) -> None:

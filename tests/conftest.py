@@ -15,10 +15,15 @@ def start_balancer(tmp_path: Path) -> Iterator[Any]:
     """Factory: ``start_balancer(servers, **balancer_keys)``; everything is stopped after the test."""
     procs: list[BalancerProc] = []
 
-    def make(servers: list[dict[str, Any]], env: dict[str, str] | None = None, **kw: Any) -> BalancerProc:
+    def make(
+        servers: list[dict[str, Any]],
+        env: dict[str, str] | None = None,
+        backend: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> BalancerProc:
         d = tmp_path / f"b{len(procs)}"
         d.mkdir()
-        b = BalancerProc(d, servers, env=env, **kw)
+        b = BalancerProc(d, servers, env=env, backend=backend, **kw)
         procs.append(b)
         return b
 

@@ -57,11 +57,19 @@ class BalancerProc:
     """One balancer process; ``events()`` reads its journal."""
 
     def __init__(
-        self, tmp: Path, servers: list[dict[str, Any]], env: dict[str, str] | None = None, **balancer: Any
+        self,
+        tmp: Path,
+        servers: list[dict[str, Any]],
+        env: dict[str, str] | None = None,
+        backend: dict[str, Any] | None = None,
+        **balancer: Any,
     ) -> None:
         self.run_dir = tmp / "run"
         self.journal = self.run_dir / "journal.jsonl"
-        cfg = {"balancer": {"port": 0, "run_dir": str(self.run_dir), **balancer}, "servers": servers}
+        cfg: dict[str, Any] = {"balancer": {"port": 0, "run_dir": str(self.run_dir), **balancer}}
+        if backend:
+            cfg["backend"] = backend
+        cfg["servers"] = servers
         self.config = tmp / "balancer.toml"
         self.config.write_text(tomli_w.dumps(cfg))
         self.log = open(tmp / "balancer.log", "wb")

@@ -68,6 +68,7 @@ OPTIONS = frozenset(
         "kill_grace_s",
         "gpu_resource",
         "start_timeout_s",
+        "time_limit_margin_s",  # read by the pool, common to all backends
     }
 )
 # sh wrapper around the launcher: $1 pid file, $2 log file, then the launcher's argv.
