@@ -32,15 +32,11 @@ def wait_until(pred: Callable[[], Any], timeout: float = 30.0, interval: float =
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
+    """True while ``pid`` exists and is not a zombie (a zombie is dead for our purposes)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
+            return fh.read().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
         return False
 
 

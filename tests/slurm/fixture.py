@@ -16,11 +16,13 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import pid_alive, wait_until  # noqa: F401 - re-exported for SLURM tests
 
 CLUSTER_SH = Path(__file__).resolve().with_name("cluster.sh")
 BASH = shutil.which("bash") or "/bin/bash"
@@ -31,29 +33,6 @@ _EXIT_NOT_ROOT = 4
 FINISHED = frozenset(
     {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 )
-
-
-def wait_until(
-    pred: Callable[[], object], timeout: float = 30.0, interval: float = 0.02, what: str = ""
-) -> object:
-    """Poll ``pred`` until it returns something truthy; ``AssertionError`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or pred}")
-        time.sleep(interval)
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
 
 
 class ClusterUnavailable(RuntimeError):
