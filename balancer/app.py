@@ -53,7 +53,8 @@ from .upstream import Upstream, UpstreamError
 # Per-connection headers of a model server's answer; the frontend frames its own answer.
 _DROP_RAW = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length"})
 _LOST_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
-STOP_GRACE_S = 5.0  # after a lease stop, how long before the backend's cancel is used
+STOP_GRACE_S = 5.0
+SCALE_MIN_GAP_S = 0.01  # after a lease stop, how long before the backend's cancel is used
 
 
 @dataclass
@@ -363,6 +364,8 @@ class Balancer:
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.cfg.scale_interval_s)
+            # Woken by a waiting call: react fast, but at most every 10 ms however many calls queue.
+            await asyncio.sleep(SCALE_MIN_GAP_S)
 
     def scale_once(self) -> None:
         now = time.monotonic()
