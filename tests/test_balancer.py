@@ -340,3 +340,35 @@ def test_real_run_journal_is_analysed_and_plotted(start_balancer, tmp_path):
     assert r.returncode == 0, r.stderr
     pngs = list(out.glob("*.png"))
     assert pngs and all(p.stat().st_size > 1000 for p in pngs)
+
+
+def _raw_http(url: str, data: bytes) -> bytes:
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_frontend_http_edge_cases(shared_balancer):
+    """The frontend is our own (asyncio + llhttp): pipelining, chunked bodies, HTTP/1.0, garbage."""
+    b = shared_balancer
+    body = b'{"name": "forward", "input": [[1.0]]}'
+    req = b"POST /Evaluate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s\r\n%s"
+    out = _raw_http(b.url, req % (len(body), b"", body) + req % (len(body), b"Connection: close\r\n", body))
+    assert out.count(b"HTTP/1.1 200 OK") == 2 and out.count(b'{"output": [[2.0]] }') == 2
+    chunked = b"POST /Evaluate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    chunked += b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    assert b'{"output": [[2.0]] }' in _raw_http(b.url, chunked)
+    old = b"POST /Evaluate HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    assert b'{"output": [[2.0]] }' in _raw_http(b.url, old)  # and the server closed: recv ended
+    bad = _raw_http(b.url, b"HELLO WORLD\r\n\r\n")
+    assert bad.startswith(b"HTTP/1.1 400") and b'"InvalidInput"' in bad
+    r = requests.get(f"{b.url}/nothing", timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "NotFound"
+    assert model_ok(b)
