@@ -1,0 +1,393 @@
+"""The ISC 2025 workload through the balancer: eigen model (N = 100), 100 evaluations, 10 and 2 clients.
+
+Each case starts a fresh balancer (pool of ``--servers`` eigen servers started at balancer start,
+one call at a time each) on the chosen backend, runs the workload with the official ``umbridge``
+client in ``--clients`` threads from a cold start, then once more on the warm pool, and stops it.
+Printed next to the published figures (HyperQueue logs of the ISC 2025 study, computed here with
+``analysis``) and UM-Bridge's C++ balancer measured on this very setup.
+
+Whole run (cold) = balancer process start to the last answer, so it includes the balancer's own
+start, the jobs' scheduling and the servers' start-up. Makespan = call received to answered; lag =
+makespan - server-side compute (journal ``service_s``): queueing at the balancer included, so with
+more clients than servers it grows with the queue; overhead = lag - queue wait (what the balancer
+itself adds). Targets: whole run (cold) <= 2.5 s; warm-pool median lag < 5 ms.
+
+    python bench/isc2025.py [--backend slurm] [--clients 10 2] [--calls 100] [--servers 2] [--keep DIR]
+
+A backend is one function in ``BACKENDS``: a context manager that prepares the scheduler and yields
+the balancer's ``scheduler``, ``[backend]`` table and environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import tomli_w  # noqa: E402 - after the path set-up, like the project imports below
+import umbridge  # noqa: E402
+
+from analysis import analyze_journal  # noqa: E402
+from balancer.journal import read_journal  # noqa: E402
+
+ISC_DATA = ROOT.parent / "shared" / "data" / "isc2025"
+# UM-Bridge's C++ load balancer on the same local SLURM cluster (2 CPUs), eigen N = 100, 100 calls.
+REFERENCE_HERE = {10: "101-103", 2: "106-108"}
+DIRECT_HERE = "0.53-0.61"  # the same 100 calls straight to one eigen server, one client
+
+
+@dataclass
+class Setup:
+    """What a backend hands the balancer."""
+
+    scheduler: str
+    backend: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+@contextlib.contextmanager
+def slurm_setup(workdir: Path) -> Iterator[Setup]:
+    """A real one-node SLURM cluster (tests/slurm/cluster.sh) in ``workdir``, stopped afterwards."""
+    from tests.slurm.fixture import SlurmCluster
+
+    t0 = time.perf_counter()
+    cluster = SlurmCluster.start(workdir / "slurm")
+    print(f"slurm test cluster up in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    try:
+        yield Setup("slurm", {"poll_interval_s": 2.0}, cluster.env, "local SLURM 22.05, 2 CPUs")
+        left = cluster.jobs()
+        if left:
+            raise RuntimeError(f"jobs left in squeue after the balancer stopped: {left}")
+    finally:
+        cluster.stop()
+
+
+@contextlib.contextmanager
+def local_setup(workdir: Path) -> Iterator[Setup]:
+    """Servers as local processes: the same pool without a scheduler, for comparison."""
+    yield Setup("local", {}, dict(os.environ), "local processes")
+
+
+@contextlib.contextmanager
+def hyperqueue_setup(workdir: Path) -> Iterator[Setup]:
+    """HyperQueue's embedded LocalCluster (one worker with every CPU), run by the balancer itself."""
+    yield Setup("hyperqueue", {"mode": "embedded"}, dict(os.environ), "embedded HyperQueue, 1 worker")
+
+
+BACKENDS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Setup]]] = {
+    "slurm": slurm_setup,
+    "local": local_setup,
+    "hyperqueue": hyperqueue_setup,
+}
+
+
+# -- one case ----------------------------------------------------------------------------------------
+def workload(url: str, clients: int, calls: int, n: int) -> tuple[list[float], list[float]]:
+    """``calls`` evaluations from ``clients`` threads, each with its own ``umbridge.HTTPModel``;
+    returns the perf_counter time of every answer and every call's latency at the client."""
+    counter = itertools.count()
+    done: list[float] = []
+    latency: list[float] = []
+    errors: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            model = umbridge.HTTPModel(url, "posterior")
+            while next(counter) < calls:
+                t = time.perf_counter()
+                out = model([[n]])
+                t_done = time.perf_counter()
+                if out != [[1.0]]:
+                    raise AssertionError(f"wrong answer {out}")
+                done.append(t_done)
+                latency.append(t_done - t)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return done, latency
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout} s")
+        time.sleep(0.005)
+
+
+def run_case(setup: Setup, clients: int, calls: int, n: int, servers: int, d: Path) -> dict[str, Any]:
+    d.mkdir(parents=True, exist_ok=True)
+    journal = d / "run" / "journal.jsonl"
+    cfg = {
+        "balancer": {"host": "127.0.0.1", "port": 0, "scheduler": setup.scheduler, "run_dir": str(d / "run")},
+        "backend": setup.backend,
+        "servers": [
+            {
+                "name": "eigen",
+                "command": [sys.executable, str(ROOT / "models" / "eigen.py")],
+                "models": ["posterior"],
+                "min_servers": servers,
+                "max_servers": servers,
+                "concurrency": 1,
+                # One BLAS thread per 1-CPU server, whatever the backend's default: two servers with
+                # two OpenBLAS threads each on two cores spin against each other (5 ms -> 10-240 ms).
+                "env": {"OMP_NUM_THREADS": "1"},
+            }
+        ],
+    }
+    if not setup.backend:
+        del cfg["backend"]
+    (d / "balancer.toml").write_text(tomli_w.dumps(cfg))
+    log = open(d / "balancer.log", "wb")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "balancer.cli", "serve", "--config", str(d / "balancer.toml")],
+        cwd=ROOT,
+        env=setup.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def started() -> dict[str, Any] | None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"balancer exited {proc.returncode}: {(d / 'balancer.log').read_text()}")
+            if journal.exists():
+                return next((e for e in read_journal(journal) if e["ev"] == "balancer.started"), None)
+            return None
+
+        url = wait_for(started, 30, "balancer.started")["url"]
+        t_url = time.perf_counter()
+        cold, _ = workload(url, clients, calls, n)
+        t_cold = max(cold)
+        cold_last_call = max(e["call"] for e in read_journal(journal) if e["ev"] == "call.received")
+        warm, warm_latency = workload(url, clients, calls, n)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    run = analyze_journal(journal)
+    ev = run.calls[run.calls["evaluation"].astype(bool) & (run.calls["outcome"] == "ok")]
+    ev_cold, ev_warm = ev[ev.index <= cold_last_call], ev[ev.index > cold_last_call]
+
+    def q(s: Any, p: float) -> float:
+        return float(s.quantile(p))
+
+    return {
+        "clients": clients,
+        "whole_cold_s": t_cold - t0,
+        "whole_cold_from_url_s": t_cold - t_url,
+        "whole_warm_s": max(warm) - t_cold,
+        "makespan_p50_s": q(ev_cold["makespan"], 0.5),
+        "makespan_p90_s": q(ev_cold["makespan"], 0.9),
+        "lag_p50_s": q(ev_cold["lag"], 0.5),
+        "lag_p90_s": q(ev_cold["lag"], 0.9),
+        "warm_makespan_p50_s": q(ev_warm["makespan"], 0.5),
+        "warm_lag_p50_s": q(ev_warm["lag"], 0.5),
+        "warm_overhead_p50_s": q(ev_warm["overhead"], 0.5),
+        "warm_client_latency_p50_s": statistics.median(warm_latency),
+        "compute_p50_s": q(ev["compute"], 0.5),
+        "servers_started": len(run.servers),
+        "calls": len(ev_cold),
+        "warm_calls": len(ev_warm),
+    }
+
+
+def direct_baseline(calls: int, n: int) -> float:
+    """``calls`` evaluations straight to one local eigen server, one client: the floor."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PORT": str(port), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "models" / "eigen.py")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            with contextlib.suppress(Exception):
+                return bool(umbridge.supported_models(url))
+            return False
+
+        wait_for(up, 30, "eigen server")
+        model = umbridge.HTTPModel(url, "posterior")
+        t = time.perf_counter()
+        for _ in range(calls):
+            model([[n]])
+        return time.perf_counter() - t
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# -- published figures ---------------------------------------------------------------------------
+def published() -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    for clients in (10, 2):
+        path = ISC_DATA / f"eigen_100_{clients}clients.jsonl"
+        if path.exists():
+            out[clients] = analyze_journal(path).summary()
+    return out
+
+
+def fmt_s(v: float | None, ms: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{v * 1000:.2f} ms" if ms else f"{v:.2f} s"
+
+
+def table(results: list[dict[str, Any]], pub: dict[int, dict[str, Any]], setup: Setup, direct: float) -> str:
+    by = {r["clients"]: r for r in results}
+    cols = sorted(by, reverse=True)
+    head = [f"ours, {c} clients" for c in cols] + [f"ISC 2025, {c} clients" for c in cols if c in pub]
+    head += [f"C++ ref. here, {c} clients" for c in cols if c in REFERENCE_HERE]
+    rows: list[list[str]] = []
+
+    def row(
+        label: str, ours: Callable[[dict[str, Any]], str], isc: Callable[[dict[str, Any]], str], ref: str
+    ):
+        cells = [ours(by[c]) for c in cols] + [isc(pub[c]) for c in cols if c in pub]
+        cells += [ref if ref != "*" else f"{REFERENCE_HERE[c]} s" for c in cols if c in REFERENCE_HERE]
+        rows.append([label, *cells])
+
+    row(
+        "whole run, cold start incl.",
+        lambda r: fmt_s(r["whole_cold_s"]),
+        lambda p: fmt_s(p["whole_run_s"]),
+        "*",
+    )
+    row("  from first client call", lambda r: fmt_s(r["whole_cold_from_url_s"]), lambda p: "-", "-")
+    row("whole run, warm pool", lambda r: fmt_s(r["whole_warm_s"]), lambda p: "-", "-")
+    row(
+        "makespan p50 (cold run)",
+        lambda r: fmt_s(r["makespan_p50_s"], True),
+        lambda p: fmt_s(p["makespan_p50_s"]),
+        "-",
+    )
+    row(
+        "makespan p90 (cold run)",
+        lambda r: fmt_s(r["makespan_p90_s"], True),
+        lambda p: fmt_s(p["makespan_p90_s"]),
+        "-",
+    )
+    row(
+        "lag p50 (cold run)",
+        lambda r: fmt_s(r["lag_p50_s"], True),
+        lambda p: fmt_s(p["lag_p50_s"], True),
+        "-",
+    )
+    row(
+        "lag p90 (cold run)",
+        lambda r: fmt_s(r["lag_p90_s"], True),
+        lambda p: fmt_s(p["lag_p90_s"], True),
+        "-",
+    )
+    row("makespan p50, warm pool", lambda r: fmt_s(r["warm_makespan_p50_s"], True), lambda p: "-", "-")
+    row("lag p50, warm pool", lambda r: fmt_s(r["warm_lag_p50_s"], True), lambda p: "-", "-")
+    row("  of it balancer overhead", lambda r: fmt_s(r["warm_overhead_p50_s"], True), lambda p: "-", "-")
+    row(
+        "latency at the client p50, warm",
+        lambda r: fmt_s(r["warm_client_latency_p50_s"], True),
+        lambda p: "-",
+        "-",
+    )
+    row("compute p50", lambda r: fmt_s(r["compute_p50_s"], True), lambda p: fmt_s(p["compute_p50_s"]), "-")
+    row(
+        "servers started", lambda r: str(r["servers_started"]), lambda p: f"{p['server_starts']} workers", "-"
+    )
+    widths = [max(len(x) for x in col) for col in zip(["metric", *head], *rows, strict=True)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(["metric", *head], widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    lines.append("")
+    lines.append(
+        f"ours: {setup.note}, pool of {results[0]['servers_started']} eigen servers started with the "
+        "balancer. "
+        f"Straight to one eigen server, 1 client, 100 calls: {direct:.2f} s here "
+        f"(C++ reference's setup: {DIRECT_HERE} s)."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backend", choices=sorted(BACKENDS), default="slurm")
+    p.add_argument("--clients", type=int, nargs="+", default=[10, 2])
+    p.add_argument("--calls", type=int, default=100)
+    p.add_argument("--n", type=int, default=100, help="matrix size of the eigen model")
+    p.add_argument("--servers", type=int, default=2, help="pool size, started with the balancer")
+    p.add_argument("--keep", type=Path, help="keep run directories (journals, logs) here")
+    p.add_argument("--json", type=Path, help="also write the results as JSON")
+    args = p.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        workdir = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="isc2025-")))
+        workdir.mkdir(parents=True, exist_ok=True)
+        results = []
+        with BACKENDS[args.backend](workdir) as setup:
+            for clients in args.clients:
+                r = run_case(setup, clients, args.calls, args.n, args.servers, workdir / f"c{clients}")
+                print(
+                    f"{clients} clients: whole run {r['whole_cold_s']:.2f} s cold, "
+                    f"warm lag p50 {r['warm_lag_p50_s'] * 1000:.2f} ms",
+                    file=sys.stderr,
+                )
+                results.append(r)
+        direct = direct_baseline(args.calls, args.n)
+    pub = published()
+    print(table(results, pub, setup, direct))
+    ok_cold = all(r["whole_cold_s"] <= 2.5 for r in results)
+    print(f"\ntarget whole run (cold) <= 2.5 s: {'met' if ok_cold else 'MISSED'}")
+    for r in results:
+        lag, over = r["warm_lag_p50_s"] * 1000, r["warm_overhead_p50_s"] * 1000
+        verdict = (
+            "met"
+            if lag < 5
+            else f"not met: it is queue wait ({r['clients']} clients, {args.servers} servers)"
+        )
+        print(
+            f"target warm median lag < 5 ms, {r['clients']} clients: {lag:.2f} ms, {verdict}; "
+            f"balancer overhead {over:.2f} ms"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "published": pub, "direct_s": direct}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
