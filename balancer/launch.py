@@ -93,6 +93,7 @@ class Launcher:
         self.startup_s = float(os.environ.get(ENV_STARTUP, "120"))
         self.proc: asyncio.subprocess.Process | None = None
         self.stop_reason: str | None = None
+        self.balancer_said_stop = False  # then the balancer knows; otherwise we report the exit
         self.stopped = asyncio.Event()
 
     @property
@@ -132,7 +133,7 @@ class Launcher:
                         )
             finally:
                 code = await self._stop_server(exited)
-                if self.balancer and self.stop_reason is None:
+                if self.balancer and not self.balancer_said_stop:
                     await self._report_exit(http, code)
         log(f"server exited with code {code}")
         return code
@@ -199,6 +200,7 @@ class Launcher:
         try:
             while not self.stopped.is_set() and not exited.done():
                 if time.monotonic() - last_ok > self.lease_s:
+                    self.balancer_said_stop = True  # nobody to tell
                     self.request_stop(f"balancer unreachable for {self.lease_s:g} s (lease expired)")
                     return
                 try:
@@ -220,6 +222,8 @@ class Launcher:
                     await asyncio.wait([exited, stop_wait], timeout=min(1.0, self.lease_s / 10))
                     continue
                 last_ok = time.monotonic()
+                if status >= 400 or body.get("stop"):
+                    self.balancer_said_stop = True
                 if status == 401:
                     self.request_stop("balancer refused our token (401)")
                     return

@@ -78,7 +78,7 @@ def decide(specs: Sequence[SpecState], now: float) -> list[Action]:
             need = ceil(s.waiting / s.concurrency)
             if need > wanted:
                 wanted, reason = need, "demand"
-        if s.unreplaced_draining > wanted:
+        if s.unreplaced_draining and s.unreplaced_draining >= wanted:
             wanted, reason = s.unreplaced_draining, "replace"
         n = min(wanted - s.starting, s.backlog - s.starting, s.max_servers - live)
         if n > 0 and not s.start_blocked:
