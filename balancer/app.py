@@ -514,13 +514,14 @@ class Balancer:
         if not self._authorized(request):
             return error_reply("Unauthorized", "missing or wrong balancer token", 401)
         try:
-            code = orjson.loads(request.body).get("code")
+            doc = orjson.loads(request.body)
+            code, why = doc.get("code"), doc.get("why")
         except (orjson.JSONDecodeError, AttributeError):
-            code = None
+            code, why = None, None
         s = self.servers.get(self._server_in_path(request))
         if s is not None:
-            failed = s.state != STOPPING
-            self.job_ended(s.id, f"model server exited with code {code}", failed)
+            reason = f"model server exited with code {code}" + (f" after {why}" if why else "")
+            self.job_ended(s.id, reason, failed=s.state != STOPPING)
         return json_reply({"ok": True})
 
     async def api_status(self, request: Request) -> Reply:

@@ -255,7 +255,9 @@ class Launcher:
 
     async def _report_exit(self, http: aiohttp.ClientSession, code: int) -> None:
         with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            await self._post(http, f"/api/servers/{self.sid}/exited", {"code": code}, 5)
+            await self._post(
+                http, f"/api/servers/{self.sid}/exited", {"code": code, "why": self.stop_reason}, 5
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,8 @@ the official ``umbridge`` client. The node has 2 CPUs, so at most two 1-CPU serv
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -110,10 +112,21 @@ def test_scancel_of_a_server_job_during_a_call(start_balancer, slurm):
     first, result = call_and_cancel(21.0)
     assert result == [[[42.0]]]
     failed = b.wait_event("server.failed", server=first["server"])
-    assert "CANCELLED" in failed["reason"] or "lost" in failed["reason"]
+    # Known from the launcher (SIGTERM from scancel) or from squeue, whichever comes first.
+    assert any(w in failed["reason"] for w in ("CANCELLED", "lost", "after signal SIGTERM")), failed
     wait_until(lambda: len(b.events("server.ready")) >= 3, 45, what="replacement ready")
-    # A hard kill of every process of the job mid-call: the call is retried on the other server.
-    second, result = call_and_cancel(5.0, "--signal=KILL", "--full")
+    # Every process of a job killed at once mid-call (a node failure): the call is retried on the
+    # other server. (scancel --signal=KILL --full reaches the launcher as SIGTERM on some runs here,
+    # and the model then finishes its call gracefully, so the processes are killed directly.)
+    result = []
+    n = len(b.events("call.dispatched"))
+    t = threading.Thread(target=lambda: result.append(model([[5.0]])))
+    t.start()
+    second = wait_until(lambda: b.events("call.dispatched")[n:], 20, what="dispatch")[0]
+    reg = b.find("server.registered", server=second["server"])
+    for pid in (reg["launcher_pid"], reg["pid"]):
+        os.kill(pid, signal.SIGKILL)
+    t.join(60)
     assert result == [[[10.0]]]
     requeued = b.wait_event("call.requeued", call=second["call"])
     assert requeued["server"] == second["server"]
