@@ -45,6 +45,7 @@ import umbridge  # noqa: E402
 
 from analysis import analyze_journal  # noqa: E402
 from balancer.journal import read_journal  # noqa: E402
+from tests.helpers import wait_until  # noqa: E402
 
 ISC_DATA = ROOT.parent / "shared" / "data" / "isc2025"
 # UM-Bridge's C++ load balancer on the same local SLURM cluster (2 CPUs), eigen N = 100, 100 calls.
@@ -131,17 +132,6 @@ def workload(url: str, clients: int, calls: int, n: int) -> tuple[list[float], l
     return done, latency
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {timeout} s")
-        time.sleep(0.005)
-
-
 def run_case(setup: Setup, clients: int, calls: int, n: int, servers: int, d: Path) -> dict[str, Any]:
     d.mkdir(parents=True, exist_ok=True)
     journal = d / "run" / "journal.jsonl"
@@ -183,7 +173,7 @@ def run_case(setup: Setup, clients: int, calls: int, n: int, servers: int, d: Pa
                 return next((e for e in read_journal(journal) if e["ev"] == "balancer.started"), None)
             return None
 
-        url = wait_for(started, 30, "balancer.started")["url"]
+        url = wait_until(started, 30, 0.005, "balancer.started")["url"]
         t_url = time.perf_counter()
         cold, _ = workload(url, clients, calls, n)
         t_cold = max(cold)
@@ -245,7 +235,7 @@ def direct_baseline(calls: int, n: int) -> float:
                 return bool(umbridge.supported_models(url))
             return False
 
-        wait_for(up, 30, "eigen server")
+        wait_until(up, 30, 0.005, "eigen server")
         model = umbridge.HTTPModel(url, "posterior")
         t = time.perf_counter()
         for _ in range(calls):
