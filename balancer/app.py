@@ -730,7 +730,6 @@ class Balancer:
                 self._notify()
 
     async def _forward(self, call: int, op: str, model: str, body: bytes) -> Reply:
-        assert self.session is not None
         disp = self.dispatcher
         journal = self.journal
         max_attempts = self._max_attempts(model)
@@ -746,7 +745,7 @@ class Balancer:
                     )
                 fut = disp.enqueue(model, front=attempt > 1)
                 if not fut.done():
-                    journal.event("call.queued", call=call, model=model, depth=disp.waiting(model))
+                    journal.event("call.queued", call=call, model=model, depth=disp.depth(model))
                     self._wake.set()
                 try:
                     s = await fut
@@ -764,7 +763,6 @@ class Balancer:
                 reason = f"{type(exc).__name__}: {exc}"
                 await self._server_lost(s, reason)  # holding the slot: nobody else tries it meanwhile
                 disp.release(s, time.monotonic())
-                journal.event("call.requeued", call=call, server=s.id, attempt=attempt, reason=reason)
                 if attempt >= max_attempts:
                     return self._reject(
                         call,
@@ -772,6 +770,7 @@ class Balancer:
                             "ServiceUnavailable", f"call failed on {attempt} server(s); last: {reason}", 503
                         ),
                     )
+                journal.event("call.requeued", call=call, server=s.id, attempt=attempt, reason=reason)
                 continue
             except BaseException:
                 disp.release(s, time.monotonic())

@@ -99,6 +99,11 @@ class Dispatcher:
                 self._hand(s)  # type: ignore[arg-type]
         return fut
 
+    def depth(self, model: str) -> int:
+        """Queue length, counting waiters that gave up but are not yet popped (O(1), for the journal)."""
+        q = self.queues.get(model)
+        return len(q) if q else 0
+
     def waiting(self, model: str) -> int:
         q = self.queues.get(model)
         return sum(1 for w in q if not w.fut.done()) if q else 0
