@@ -48,7 +48,12 @@ def serve(
 
 
 def ready(b: Any, n: int, timeout: float = 45) -> None:
-    wait_until(lambda: len(b.events("server.ready")) >= n or b._died(), timeout, what=f"{n} servers ready")
+    """n servers ready and their jobs seen running (squeue polls may come after the registration)."""
+    wait_until(
+        lambda: (len(b.events("server.ready")) >= n and len(b.events("server.started")) >= n) or b._died(),
+        timeout,
+        what=f"{n} servers ready",
+    )
 
 
 def stop_and_check_clean(b: Any, slurm: SlurmCluster) -> None:
