@@ -81,7 +81,8 @@ def test_a_task_killed_alone_takes_its_model_server_along(start_balancer):
         backend={"workers": 1, "cpus_per_worker": 1},
         **HQ,
     )
-    task = b.wait_event("server.registered", timeout=60)
+    ready = b.wait_event("server.ready", timeout=60)
+    task = b.find("server.registered", server=ready["server"])
     os.kill(task["launcher_pid"], signal.SIGKILL)  # only the task's own process
     # Its model server gets the launcher's death signal and ends; the pool replaces the server.
     wait_until(lambda: not pid_alive(task["pid"]), 15, what="orphaned model server gone")
