@@ -242,7 +242,6 @@ class Balancer:
         if was == READY or was == DRAINING:
             self.dispatcher.remove(s)
         s.state = STOPPING
-        s.stop_at_m = time.monotonic()
         self.journal.event("server.stopping", server=s.id, reason=reason)
         if s.lease_waiter is not None and not s.lease_waiter.done():
             s.lease_waiter.set_result(None)

@@ -9,7 +9,7 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +284,3 @@ def load_config(path: str | os.PathLike[str], **overrides: Any) -> BalancerConfi
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"invalid TOML: {exc}") from None
     return parse_config(raw, base_dir=p.resolve().parent, **overrides)
-
-
-def with_overrides(cfg: BalancerConfig, **kw: Any) -> BalancerConfig:
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})

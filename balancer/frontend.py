@@ -29,7 +29,7 @@ JSON_CT = b"Content-Type: application/json\r\n"
 
 
 class Request:
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query", "remote", "too_large")
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "remote", "too_large")
 
     def __init__(
         self,
@@ -42,8 +42,7 @@ class Request:
         remote: str | None,
     ) -> None:
         self.method = method
-        path, _, self.query = target.partition(b"?")
-        self.path = path.decode("latin-1")
+        self.path = target.partition(b"?")[0].decode("latin-1")  # no route takes a query
         self.headers = headers  # names lower-cased
         self.body = body
         self.keep_alive = keep_alive

@@ -44,7 +44,6 @@ class Server:
     deadline_wall: float | None = None
     replaced: bool = False
     lease_waiter: asyncio.Future[None] | None = None
-    stop_at_m: float | None = None  # when the lease stop was issued (for the cancel fallback)
     upstream: Upstream | None = None  # keep-alive connections, set when the server is ready
 
 

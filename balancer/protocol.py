@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 PROTOCOL_VERSION = 1.0
 EVAL_OPS = ("Evaluate", "Gradient", "ApplyJacobian", "ApplyHessian")
@@ -43,11 +42,6 @@ class ProtocolError(Exception):
         self.kind = kind
         self.message = message
         self.status = status
-
-
-def error_response(kind: str, message: str, status: int) -> web.Response:
-    body = orjson.dumps({"error": {"type": kind, "message": message}})
-    return web.Response(body=body, status=status, content_type="application/json")
 
 
 @dataclass(frozen=True, slots=True)
