@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from .errors import AnalysisError
+from .errors import AnalysisError, damage_warnings
 from .model import INTERVAL_COLUMNS, Run, clip_intervals, empty_frame, finish_calls, finish_servers
 from .progress import ByteProgress
 
@@ -203,14 +203,7 @@ def read_hq(path: Path, name: str, progress: bool | None = None) -> Run:
     if first is None or last is None or ref is None:
         raise AnalysisError(f"{path}: no readable HyperQueue events")
 
-    warnings = []
-    if bad == 1 and bad_last:
-        warnings.append(f"{path}: skipped a truncated last line (line {lineno})")
-    elif bad:
-        warnings.append(f"{path}: skipped {bad} malformed line(s)")
-    if unknown:
-        kinds = ", ".join(f"{k} ({n})" for k, n in sorted(unknown.items(), key=lambda kv: str(kv[0]))[:8])
-        warnings.append(f"{path}: ignored {sum(unknown.values())} event(s) of unknown type: {kinds}")
+    warnings = damage_warnings(path, bad, bad_last, lineno, unknown)
     return _build(path, name, st, first, last, warnings, wall0=ref + first)
 
 

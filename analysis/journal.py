@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from .errors import AnalysisError
+from .errors import AnalysisError, damage_warnings
 from .model import (
     EVALUATION_OPS,
     INTERVAL_COLUMNS,
@@ -167,15 +167,8 @@ def _server_event(servers: dict[str, dict[str, Any]], ev: str, d: dict[str, Any]
 
 def _warnings(path: Path, bad: int, bad_last_line: bool, lines: int, unknown: dict[str, int],
               versions: set[Any]) -> list[str]:
-    """One line per kind of problem, so a damaged journal is still analysed but never silently."""
-    out = []
-    if bad == 1 and bad_last_line:
-        out.append(f"{path}: skipped a truncated last line (line {lines}); the writer was probably killed")
-    elif bad:
-        out.append(f"{path}: skipped {bad} malformed line(s)")
-    if unknown:
-        kinds = ", ".join(f"{k} ({n})" for k, n in sorted(unknown.items(), key=lambda kv: str(kv[0]))[:8])
-        out.append(f"{path}: ignored {sum(unknown.values())} event(s) of unknown type: {kinds}")
+    """Damage warnings, plus one if the journal comes from a newer balancer."""
+    out = damage_warnings(path, bad, bad_last_line, lines, unknown)
     newer = [v for v in versions if isinstance(v, int) and v > SCHEMA_VERSION]
     if newer:
         out.append(f"{path}: journal schema version {max(newer)} is newer than this analyser "
