@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -111,6 +112,16 @@ class BalancerProc:
         if started and started.get("scheduler") == "local":
             pids += [int(e["job"]) for e in self.events("server.started")]
         return sorted(set(pids))
+
+    def call_in_background(self, model: Any, x: float) -> tuple[threading.Thread, list[Any], dict[str, Any]]:
+        """Start ``model([[x]])`` in a thread; return it, the list its result lands in, and the
+        call's first ``call.dispatched`` event (so a test can act while the call runs)."""
+        n = len(self.events("call.dispatched"))
+        result: list[Any] = []
+        t = threading.Thread(target=lambda: result.append(model([[x]])))
+        t.start()
+        dispatched = wait_until(lambda: self.events("call.dispatched")[n:], 30, what="dispatch")[0]
+        return t, result, dispatched
 
     def token(self) -> str:
         return (self.run_dir / "token").read_text()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
@@ -107,10 +106,7 @@ def test_kill_9_of_a_server_during_a_call_retries_elsewhere(start_balancer):
     )
     wait_until(lambda: len(b.events("server.ready")) == 2, 60, what="2 servers ready")
     model = umbridge.HTTPModel(b.url, "forward")
-    result: list = []
-    t = threading.Thread(target=lambda: result.append(model([[21.0]])))
-    t.start()
-    dispatched = b.wait_event("call.dispatched", attempt=1)
+    t, result, dispatched = b.call_in_background(model, 21.0)
     victim = b.find("server.registered", server=dispatched["server"])
     os.kill(victim["pid"], signal.SIGKILL)
     t.join(60)
@@ -295,10 +291,7 @@ def test_inflight_calls_finish_during_graceful_shutdown(start_balancer):
     b = start_balancer([test_model_spec(models=["forward"], min_servers=1, env={"TEST_DELAY": "1500"})])
     wait_until(lambda: b.find("server.ready"), 60)
     model = umbridge.HTTPModel(b.url, "forward")
-    result: list = []
-    t = threading.Thread(target=lambda: result.append(model([[5.0]])))
-    t.start()
-    b.wait_event("call.dispatched")
+    t, result, _ = b.call_in_background(model, 5.0)
     b.proc.send_signal(signal.SIGINT)
     t.join(30)
     assert result == [[[10.0]]]

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
@@ -59,10 +58,7 @@ def test_killing_a_task_process_mid_call_retries_elsewhere(start_balancer):
     )
     wait_until(lambda: len(b.events("server.ready")) == 2, 60, what="2 HQ servers ready")
     model = umbridge.HTTPModel(b.url, "forward")
-    result: list = []
-    t = threading.Thread(target=lambda: result.append(model([[21.0]])))
-    t.start()
-    first = b.wait_event("call.dispatched", attempt=1)
+    t, result, first = b.call_in_background(model, 21.0)
     task = b.find("server.registered", server=first["server"])
     # The HQ task's whole process tree dies at once, as on a node failure.
     os.kill(task["launcher_pid"], signal.SIGKILL)

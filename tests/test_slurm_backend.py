@@ -102,19 +102,11 @@ def test_scancel_of_a_server_job_during_a_call(start_balancer, slurm):
     ready(b, 2)
     model = umbridge.HTTPModel(b.url, "forward")
 
-    def call_and_cancel(x: float, *scancel_args: str) -> tuple[dict[str, Any], list[Any]]:
-        result: list[Any] = []
-        t = threading.Thread(target=lambda: result.append(model([[x]])))
-        n = len(b.events("call.dispatched"))
-        t.start()
-        dispatched = wait_until(lambda: b.events("call.dispatched")[n:], 20, what="dispatch")[0]
-        slurm.run(["scancel", *scancel_args, job_of(b, dispatched["server"])])
-        t.join(60)
-        return dispatched, result
-
     # A plain scancel (SIGTERM, then SIGKILL after KillWait): the call still gets its answer, the
     # server is reported failed and min_servers brings a replacement once the CPU is free.
-    first, result = call_and_cancel(21.0)
+    t, result, first = b.call_in_background(model, 21.0)
+    slurm.run(["scancel", job_of(b, first["server"])])
+    t.join(60)
     assert result == [[[42.0]]]
     failed = b.wait_event("server.failed", server=first["server"])
     # Known from the launcher (SIGTERM from scancel) or from squeue, whichever comes first.
@@ -123,11 +115,7 @@ def test_scancel_of_a_server_job_during_a_call(start_balancer, slurm):
     # Every process of a job killed at once mid-call (a node failure): the call is retried on the
     # other server. (scancel --signal=KILL --full reaches the launcher as SIGTERM on some runs here,
     # and the model then finishes its call gracefully, so the processes are killed directly.)
-    result = []
-    n = len(b.events("call.dispatched"))
-    t = threading.Thread(target=lambda: result.append(model([[5.0]])))
-    t.start()
-    second = wait_until(lambda: b.events("call.dispatched")[n:], 20, what="dispatch")[0]
+    t, result, second = b.call_in_background(model, 5.0)
     reg = b.find("server.registered", server=second["server"])
     for pid in (reg["launcher_pid"], reg["pid"]):
         os.kill(pid, signal.SIGKILL)
