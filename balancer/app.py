@@ -555,21 +555,25 @@ class Balancer:
     def _max_startup(self) -> float:
         return max(rt.spec.startup_timeout_s for rt in self.specs.values())
 
+    async def _wait_as_demand(self, model: str, pred: Any) -> None:
+        """Wait (up to the start-up timeout) for ``pred``, counting as demand for ``model`` meanwhile
+        ("" = a model no discovered spec has), so the scaler starts a server rather than one per call."""
+        self._meta_waiting[model] = self._meta_waiting.get(model, 0) + 1
+        self._wake.set()
+        try:
+            await self._wait_for(pred, self._max_startup())
+        finally:
+            self._meta_waiting[model] -= 1
+
     async def _check_model(self, model: str) -> None:
         """Known model: return. Unknown: wait for discovery of undiscovered specs, then decide."""
         for rt in self.specs.values():
             if model in rt.models:
                 return
         if not self._all_discovered():
-            self._meta_waiting[""] = self._meta_waiting.get("", 0) + 1
-            self._wake.set()
-            try:
-                await self._wait_for(
-                    lambda: self._all_discovered() or any(model in rt.models for rt in self.specs.values()),
-                    self._max_startup(),
-                )
-            finally:
-                self._meta_waiting[""] -= 1
+            await self._wait_as_demand(
+                "", lambda: self._all_discovered() or any(model in rt.models for rt in self.specs.values())
+            )
             if any(model in rt.models for rt in self.specs.values()):
                 return
         raise ProtocolError("ModelNotFound", f"model '{model}' not found; available: {self.known_models()}")
@@ -578,12 +582,7 @@ class Balancer:
         call = next(self._call_ids)
         self.journal.event("call.received", call=call, op="Info", model=None, bytes=0)
         if not self._all_discovered():
-            self._meta_waiting[""] = self._meta_waiting.get("", 0) + 1
-            self._wake.set()
-            try:
-                await self._wait_for(self._all_discovered, self._max_startup())
-            finally:
-                self._meta_waiting[""] -= 1
+            await self._wait_as_demand("", self._all_discovered)
         body = orjson.dumps({"protocolVersion": protocol.PROTOCOL_VERSION, "models": self.known_models()})
         self.journal.event("call.completed", call=call, server=None, status=200, bytes=len(body), cached=True)
         return 200, JSON_CT, body
@@ -666,15 +665,9 @@ class Balancer:
     async def _any_ready(self, model: str) -> Server:
         """A ready server of ``model`` (slot not taken: metadata is cheap), waiting for one if needed."""
         if not self.dispatcher.by_model.get(model):
-            self._meta_waiting[model] = self._meta_waiting.get(model, 0) + 1
-            self._wake.set()
-            try:
-                await self._wait_for(
-                    lambda: bool(self.dispatcher.by_model.get(model)) or not self._can_serve(model),
-                    self._max_startup(),
-                )
-            finally:
-                self._meta_waiting[model] -= 1
+            await self._wait_as_demand(
+                model, lambda: bool(self.dispatcher.by_model.get(model)) or not self._can_serve(model)
+            )
         servers = self.dispatcher.by_model.get(model)
         if not servers:
             raise NoServerError(self._unservable_reason(model))
