@@ -587,8 +587,7 @@ class Balancer:
         self.journal.event("call.completed", call=call, server=None, status=200, bytes=len(body), cached=True)
         return 200, JSON_CT, body
 
-    def _read(self, request: Request, op: str) -> tuple[int, protocol.ParsedRequest, bytes]:
-        call = next(self._call_ids)
+    def _read(self, call: int, request: Request, op: str) -> tuple[protocol.ParsedRequest, bytes]:
         body = request.body
         if request.too_large:
             self.journal.event("call.received", call=call, op=op, model=None, bytes=None)
@@ -603,13 +602,14 @@ class Balancer:
             self.journal.event("call.received", call=call, op=op, model=None, bytes=len(body))
             raise
         self.journal.event("call.received", call=call, op=op, model=req.model, bytes=len(body))
-        return call, req, body
+        return req, body
 
     async def metadata(self, request: Request, op: str) -> Reply:
+        call = next(self._call_ids)
         try:
-            call, req, body = self._read(request, op)
+            req, body = self._read(call, request, op)
         except ProtocolError as exc:
-            return self._reject(None, exc)
+            return self._reject(call, exc)
         try:
             await self._check_model(req.model)
             ans, cached = await self._metadata(op, req.model, req.config_key, body)
@@ -622,9 +622,7 @@ class Balancer:
         )
         return ans
 
-    def _reject(self, call: int | None, exc: ProtocolError) -> Reply:
-        if call is None:
-            call = next(self._call_ids)
+    def _reject(self, call: int, exc: ProtocolError) -> Reply:
         self.journal.event("call.failed", call=call, status=exc.status, reason=f"{exc.kind}: {exc.message}")
         return error_reply(exc.kind, exc.message, exc.status)
 
@@ -700,10 +698,11 @@ class Balancer:
         """Evaluate/Gradient/ApplyJacobian/ApplyHessian: validate, queue, forward, retry on loss."""
         self._inflight += 1
         try:
+            call = next(self._call_ids)
             try:
-                call, req, body = self._read(request, op)
+                req, body = self._read(call, request, op)
             except ProtocolError as exc:
-                return self._reject(None, exc)
+                return self._reject(call, exc)
             try:
                 await self._check_model(req.model)
                 ins, outs = await self._sizes(req.model, req.config, req.config_key, op)

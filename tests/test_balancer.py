@@ -365,3 +365,12 @@ def test_frontend_http_edge_cases(shared_balancer):
     r = requests.get(f"{b.url}/nothing", timeout=10)
     assert r.status_code == 404 and r.json()["error"]["type"] == "NotFound"
     assert model_ok(b)
+
+
+def test_rejected_call_is_one_call_in_the_journal(shared_balancer):
+    b = shared_balancer
+    n = len(b.events("call.failed"))
+    requests.post(f"{b.url}/Evaluate", data=b'{"input": [[1.0]]}', timeout=10)
+    failed = wait_until(lambda: b.events("call.failed")[n:], 10)[0]
+    received = b.find("call.received", call=failed["call"])
+    assert received and received["op"] == "Evaluate" and failed["status"] == 400
