@@ -224,11 +224,12 @@ class Launcher:
                 last_ok = time.monotonic()
                 if status >= 400 or body.get("stop"):
                     self.balancer_said_stop = True
-                if status == 401:
-                    self.request_stop("balancer refused our token (401)")
-                    return
-                if status >= 400 or body.get("stop"):
-                    self.request_stop(body.get("reason", "balancer asked to stop"))
+                    refused = status == 401
+                    self.request_stop(
+                        "balancer refused our token (401)"
+                        if refused
+                        else body.get("reason", "balancer asked to stop")
+                    )
                     return
                 if not registered:
                     registered = True
