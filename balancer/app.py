@@ -20,7 +20,6 @@ import aiohttp
 import orjson
 
 from . import protocol
-from .backends import make_backend
 from .backends.base import (
     ENV_CONCURRENCY,
     ENV_LEASE,
@@ -28,6 +27,7 @@ from .backends.base import (
     ENV_STARTUP,
     ENV_TOKEN,
     ENV_URL,
+    Backend,
     Launch,
 )
 from .config import BalancerConfig, ServerSpec
@@ -76,7 +76,9 @@ def _pass_headers(raw: list[tuple[bytes, bytes]]) -> bytes:
 
 
 class Balancer:
-    def __init__(self, cfg: BalancerConfig, journal: Journal, run_dir: Path, token: str) -> None:
+    def __init__(
+        self, cfg: BalancerConfig, journal: Journal, run_dir: Path, token: str, backend: Backend
+    ) -> None:
         self.cfg = cfg
         self.journal = journal
         self.run_dir = run_dir
@@ -88,7 +90,8 @@ class Balancer:
         for s in cfg.servers:
             self.specs[s.name] = SpecRuntime(s, set(s.models), discovered=bool(s.models))
         self.dispatcher = Dispatcher()
-        self.backend = make_backend(cfg, self, run_dir)
+        self.backend = backend
+        backend.bind(self)
         self.session: aiohttp.ClientSession | None = None
         self._call_ids = itertools.count(1)
         self._server_ids = itertools.count(1)

@@ -36,6 +36,7 @@ def _run_dir(cfg: BalancerConfig) -> Path:
 async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     """Run until SIGINT/SIGTERM, then shut down gracefully. Returns the exit code."""
     from .app import Balancer, build_router
+    from .backends import make_backend
     from .frontend import FrontServer
 
     run_dir = _run_dir(cfg)
@@ -44,7 +45,13 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     token_file = run_dir / "token"
     token_file.touch(mode=0o600)
     token_file.write_text(token)
-    balancer = Balancer(cfg, journal, run_dir, token)
+    try:
+        backend = make_backend(cfg, run_dir)
+    except ConfigError as exc:
+        print(f"balancer: {exc}", file=sys.stderr)
+        journal.close()
+        return 2
+    balancer = Balancer(cfg, journal, run_dir, token, backend)
     front = FrontServer(build_router(balancer), cfg.max_body_bytes)
     try:
         port = await front.listen(cfg.host, cfg.port)

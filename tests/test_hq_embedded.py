@@ -78,7 +78,9 @@ def make_backend(
     }
     cfg = parse_config(raw, base_dir=tmp_path)
     events = Events()
-    return hqb.HyperQueueBackend(cfg, events, tmp_path / "run"), events
+    be = hqb.HyperQueueBackend(cfg, tmp_path / "run")
+    be.bind(events)
+    return be, events
 
 
 def launch(be: hqb.HyperQueueBackend, sid: str, spec_idx: int = 0) -> Launch:

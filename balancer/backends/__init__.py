@@ -9,24 +9,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import BalancerConfig, ConfigError
-from .base import Backend, BackendEvents
+from .base import Backend
 
 
-def make_backend(cfg: BalancerConfig, events: BackendEvents, run_dir: Path) -> Backend:
+def make_backend(cfg: BalancerConfig, run_dir: Path) -> Backend:
     if cfg.scheduler == "local":
         from .local import LocalBackend
 
-        return LocalBackend(cfg, events, run_dir)
+        return LocalBackend(cfg, run_dir)
     if cfg.scheduler == "slurm":
         try:
             from .slurm import SlurmBackend
         except ImportError:
             raise ConfigError("balancer.scheduler", "the slurm backend is not available yet") from None
-        return SlurmBackend(cfg, events, run_dir)
+        return SlurmBackend(cfg, run_dir)
     if cfg.scheduler == "hyperqueue":
         try:
             from .hyperqueue import HyperQueueBackend
         except ImportError:
             raise ConfigError("balancer.scheduler", "the hyperqueue backend is not available yet") from None
-        return HyperQueueBackend(cfg, events, run_dir)
+        return HyperQueueBackend(cfg, run_dir)
     raise ConfigError("balancer.scheduler", f"unknown scheduler {cfg.scheduler!r}")

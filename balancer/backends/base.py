@@ -54,13 +54,24 @@ class BackendEvents(Protocol):
         """The job will be killed at ``deadline_wall`` (Unix seconds): drain and replace it."""
 
 
+class _Unbound:
+    """Reports of a backend nobody listens to yet fail loudly instead of vanishing."""
+
+    def __getattr__(self, name: str) -> None:
+        raise RuntimeError(f"backend reported {name} before bind()")
+
+
 class Backend(ABC):
     name: str = "base"
 
-    def __init__(self, cfg: BalancerConfig, events: BackendEvents, run_dir: Path) -> None:
+    def __init__(self, cfg: BalancerConfig, run_dir: Path) -> None:
         self.cfg = cfg
-        self.events = events
         self.run_dir = run_dir
+        self.events: BackendEvents = _Unbound()
+
+    def bind(self, events: BackendEvents) -> None:
+        """Whom to report to (the pool); set once, before ``start``."""
+        self.events = events
 
     async def start(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Prepare (connect to the scheduler, validate options). Raise ConfigError on bad config."""
