@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .config import SCHEDULERS, BalancerConfig, ConfigError, load_config, parse_config
+from .events import Ev, EventBus
 from .journal import Journal
 
 
@@ -35,12 +36,14 @@ def _run_dir(cfg: BalancerConfig) -> Path:
 
 async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     """Run until SIGINT/SIGTERM, then shut down gracefully. Returns the exit code."""
-    from .app import Balancer, build_router
+    from .app import Balancer
     from .backends import make_backend
     from .frontend import FrontServer
 
     run_dir = _run_dir(cfg)
     journal = Journal(cfg.journal or run_dir / "journal.jsonl")
+    bus = EventBus()
+    bus.subscribe(journal)
     token = os.environ.get("UMBRIDGE_BALANCER_TOKEN") or secrets.token_urlsafe(32)
     token_file = run_dir / "token"
     token_file.touch(mode=0o600)
@@ -51,8 +54,8 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
         print(f"balancer: {exc}", file=sys.stderr)
         journal.close()
         return 2
-    balancer = Balancer(cfg, journal, run_dir, token, backend)
-    front = FrontServer(build_router(balancer), cfg.max_body_bytes)
+    balancer = Balancer(cfg, bus, run_dir, token, backend)
+    front = FrontServer(balancer.router(), cfg.max_body_bytes)
     try:
         port = await front.listen(cfg.host, cfg.port)
     except OSError as exc:
@@ -67,8 +70,8 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
         await front.close()
         journal.close()
         return 2
-    journal.event(
-        "balancer.started",
+    bus.emit(
+        Ev.BALANCER_STARTED,
         url=url,
         host=cfg.host,
         port=port,

@@ -1,21 +1,18 @@
-"""Append-only JSONL timing journal: one event per line, written and flushed as it happens.
+"""Append-only JSONL timing journal: a subscriber of the event bus, one event per line.
 
 Every line carries the schema version ``v``, the event name ``ev``, wall-clock ``t`` (Unix seconds)
-and monotonic ``m`` (seconds, for durations that survive clock steps). The schema is documented in
-README.md ("Journal schema"); add fields freely, never rename or remove them without bumping
-``SCHEMA_VERSION``.
+and monotonic ``m`` (seconds, for durations that survive clock steps), stamped by the bus
+(``events.py``). The schema is documented in README.md ("Journal schema").
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-SCHEMA_VERSION = 1
 _OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -29,15 +26,11 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-    def event(self, ev: str, **fields: Any) -> None:
+    def __call__(self, event: dict[str, Any]) -> None:
         if self._fd is None:
             return
-        fields["v"] = SCHEMA_VERSION
-        fields["ev"] = ev
-        fields["t"] = time.time()
-        fields["m"] = time.monotonic()
         # A short write to a regular file only happens on a full disk; nothing sensible to do then.
-        os.write(self._fd, orjson.dumps(fields, option=_OPTS, default=str))
+        os.write(self._fd, orjson.dumps(event, option=_OPTS, default=str))
 
     def close(self) -> None:
         if self._fd is not None:

@@ -1,31 +1,79 @@
-"""Server records and the dispatcher: per-model FIFO of waiting calls, hand-off of free slots.
+"""The pool: server records, per-spec runtime state and ONE state machine for every server.
 
-A call that finds a free slot takes it synchronously (no task, no future). Otherwise it waits on a
-future in its model's queue; when a slot frees, it is handed straight to the oldest waiter, so a
-server never takes more than ``concurrency`` calls and no call overtakes an older one.
+Every change of a server's state goes through ``Pool.transition``, checked against
+``TRANSITIONS``. That one function emits the event, keeps the dispatcher's membership in step
+(a server takes calls exactly while READY), wakes the scaler and whoever waits on pool state, and
+counts a server that died before it was ready as a failed start of its spec. A transition the
+table does not allow returns False and changes nothing: reports race (a job's end arrives after
+the launcher said it exited), and the late one is simply stale.
+
+The pool is what backends report to (``BackendEvents``); what to do about the state (start,
+stop, drain, hold) is decided by ``policy`` and applied by ``scaler``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import itertools
-from collections import deque
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
-from .config import ServerSpec
-from .scaling import pick_server
+from .backends.base import Backend
+from .config import BalancerConfig, ServerSpec
+from .dispatcher import Dispatcher, NoServerError
+from .events import Ev, EventBus
+from .policy import Phase
 from .upstream import Upstream
 
-# Server states, in lifecycle order. A server takes calls only in READY.
-REQUESTED = "requested"  # asked of the backend
-STARTING = "starting"  # the backend has a job for it
-REGISTERED = "registered"  # the launcher reported its URL; checking /Info
-READY = "ready"
-DRAINING = "draining"  # finishing its calls before its job's time limit; takes no new ones
-STOPPING = "stopping"  # told to stop (lease), waiting for its job to end
-GONE = "gone"
+LEASE_STOP_GRACE_S = 5.0  # after a lease stop, how long the launcher has before the backend cancels
 
-NOT_YET_READY = (REQUESTED, STARTING, REGISTERED)
+
+class ServerState(str, enum.Enum):
+    """A server's life, in order. It takes calls only while READY."""
+
+    REQUESTED = "requested"  # asked of the backend
+    STARTING = "starting"  # the backend has a job for it
+    REGISTERED = "registered"  # the launcher reported its URL; the balancer checks /Info
+    READY = "ready"
+    DRAINING = "draining"  # finishing its calls before its job's time limit; takes no new ones
+    STOPPING = "stopping"  # told to stop (lease), waiting for its job to end
+    GONE = "gone"
+
+
+S = ServerState
+NOT_YET_READY = frozenset({S.REQUESTED, S.STARTING, S.REGISTERED})
+# Allowed moves. Registration may overtake the backend's "started" report (a poll interval).
+TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
+    S.REQUESTED: frozenset({S.STARTING, S.REGISTERED, S.STOPPING, S.GONE}),
+    S.STARTING: frozenset({S.REGISTERED, S.STOPPING, S.GONE}),
+    S.REGISTERED: frozenset({S.READY, S.STOPPING, S.GONE}),
+    S.READY: frozenset({S.DRAINING, S.STOPPING, S.GONE}),
+    S.DRAINING: frozenset({S.STOPPING, S.GONE}),
+    S.STOPPING: frozenset({S.GONE}),
+    S.GONE: frozenset(),
+}
+_ENTER_EVENT = {
+    S.REQUESTED: Ev.SERVER_REQUESTED,
+    S.STARTING: Ev.SERVER_STARTED,
+    S.REGISTERED: Ev.SERVER_REGISTERED,
+    S.READY: Ev.SERVER_READY,
+    S.DRAINING: Ev.SERVER_DRAINING,
+    S.STOPPING: Ev.SERVER_STOPPING,
+}
+_PHASE = {
+    S.REQUESTED: Phase.STARTING,
+    S.STARTING: Phase.STARTING,
+    S.REGISTERED: Phase.STARTING,
+    S.READY: Phase.READY,
+    S.DRAINING: Phase.DRAINING,
+    S.STOPPING: Phase.STOPPING,
+    S.GONE: Phase.STOPPING,
+}
 
 
 @dataclass(eq=False, slots=True)
@@ -33,126 +81,267 @@ class Server:
     id: str
     spec: ServerSpec
     requested_m: float
-    state: str = REQUESTED
+    state: ServerState = S.REQUESTED
     concurrency: int = 1
     outstanding: int = 0
     idle_since_m: float = 0.0
+    serving: bool = False  # a dispatcher member (kept in step with READY by the pool)
     url: str | None = None
     host: str | None = None
     job: str | None = None
     models: tuple[str, ...] = ()
-    deadline_wall: float | None = None
+    deadline_wall: float | None = None  # Unix time its job will be killed
+    deadline_m: float | None = None  # the same on the monotonic clock, for the policy
     replaced: bool = False
     lease_waiter: asyncio.Future[None] | None = None
     upstream: Upstream | None = None  # keep-alive connections, set when the server is ready
 
-
-class NoServerError(Exception):
-    """No server can take this call (its specs are held after failed starts, or shutting down)."""
-
-
-_seq = itertools.count()
-
-
-@dataclass(eq=False, slots=True)
-class _Waiter:
-    fut: asyncio.Future[Server]
-    seq: int
-    model: str
+    @property
+    def phase(self) -> Phase:
+        return _PHASE[self.state]
 
 
 @dataclass
-class Dispatcher:
-    """Owns which READY servers serve which model and who waits for them."""
+class SpecRuntime:
+    """Per-spec state beyond the server records: discovered models and start failures."""
 
-    by_model: dict[str, list[Server]] = field(default_factory=dict)
-    queues: dict[str, deque[_Waiter]] = field(default_factory=dict)
+    spec: ServerSpec
+    models: set[str] = field(default_factory=set)
+    discovered: bool = False
+    failures: int = 0  # consecutive failed starts
+    last_failure_m: float = 0.0
+    last_failure: str = ""
+    held: bool = False
+    held_reason: str = ""
 
-    # -- calls ---------------------------------------------------------------------------------
-    def try_acquire(self, model: str) -> Server | None:
-        """A free slot right now, or None. Only when nobody waits, so FIFO order holds."""
-        q = self.queues.get(model)
-        if q:
-            return None
-        servers = self.by_model.get(model)
-        if not servers:
-            return None
-        s = pick_server(servers)
-        if s is not None:
-            s.outstanding += 1  # type: ignore[attr-defined]
-        return s  # type: ignore[return-value]
 
-    def enqueue(self, model: str, front: bool = False) -> asyncio.Future[Server]:
-        """Join the model's queue; the future resolves with a server whose slot is already taken."""
-        fut: asyncio.Future[Server] = asyncio.get_running_loop().create_future()
-        q = self.queues.setdefault(model, deque())
-        if front:
-            q.appendleft(_Waiter(fut, -next(_seq), model))
+class Pool:
+    """Servers and their states; implements ``BackendEvents``. Runs on one event loop, no locks."""
+
+    def __init__(
+        self,
+        cfg: BalancerConfig,
+        bus: EventBus,
+        backend: Backend,
+        dispatcher: Dispatcher | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.bus = bus
+        self.backend = backend
+        self.dispatcher = dispatcher or Dispatcher()
+        self.clock = clock
+        self.servers: dict[str, Server] = {}
+        self.specs = {s.name: SpecRuntime(s, set(s.models), discovered=bool(s.models)) for s in cfg.servers}
+        self.closing = False
+        self.wake = asyncio.Event()  # something the scaler should look at now
+        self.meta_waiting: dict[str, int] = {}  # model ("" = not yet known) -> calls waiting as demand
+        self._changed = asyncio.Event()
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- the state machine -----------------------------------------------------------------------
+    def transition(self, s: Server, to: ServerState, reason: str | None = None, **fields: Any) -> bool:
+        """Move ``s`` to ``to`` if the table allows it: emit, keep the dispatcher in step, wake."""
+        was = s.state
+        if to not in TRANSITIONS[was]:
+            return False
+        if was is S.READY:
+            self.dispatcher.remove(s)
+        s.state = to
+        if reason is not None:
+            fields["reason"] = reason
+        if to is S.GONE:
+            del self.servers[s.id]  # late reports about it find nothing and are dropped
+            failed = was is not S.STOPPING
+            self.bus.emit(Ev.SERVER_FAILED if failed else Ev.SERVER_STOPPED, server=s.id, **fields)
+            if s.upstream is not None:
+                s.upstream.close()
+            if failed and was in NOT_YET_READY and not self.closing:
+                self._start_failed(self.specs[s.spec.name], reason or "")
         else:
-            q.append(_Waiter(fut, next(_seq), model))
-        # A slot may be free already (e.g. retried call at the front): hand it out at once.
-        servers = self.by_model.get(model)
-        if servers:
-            s = pick_server(servers)
-            if s is not None:
-                self._hand(s)  # type: ignore[arg-type]
-        return fut
+            self.bus.emit(_ENTER_EVENT[to], server=s.id, **fields)
+        if to is S.STOPPING or to is S.GONE:
+            if s.lease_waiter is not None and not s.lease_waiter.done():
+                s.lease_waiter.set_result(None)
+        elif to is S.READY:
+            s.idle_since_m = self.clock()
+            self.dispatcher.add(s)
+        self.changed()
+        return True
 
-    def depth(self, model: str) -> int:
-        """Queue length, counting waiters that gave up but are not yet popped (O(1), for the journal)."""
-        q = self.queues.get(model)
-        return len(q) if q else 0
+    def _start_failed(self, rt: SpecRuntime, reason: str) -> None:
+        rt.failures += 1
+        rt.last_failure_m = self.clock()
+        rt.last_failure = reason
 
-    def waiting(self, model: str) -> int:
-        q = self.queues.get(model)
-        return sum(1 for w in q if not w.fut.done()) if q else 0
+    # -- creating, readying, ending servers ------------------------------------------------------
+    def add_server(self, spec: str, reason: str) -> Server:
+        rt = self.specs[spec]
+        s = Server(f"s{next(self._ids)}", rt.spec, self.clock(), concurrency=rt.spec.concurrency)
+        self.servers[s.id] = s
+        self.bus.emit(Ev.SERVER_REQUESTED, server=s.id, spec=spec, reason=reason)
+        self.changed()
+        return s
 
-    def release(self, server: Server, now: float) -> None:
-        """A call finished on ``server``: give the slot to the oldest waiter, else free it."""
-        server.outstanding -= 1
-        if server.state == READY:
-            self._hand(server)
-        if server.outstanding == 0:
-            server.idle_since_m = now
+    def register(self, s: Server, url: str, doc: dict[str, Any]) -> bool:
+        """The launcher reported ``url``; False if ``s`` is past the point of registering."""
+        if s.state not in (S.REQUESTED, S.STARTING):
+            return False
+        s.url = url.rstrip("/")
+        s.host = doc.get("host") or s.host
+        s.job = s.job or doc.get("job")
+        return self.transition(
+            s,
+            S.REGISTERED,
+            url=s.url,
+            host=s.host,
+            port=doc.get("port"),
+            job=doc.get("job"),
+            pid=doc.get("pid"),
+            launcher_pid=doc.get("launcher_pid"),
+        )
 
-    def _hand(self, server: Server) -> None:
-        while server.outstanding < server.concurrency:
-            w = self._oldest_waiter(server.models)
-            if w is None:
-                return
-            server.outstanding += 1
-            w.fut.set_result(server)
+    def make_ready(self, s: Server, models: list[str]) -> bool:
+        """``s`` answered /Info with ``models``: let it take calls."""
+        if s.state is not S.REGISTERED or s.url is None:
+            return False
+        rt = self.specs[s.spec.name]
+        s.models = tuple(models)
+        u = urlsplit(s.url)
+        s.upstream = Upstream(u.hostname or "127.0.0.1", u.port or 80)
+        rt.failures = 0
+        if not rt.discovered:
+            rt.models.update(models)
+            rt.discovered = True
+        return self.transition(s, S.READY, spec=s.spec.name, models=list(models), concurrency=s.concurrency)
 
-    def _oldest_waiter(self, models: tuple[str, ...]) -> _Waiter | None:
-        best_q = None
-        best_seq = None
-        for m in models:
-            q = self.queues.get(m)
-            if not q:
-                continue
-            while q and q[0].fut.done():  # cancelled or failed waiters
-                q.popleft()
-            if q and (best_seq is None or q[0].seq < best_seq):
-                best_q, best_seq = q, q[0].seq
-        return best_q.popleft() if best_q is not None else None
+    def fail(self, s: Server, why: str) -> None:
+        """``s`` cannot serve (bad /Info, lost, start-up timeout): gone, and its job cancelled."""
+        if self.transition(s, S.GONE, why):
+            self.spawn(self.backend.cancel(s.id))
 
-    # -- servers -------------------------------------------------------------------------------
-    def add(self, server: Server) -> None:
-        for m in server.models:
-            self.by_model.setdefault(m, []).append(server)
-        self._hand(server)
+    def stop(self, s: Server, reason: str, fallback: bool = True) -> None:
+        """Lease stop first (the launcher ends its server); the backend's cancel is the second line."""
+        was = s.state
+        if not self.transition(s, S.STOPPING, reason):
+            return
+        if was in (S.REQUESTED, S.STARTING) or not fallback:
+            # No launcher listens for a lease yet (or we are shutting down): cancel right away.
+            self.spawn(self.backend.cancel(s.id))
+        else:
+            self.spawn(self._cancel_later(s))
 
-    def remove(self, server: Server) -> None:
-        for m in server.models:
-            lst = self.by_model.get(m)
-            if lst and server in lst:
-                lst.remove(server)
+    async def _cancel_later(self, s: Server) -> None:
+        await asyncio.sleep(LEASE_STOP_GRACE_S)
+        if s.state is not S.GONE:
+            await self.backend.cancel(s.id)
 
-    def fail_waiters(self, model: str, exc: Exception) -> int:
-        q = self.queues.pop(model, None)
-        n = 0
-        for w in q or ():
-            if not w.fut.done():
-                w.fut.set_exception(exc)
-                n += 1
-        return n
+    def hold(self, spec: str, failures: int, reason: str) -> None:
+        """Start no more servers of ``spec``; fail the calls nothing else can serve."""
+        rt = self.specs[spec]
+        if rt.held:
+            return
+        rt.held = True
+        rt.held_reason = f"server '{spec}' failed to start {failures} times: {reason}"
+        self.bus.emit(Ev.SPEC_HELD, spec=spec, failures=failures, reason=reason)
+        self.fail_unservable(rt.held_reason)
+
+    # -- BackendEvents ---------------------------------------------------------------------------
+    def job_started(self, server_id: str, job_id: str, host: str) -> None:
+        s = self.servers.get(server_id)
+        if s is None:
+            return
+        s.job, s.host = job_id, host
+        fields = {"spec": s.spec.name, "job": job_id, "host": host}
+        if not self.transition(s, S.STARTING, **fields):
+            # Registered already (the report lags a poll): the start time still goes on record.
+            self.bus.emit(Ev.SERVER_STARTED, server=server_id, **fields)
+
+    def job_ended(self, server_id: str, reason: str, failed: bool) -> None:
+        s = self.servers.get(server_id)
+        if s is not None:
+            self.transition(s, S.GONE, reason)
+
+    def job_deadline(self, server_id: str, deadline_wall: float) -> None:
+        s = self.servers.get(server_id)
+        if s is not None:
+            s.deadline_wall = deadline_wall
+            s.deadline_m = self.clock() + (deadline_wall - time.time())
+
+    # -- what can be served ----------------------------------------------------------------------
+    def can_serve(self, model: str) -> bool:
+        if self.closing:
+            return False
+        if self.dispatcher.by_model.get(model):
+            return True
+        return any(not rt.held and (model in rt.models or not rt.discovered) for rt in self.specs.values())
+
+    def unservable_reason(self, model: str) -> str:
+        if self.closing:
+            return "the balancer is shutting down"
+        held = [rt.held_reason for rt in self.specs.values() if rt.held]
+        return f"no server for model '{model}' became ready" + (f" ({'; '.join(held)})" if held else "")
+
+    def fail_unservable(self, why: str) -> None:
+        """Fail waiting calls that no spec can serve any more, so nothing waits forever."""
+        for model in list(self.dispatcher.queues):
+            if not self.can_serve(model):
+                self.dispatcher.fail_waiters(model, NoServerError(why))
+        self.changed()
+
+    def known_models(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for rt in self.specs.values():
+            for m in sorted(rt.models):
+                seen[m] = None
+        return list(seen)
+
+    def all_discovered(self) -> bool:
+        return all(rt.discovered or rt.held for rt in self.specs.values())
+
+    def serves(self, model: str) -> bool:
+        return any(model in rt.models for rt in self.specs.values())
+
+    # -- waiting on pool state -------------------------------------------------------------------
+    def changed(self) -> None:
+        """Wake ``wait_for`` callers and the scaler: pool state changed."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+        self.wake.set()
+
+    async def wait_for(self, pred: Callable[[], Any], timeout: float, stop_on_close: bool = True) -> bool:
+        """Wait until ``pred()`` holds, re-checking whenever pool state changes."""
+        deadline = time.monotonic() + timeout
+        while not pred():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (self.closing and stop_on_close):
+                return bool(pred())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return True
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel_tasks(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+
+    def live(self) -> list[Server]:
+        return list(self.servers.values())  # gone servers leave the dict
+
+    def status(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": s.id,
+                "spec": s.spec.name,
+                "state": s.state.value,
+                "url": s.url,
+                "outstanding": s.outstanding,
+                "models": list(s.models),
+            }
+            for s in self.live()
+        ]

@@ -1,83 +1,17 @@
-"""Pure parts: scaling policy, routing, request validation, config validation, CLI errors."""
+"""Pure parts: request validation, config validation, CLI errors (policy and routing: test_policy.py)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from balancer.config import ConfigError, parse_config
 from balancer.protocol import ProtocolError, check_sizes, parse_request
-from balancer.scaling import SpecState, decide, pick_server, start_backoff_s
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class S:
-    outstanding: int
-    concurrency: int = 1
-
-
-def test_pick_server_least_outstanding_with_free_slot():
-    a, b, c = S(2, 2), S(1, 4), S(3, 4)
-    assert pick_server([a, b, c]) is b
-    assert pick_server([S(1, 1), S(2, 2)]) is None
-    assert pick_server([]) is None
-
-
-def spec(**kw) -> SpecState:
-    base = dict(
-        name="m",
-        min_servers=0,
-        max_servers=4,
-        backlog=2,
-        concurrency=1,
-        idle_timeout_s=10,
-        startup_timeout_s=30,
-    )
-    base.update(kw)
-    return SpecState(**base)
-
-
-def test_demand_starts_servers_within_backlog_and_max():
-    (a,) = decide([spec(waiting=10)], now=0)
-    assert (a.kind, a.count, a.reason) == ("start", 2, "demand")  # backlog 2 at once
-    (a,) = decide([spec(waiting=10, starting=1)], now=0)
-    assert a.count == 1
-    assert decide([spec(waiting=10, starting=2)], now=0) == []
-    (a,) = decide([spec(waiting=10, ready=3)], now=0)
-    assert a.count == 1 and a.target == 4  # max_servers
-    (a,) = decide([spec(waiting=3, concurrency=2)], now=0)
-    assert a.count == 2  # ceil(3 / 2)
-
-
-def test_min_servers_and_held_specs():
-    (a,) = decide([spec(min_servers=3, backlog=5)], now=0)
-    assert (a.count, a.reason) == (3, "min_servers")
-    assert decide([spec(waiting=5, start_blocked=True)], now=0) == []
-
-
-def test_idle_stop_longest_idle_first_never_below_min():
-    acts = decide([spec(ready=3, min_servers=1, idle=(("s1", 5.0), ("s2", 1.0), ("s3", 9.5)))], now=20)
-    assert [(a.kind, a.server) for a in acts] == [("stop", "s2"), ("stop", "s1")]
-    assert decide([spec(ready=2, idle=(("s1", 15.0),))], now=20) == []  # not idle long enough
-    assert decide([spec(ready=2, waiting=1, idle=(("s1", 0.0),))], now=20)[0].kind == "start"
-
-
-def test_startup_timeout_and_replacement():
-    acts = decide([spec(starting=1, starts=(("s9", 0.0),))], now=31)
-    assert [(a.kind, a.server, a.reason) for a in acts] == [("stop", "s9", "startup_timeout")]
-    (a,) = decide([spec(ready=1, unreplaced_draining=1)], now=0)
-    assert (a.kind, a.reason, a.count) == ("start", "replace", 1)
-
-
-def test_backoff_grows_and_caps():
-    assert [start_backoff_s(n) for n in range(5)] == [0, 1, 2, 4, 8]
-    assert start_backoff_s(30) == 60
 
 
 def test_parse_request_accepts_valid_and_rejects_bad():

@@ -1,0 +1,139 @@
+"""The launchers' control API: register, lease, exited; plus the status view.
+
+Launchers authenticate with the run's token (``Authorization: Bearer``, compared in constant
+time). ``register`` makes a requested server REGISTERED and has the balancer check its /Info
+itself before it takes calls; ``lease`` is a long poll that answers at once when the server must
+stop; ``exited`` reports the model server's exit (and why), faster than a scheduler poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from .events import Ev, EventBus
+from .frontend import Reply, Request, error_reply, json_reply
+from .pool import Pool, Server, ServerState
+from .probe import Probe
+
+_UNAUTHORIZED = ("Unauthorized", "missing or wrong balancer token", 401)
+
+
+class Control:
+    def __init__(
+        self,
+        pool: Pool,
+        bus: EventBus,
+        probe: Probe,
+        token: str,
+        lease_s: float,
+        status_extra: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
+        self.pool = pool
+        self.bus = bus
+        self.probe = probe
+        self.lease_s = lease_s
+        self._bearer = f"Bearer {token}".encode()
+        self._status_extra = status_extra
+
+    def _authorized(self, request: Request) -> bool:
+        if hmac.compare_digest(request.headers.get(b"authorization", b""), self._bearer):
+            return True
+        self.bus.emit(Ev.AUTH_REFUSED, path=request.path, remote=request.remote)
+        return False
+
+    @staticmethod
+    def _json(request: Request) -> dict[str, Any]:
+        try:
+            doc = orjson.loads(request.body or b"{}")
+        except orjson.JSONDecodeError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    async def register(self, request: Request) -> Reply:
+        if not self._authorized(request):
+            return error_reply(*_UNAUTHORIZED)
+        doc = self._json(request)
+        if not isinstance(doc.get("server"), (str, int)) or not isinstance(doc.get("url"), str):
+            return error_reply("InvalidInput", "expected {server, url, ...}", 400)
+        s = self.pool.servers.get(str(doc["server"]))
+        if s is None:
+            return json_reply({"stop": True, "reason": "unknown server"}, 404)
+        if not self.pool.register(s, doc["url"], doc):
+            return json_reply({"stop": True, "reason": f"server is {s.state.value}"}, 410)
+        self.pool.spawn(self._check_ready(s))
+        return json_reply({"lease_s": self.lease_s})
+
+    async def _check_ready(self, s: Server) -> None:
+        """Ask the registered server's /Info ourselves, then let it take calls."""
+        assert s.url is not None
+        try:
+            models = await self.probe.models(s.url)
+        except Exception as exc:  # any failure here means the server is unusable
+            self.pool.fail(s, f"balancer cannot use {s.url}/Info: {type(exc).__name__}: {exc}")
+            return
+        wanted = s.spec.models
+        if wanted:
+            missing = [m for m in wanted if m not in models]
+            if missing:
+                self.pool.fail(s, f"server does not serve configured model(s) {missing}; it has {models}")
+                return
+            models = list(wanted)
+        self.pool.make_ready(s, models)
+
+    async def servers(self, request: Request) -> Reply:
+        """``/api/servers/{server}/lease`` and ``/api/servers/{server}/exited``."""
+        parts = request.path.split("/")
+        sid = parts[3] if len(parts) == 5 else ""
+        if parts[-1] == "lease":
+            return await self._lease(request, sid)
+        if parts[-1] == "exited":
+            return self._exited(request, sid)
+        return error_reply("NotFound", f"no route {request.path}", 404)
+
+    async def _lease(self, request: Request, sid: str) -> Reply:
+        """Long poll: answers at once when the server must stop, else after ``wait`` seconds."""
+        if not self._authorized(request):
+            return error_reply(*_UNAUTHORIZED)
+        s = self.pool.servers.get(sid)
+        if s is None or s.state in (ServerState.GONE, ServerState.STOPPING):
+            return json_reply({"stop": True})
+        try:
+            wait = float(self._json(request).get("wait", 0))
+        except (TypeError, ValueError):
+            wait = 0.0
+        wait = max(0.0, min(wait, self.lease_s / 2))
+        if wait > 0:
+            if s.lease_waiter is None or s.lease_waiter.done():
+                s.lease_waiter = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(s.lease_waiter), wait)
+        return json_reply({"stop": s.state in (ServerState.GONE, ServerState.STOPPING)})
+
+    def _exited(self, request: Request, sid: str) -> Reply:
+        if not self._authorized(request):
+            return error_reply(*_UNAUTHORIZED)
+        doc = self._json(request)
+        code, why = doc.get("code"), doc.get("why")
+        s = self.pool.servers.get(sid)
+        if s is not None:
+            reason = f"model server exited with code {code}" + (f" after {why}" if why else "")
+            self.pool.job_ended(s.id, reason, failed=s.state is not ServerState.STOPPING)
+        return json_reply({"ok": True})
+
+    async def status(self, request: Request) -> Reply:
+        disp = self.pool.dispatcher
+        return json_reply(
+            {
+                "servers": self.pool.status(),
+                "queues": {m: disp.waiting(m) for m in disp.queues},
+                "models": self.pool.known_models(),
+                "held": {n: rt.held_reason for n, rt in self.pool.specs.items() if rt.held},
+                **self._status_extra(),
+            }
+        )

@@ -1,0 +1,145 @@
+"""The dispatcher: per-model FIFO of waiting calls, hand-off of free slots to the oldest waiter.
+
+A call that finds a free slot takes it synchronously (no task, no future). Otherwise it waits on a
+future in its model's queue; when a slot frees, it is handed straight to the oldest waiter, so a
+server never takes more than ``concurrency`` calls and no call overtakes an older one. Which
+servers are members is the pool's business: it calls ``add`` when a server becomes READY and
+``remove`` when it leaves READY, from its one transition function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .policy import pick_server
+
+
+class Slot(Protocol):
+    """What the dispatcher needs of a server record."""
+
+    outstanding: int
+    concurrency: int
+    idle_since_m: float
+    models: tuple[str, ...]
+    serving: bool  # a member: takes new calls
+
+
+class NoServerError(Exception):
+    """No server can take this call (its specs are held after failed starts, or shutting down)."""
+
+
+_seq = itertools.count()
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    fut: asyncio.Future[Slot]
+    seq: int
+    model: str
+
+
+@dataclass
+class Dispatcher:
+    """Owns which READY servers serve which model and who waits for them."""
+
+    by_model: dict[str, list[Slot]] = field(default_factory=dict)
+    queues: dict[str, deque[_Waiter]] = field(default_factory=dict)
+
+    # -- calls ---------------------------------------------------------------------------------
+    def try_acquire(self, model: str) -> Slot | None:
+        """A free slot right now, or None. Only when nobody waits, so FIFO order holds."""
+        q = self.queues.get(model)
+        if q:
+            return None
+        servers = self.by_model.get(model)
+        if not servers:
+            return None
+        s = pick_server(servers)
+        if s is not None:
+            s.outstanding += 1  # type: ignore[attr-defined]
+        return s  # type: ignore[return-value]
+
+    def enqueue(self, model: str, front: bool = False) -> asyncio.Future[Slot]:
+        """Join the model's queue; the future resolves with a server whose slot is already taken."""
+        fut: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        q = self.queues.setdefault(model, deque())
+        if front:
+            q.appendleft(_Waiter(fut, -next(_seq), model))
+        else:
+            q.append(_Waiter(fut, next(_seq), model))
+        # A slot may be free already (e.g. retried call at the front): hand it out at once.
+        servers = self.by_model.get(model)
+        if servers:
+            s = pick_server(servers)
+            if s is not None:
+                self._hand(s)  # type: ignore[arg-type]
+        return fut
+
+    def depth(self, model: str) -> int:
+        """Queue length, counting waiters that gave up but are not yet popped (O(1), for the journal)."""
+        q = self.queues.get(model)
+        return len(q) if q else 0
+
+    def waiting(self, model: str) -> int:
+        q = self.queues.get(model)
+        return sum(1 for w in q if not w.fut.done()) if q else 0
+
+    def release(self, server: Slot, now: float) -> None:
+        """A call finished on ``server``: give the slot to the oldest waiter, else free it."""
+        server.outstanding -= 1
+        if server.serving:
+            self._hand(server)
+        if server.outstanding == 0:
+            server.idle_since_m = now
+
+    def _hand(self, server: Slot) -> None:
+        while server.outstanding < server.concurrency:
+            w = self._oldest_waiter(server.models)
+            if w is None:
+                return
+            server.outstanding += 1
+            w.fut.set_result(server)
+
+    def _oldest_waiter(self, models: tuple[str, ...]) -> _Waiter | None:
+        best_q = None
+        best_seq = None
+        for m in models:
+            q = self.queues.get(m)
+            if not q:
+                continue
+            while q and q[0].fut.done():  # cancelled or failed waiters
+                q.popleft()
+            if q and (best_seq is None or q[0].seq < best_seq):
+                best_q, best_seq = q, q[0].seq
+        return best_q.popleft() if best_q is not None else None
+
+    # -- servers -------------------------------------------------------------------------------
+    def add(self, server: Slot) -> None:
+        server.serving = True
+        for m in server.models:
+            self.by_model.setdefault(m, []).append(server)
+        self._hand(server)
+
+    def remove(self, server: Slot) -> None:
+        server.serving = False
+        for m in server.models:
+            lst = self.by_model.get(m)
+            if lst and server in lst:
+                lst.remove(server)
+
+    def fail_waiters(self, model: str, exc: Exception) -> int:
+        q = self.queues.pop(model, None)
+        n = 0
+        for w in q or ():
+            if not w.fut.done():
+                w.fut.set_exception(exc)
+                n += 1
+        return n
+
+    def least_loaded(self, model: str) -> Slot | None:
+        """A member serving ``model`` for a metadata call: least loaded, slot or not."""
+        return pick_server(self.by_model.get(model, ()), free_slot=False)  # type: ignore[return-value]

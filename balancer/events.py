@@ -1,0 +1,86 @@
+"""One event bus: components emit typed events, subscribers (journal, metrics, dashboard, ...) listen.
+
+An emitter names the event (``Ev``) and its fields; the bus stamps the schema version, the name,
+wall-clock ``t`` and monotonic ``m`` into one dict and calls every subscriber with it, in the
+emitter's own call: no task, no queue, no copy. That keeps the per-call path at a few microseconds
+per event (``bench/overhead.py``); a subscriber with slow work (a network notification) hands it
+off itself. A subscriber that raises is reported once on stderr and skipped for that event, so a
+broken listener never breaks a call. Subscribers must not modify the dict.
+
+The event names and fields are the journal schema (README, "Journal schema"), version 1: fields
+may be added, never renamed or removed without bumping ``SCHEMA_VERSION``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+SCHEMA_VERSION = 1
+
+log = logging.getLogger(__name__)
+
+
+class Ev:
+    """Every event the balancer emits. Plain ``Final`` strings rather than an Enum: an enum
+    member's ``.value`` and hash are Python-level calls, measurable on the per-call path."""
+
+    BALANCER_STARTED: Final = "balancer.started"
+    BALANCER_STOPPING: Final = "balancer.stopping"
+    BALANCER_STOPPED: Final = "balancer.stopped"
+    BALANCER_ERROR: Final = "balancer.error"  # a component failed (e.g. a scaler pass); the rest goes on
+    CALL_RECEIVED: Final = "call.received"
+    CALL_QUEUED: Final = "call.queued"
+    CALL_DISPATCHED: Final = "call.dispatched"
+    CALL_REQUEUED: Final = "call.requeued"
+    CALL_COMPLETED: Final = "call.completed"
+    CALL_FAILED: Final = "call.failed"
+    SERVER_REQUESTED: Final = "server.requested"
+    SERVER_STARTED: Final = "server.started"
+    SERVER_REGISTERED: Final = "server.registered"
+    SERVER_READY: Final = "server.ready"
+    SERVER_DRAINING: Final = "server.draining"
+    SERVER_STOPPING: Final = "server.stopping"
+    SERVER_STOPPED: Final = "server.stopped"
+    SERVER_FAILED: Final = "server.failed"
+    SPEC_HELD: Final = "spec.held"
+    SCALE_DECISION: Final = "scale.decision"
+    AUTH_REFUSED: Final = "auth.refused"
+
+
+EVENT_NAMES = frozenset(v for k, v in vars(Ev).items() if k.isupper())
+Event = dict[str, Any]
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    __slots__ = ("_broken", "_subs")
+
+    def __init__(self) -> None:
+        self._subs: tuple[Subscriber, ...] = ()
+        self._broken: set[Subscriber] = set()
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        """Call ``fn(event)`` for every event from now on; returns the unsubscribe function."""
+        self._subs = (*self._subs, fn)
+
+        def unsubscribe() -> None:
+            self._subs = tuple(s for s in self._subs if s is not fn)
+
+        return unsubscribe
+
+    def emit(self, ev: str, **fields: Any) -> None:
+        """Emit ``ev`` (an ``Ev`` constant) with its fields to every subscriber."""
+        fields["v"] = SCHEMA_VERSION
+        fields["ev"] = ev
+        fields["t"] = time.time()
+        fields["m"] = time.monotonic()
+        for fn in self._subs:
+            try:
+                fn(fields)
+            except Exception as exc:
+                if fn not in self._broken:
+                    self._broken.add(fn)
+                    log.error("event subscriber %r failed on %s: %s: %s", fn, ev, type(exc).__name__, exc)

@@ -1,0 +1,50 @@
+"""Health checks of model servers: ``GET /Info`` with a timeout, off the per-call path.
+
+Used when a launcher registers a server (is it really a UM-Bridge server, which models?) and when
+a call to a server breaks (is the server gone, or was it a stale keep-alive connection?).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+
+_LOST_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+class Probe:
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            )
+        return self._session
+
+    async def models(self, url: str, timeout: float = 10.0) -> list[str]:
+        """The model names a server's /Info lists; raises on any failure (with a readable message)."""
+        async with self._http().get(url + "/Info", timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            info = orjson.loads(await r.read())
+        models = info["models"]
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise ValueError("'models' is not a list of names")
+        return models
+
+    async def alive(self, url: str, timeout: float = 2.0) -> bool:
+        """Whether /Info still answers 200 (after a broken call: stale connection or dead server)."""
+        try:
+            async with self._http().get(url + "/Info", timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                return r.status == 200
+        except _LOST_ERRORS:
+            return False
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

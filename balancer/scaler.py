@@ -1,0 +1,194 @@
+"""The scaler: observe the pool, ask the pure policy, apply its actions.
+
+Each pass builds ``policy.Observed`` from the pool (one walk over the live servers), calls
+``policy.decide`` and carries out what it returns: start servers through the backend, stop,
+drain, give up a start, hold a spec. It runs every ``scale_interval_s`` and at once (at most every
+``MIN_GAP_S``) when a call starts waiting or a server changes state. A pass that raises is
+journaled (``balancer.error``) and shown in the status API; the next pass runs as usual, so a bug
+can never leave the pool silently dead. The clock is injectable for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .backends.base import (
+    ENV_CONCURRENCY,
+    ENV_LEASE,
+    ENV_SERVER_ID,
+    ENV_STARTUP,
+    ENV_TOKEN,
+    ENV_URL,
+    Backend,
+    Launch,
+)
+from .events import Ev, EventBus
+from .policy import Action, Drain, GiveUp, Hold, Limits, Observed, SpecObserved, Start, Stop, decide
+from .pool import Pool, Server, ServerState
+
+MIN_GAP_S = 0.01  # however many calls queue, at most one pass per 10 ms
+ERROR_REPEAT_S = 60.0  # the same error is journaled again after this long
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """What every launcher is told: where the balancer is and how to authenticate."""
+
+    url: str
+    token: str
+    lease_s: float
+    log_dir: Path
+
+
+class Scaler:
+    def __init__(
+        self,
+        pool: Pool,
+        bus: EventBus,
+        backend: Backend,
+        limits: Limits,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pool = pool
+        self.bus = bus
+        self.backend = backend
+        self.limits = limits
+        self.interval_s = interval_s
+        self.clock = clock
+        self.launch: LaunchSettings | None = None
+        self.passes = 0
+        self.error: str | None = None  # the last pass's error, None after a good pass
+        self.errors = 0
+        self._error_journaled: tuple[str, float] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, launch: LaunchSettings) -> None:
+        self.launch = launch
+        self._task = asyncio.create_task(self._loop(), name="scaler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        wake = self.pool.wake
+        while not self.pool.closing:
+            self.run_once()
+            wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.interval_s)
+            await asyncio.sleep(MIN_GAP_S)
+
+    def run_once(self) -> list[Action]:
+        """One pass; never raises (an error is recorded and journaled instead)."""
+        try:
+            now = self.clock()
+            actions = decide(self.limits, self.observe(), now)
+            for a in actions:
+                self.apply(a)
+        except Exception as exc:
+            self._failed(f"{type(exc).__name__}: {exc}")
+            return []
+        self.passes += 1
+        self.error = None
+        return actions
+
+    def _failed(self, error: str) -> None:
+        self.errors += 1
+        self.error = error
+        now = self.clock()
+        last = self._error_journaled
+        if last is None or last[0] != error or now - last[1] >= ERROR_REPEAT_S:
+            self._error_journaled = (error, now)
+            self.bus.emit(Ev.BALANCER_ERROR, where="scaler", error=error, count=self.errors)
+
+    def status(self) -> dict[str, Any]:
+        return {"ok": self.error is None, "passes": self.passes, "errors": self.errors, "error": self.error}
+
+    # -- observations ----------------------------------------------------------------------------
+    def observe(self) -> Observed:
+        pool = self.pool
+        by_spec: dict[str, list[Server]] = {name: [] for name in pool.specs}
+        for s in pool.servers.values():
+            by_spec[s.spec.name].append(s)
+        disp = pool.dispatcher
+        meta = pool.meta_waiting
+        unknown = meta.get("", 0)
+        specs = {}
+        for name, rt in pool.specs.items():
+            waiting = sum(disp.waiting(m) + meta.get(m, 0) for m in rt.models)
+            if not rt.discovered:
+                waiting += unknown
+            specs[name] = SpecObserved(
+                servers=by_spec[name],
+                waiting=waiting,
+                failures=rt.failures,
+                last_failure_m=rt.last_failure_m,
+                last_failure=rt.last_failure,
+                held=rt.held,
+            )
+        return Observed(specs)
+
+    # -- actions ---------------------------------------------------------------------------------
+    def apply(self, a: Action) -> None:
+        pool = self.pool
+        if isinstance(a, Start):
+            self._decision(a.spec, "start", a.reason.value, a.target, count=a.count)
+            for sid in a.replaces:
+                s = pool.servers.get(sid)
+                if s is not None:
+                    s.replaced = True
+            servers = [pool.add_server(a.spec, a.reason.value) for _ in range(a.count)]
+            pool.spawn(self._submit([self._launch(s) for s in servers]))
+        elif isinstance(a, Stop):
+            self._decision(a.spec, "stop", a.reason.value, a.target, server=a.server)
+            s = pool.servers.get(a.server)
+            if s is not None:
+                pool.stop(s, a.reason.value)
+        elif isinstance(a, GiveUp):
+            self._decision(a.spec, "stop", "startup_timeout", a.target, server=a.server)
+            s = pool.servers.get(a.server)
+            if s is not None:
+                pool.fail(s, "startup timeout")
+        elif isinstance(a, Drain):
+            s = pool.servers.get(a.server)
+            if s is not None:
+                pool.transition(s, ServerState.DRAINING, "time limit ahead")
+        elif isinstance(a, Hold):
+            pool.hold(a.spec, a.failures, a.reason)
+
+    def _decision(self, spec: str, action: str, reason: str, target: int, **fields: Any) -> None:
+        fields.setdefault("count", 1)
+        self.bus.emit(Ev.SCALE_DECISION, spec=spec, action=action, target=target, reason=reason, **fields)
+
+    def _launch(self, s: Server) -> Launch:
+        ls = self.launch
+        assert ls is not None, "Scaler.start() gives the launch settings"
+        env = dict(s.spec.env)
+        env.update(
+            {
+                ENV_URL: ls.url,
+                ENV_TOKEN: ls.token,
+                ENV_SERVER_ID: s.id,
+                ENV_LEASE: str(ls.lease_s),
+                ENV_STARTUP: str(s.spec.startup_timeout_s),
+                ENV_CONCURRENCY: str(s.spec.concurrency),
+            }
+        )
+        return Launch(s.id, s.spec, env, ls.log_dir)
+
+    async def _submit(self, launches: list[Launch]) -> None:
+        try:
+            await self.backend.submit(launches)
+        except Exception as exc:  # a backend error fails these starts, the balancer keeps serving
+            for launch in launches:
+                self.pool.job_ended(launch.server_id, f"submit failed: {type(exc).__name__}: {exc}", True)
