@@ -246,7 +246,9 @@ class Calls:
                 except NoServerError as exc:
                     return self._reject(call, ProtocolError("ServiceUnavailable", str(exc), 503))
                 except asyncio.CancelledError:
-                    if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    if fut.cancelled():
+                        disp.gave_up(model)
+                    elif fut.exception() is None:
                         disp.release(fut.result(), time.monotonic())
                     raise
             emit(Ev.CALL_DISPATCHED, call=call, server=s.id, attempt=attempt)  # type: ignore[attr-defined]

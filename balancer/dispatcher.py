@@ -48,6 +48,8 @@ class Dispatcher:
 
     by_model: dict[str, list[Slot]] = field(default_factory=dict)
     queues: dict[str, deque[_Waiter]] = field(default_factory=dict)
+    # Live waiters per model, kept by count so the scaler's view costs O(1) with 100k queued.
+    _waiting: dict[str, int] = field(default_factory=dict)
 
     # -- calls ---------------------------------------------------------------------------------
     def try_acquire(self, model: str) -> Slot | None:
@@ -67,13 +69,16 @@ class Dispatcher:
         """Join the model's queue; the future resolves with a server whose slot is already taken."""
         fut: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
         q = self.queues.setdefault(model, deque())
+        others_wait = self._waiting.get(model, 0) > 0
+        self._waiting[model] = self._waiting.get(model, 0) + 1
         if front:
             q.appendleft(_Waiter(fut, -next(_seq), model))
         else:
             q.append(_Waiter(fut, next(_seq), model))
-        # A slot may be free already (e.g. retried call at the front): hand it out at once.
+        # A slot may be free already (e.g. a retried call at the front): hand it out at once. While
+        # others wait there is none (a freed slot always goes to a waiter), so skip the O(servers) look.
         servers = self.by_model.get(model)
-        if servers:
+        if servers and (front or not others_wait):
             s = pick_server(servers)
             if s is not None:
                 self._hand(s)  # type: ignore[arg-type]
@@ -85,8 +90,12 @@ class Dispatcher:
         return len(q) if q else 0
 
     def waiting(self, model: str) -> int:
-        q = self.queues.get(model)
-        return sum(1 for w in q if not w.fut.done()) if q else 0
+        """Calls waiting for ``model`` (O(1))."""
+        return self._waiting.get(model, 0)
+
+    def gave_up(self, model: str) -> None:
+        """A waiter's future was cancelled (its call was cancelled): it waits no more."""
+        self._waiting[model] -= 1
 
     def release(self, server: Slot, now: float) -> None:
         """A call finished on ``server``: give the slot to the oldest waiter, else free it."""
@@ -102,6 +111,7 @@ class Dispatcher:
             if w is None:
                 return
             server.outstanding += 1
+            self._waiting[w.model] -= 1
             w.fut.set_result(server)
 
     def _oldest_waiter(self, models: tuple[str, ...]) -> _Waiter | None:
@@ -138,6 +148,7 @@ class Dispatcher:
             if not w.fut.done():
                 w.fut.set_exception(exc)
                 n += 1
+        self._waiting[model] = self._waiting.get(model, 0) - n
         return n
 
     def least_loaded(self, model: str) -> Slot | None:

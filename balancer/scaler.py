@@ -55,6 +55,7 @@ class Scaler:
         limits: Limits,
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
+        policy: Callable[[Limits, Observed, float], list[Action]] = decide,
     ) -> None:
         self.pool = pool
         self.bus = bus
@@ -62,6 +63,7 @@ class Scaler:
         self.limits = limits
         self.interval_s = interval_s
         self.clock = clock
+        self.policy = policy  # the forecast-aware policy of the next issue plugs in here
         self.launch: LaunchSettings | None = None
         self.passes = 0
         self.error: str | None = None  # the last pass's error, None after a good pass
@@ -92,7 +94,7 @@ class Scaler:
         """One pass; never raises (an error is recorded and journaled instead)."""
         try:
             now = self.clock()
-            actions = decide(self.limits, self.observe(), now)
+            actions = self.policy(self.limits, self.observe(), now)
             for a in actions:
                 self.apply(a)
         except Exception as exc:
