@@ -21,6 +21,8 @@ from http import HTTPStatus
 import httptools
 import orjson
 
+from .netbuf import SharedBufferProtocol
+
 IDLE_TIMEOUT_S = 75.0
 
 # (status, extra header lines already encoded, body); the frontend adds Content-Length.
@@ -138,7 +140,7 @@ class FrontServer:
                 await asyncio.wait_for(self.server.wait_closed(), 1)
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(SharedBufferProtocol):
     __slots__ = (
         "_body",
         "_headers",
@@ -187,7 +189,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: memoryview) -> None:  # type: ignore[override]
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:

@@ -13,6 +13,8 @@ import asyncio
 
 import httptools
 
+from .netbuf import SharedBufferProtocol
+
 _SMALL = 64 * 1024  # below this, header and body go out in one write
 
 
@@ -23,7 +25,7 @@ class UpstreamError(ConnectionError):
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, raw headers, body
 
 
-class _Conn(asyncio.Protocol):
+class _Conn(SharedBufferProtocol):
     __slots__ = (
         "_body",
         "_headers",
@@ -47,7 +49,7 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: memoryview) -> None:  # type: ignore[override]
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
