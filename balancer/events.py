@@ -14,8 +14,8 @@ may be added, never renamed or removed without bumping ``SCHEMA_VERSION``.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
+from time import monotonic, time
 from typing import Any, Final
 
 SCHEMA_VERSION = 1
@@ -75,8 +75,8 @@ class EventBus:
         """Emit ``ev`` (an ``Ev`` constant) with its fields to every subscriber."""
         fields["v"] = SCHEMA_VERSION
         fields["ev"] = ev
-        fields["t"] = time.time()
-        fields["m"] = time.monotonic()
+        fields["t"] = time()
+        fields["m"] = monotonic()
         for fn in self._subs:
             try:
                 fn(fields)

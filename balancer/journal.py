@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 _OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
+_write, _dumps = os.write, orjson.dumps  # bound once: this runs four times per call
 
 
 class Journal:
@@ -27,10 +28,10 @@ class Journal:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if self._fd is None:
-            return
-        # A short write to a regular file only happens on a full disk; nothing sensible to do then.
-        os.write(self._fd, orjson.dumps(event, option=_OPTS, default=str))
+        fd = self._fd
+        if fd is not None:
+            # A short write to a regular file only happens on a full disk; nothing sensible to do then.
+            _write(fd, _dumps(event, option=_OPTS, default=str))
 
     def close(self) -> None:
         if self._fd is not None:

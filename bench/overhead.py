@@ -6,7 +6,10 @@ separate process with keep-alive connections (raw aiohttp), so its CPU is not th
 Targets (2-core machine): added p50 <= 0.3 ms, balancer CPU <= 100 us per call, throughput at 64
 in flight >= 50% of direct.
 
-    python bench/overhead.py [--seconds 3] [--concurrency 64]
+    python bench/overhead.py [--seconds 3] [--concurrency 64] [--compare REV [--rounds 2]]
+
+``--compare REV`` runs the balancer of an earlier revision too (from a temporary git worktree),
+alternating with this one, so a before/after comparison shares one run's noise.
 """
 
 from __future__ import annotations
@@ -79,19 +82,8 @@ def run_load(url: str, inflight: int, seconds: float) -> dict:
     return json.loads(out.stdout)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=3.0)
-    # 64: the balancer may pass all 64 calls on, as the direct client does; the umbridge server
-    # queues them internally either way.
-    ap.add_argument("--concurrency", type=int, default=64, help="balancer's per-server concurrency cap")
-    ap.add_argument("--loadgen")
-    ap.add_argument("--inflight", type=int, default=1)
-    args = ap.parse_args()
-    if args.loadgen:
-        print(json.dumps(asyncio.run(loadgen(args.loadgen, args.inflight, args.seconds))))
-        return 0
-
+def measure(root: Path, args: argparse.Namespace) -> dict[int, tuple[dict, dict, float, float]]:
+    """One balancer (the package under ``root``) in front of one trivial server: direct vs via."""
     from balancer.journal import read_journal
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
@@ -103,7 +95,8 @@ def main() -> int:
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "balancer.cli", "serve", "--config", str(cfg)],
-        cwd=ROOT,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
         stdout=subprocess.DEVNULL,
     )
     journal = tmp / "run" / "journal.jsonl"
@@ -131,16 +124,54 @@ def main() -> int:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
-    print(f"balancer overhead, one trivial umbridge server (concurrency cap {args.concurrency}), "
-          f"{args.seconds:g} s per phase, {os.cpu_count()} CPUs")
-    print(f"{'in flight':>9} {'direct/s':>9} {'via/s':>9} {'ratio':>6} {'direct p50':>11} {'via p50':>9} "
-          f"{'added p50':>10} {'added p99':>10} {'CPU/call':>9} {'(kernel)':>9}")
+    return rows
+
+
+def print_rows(label: str, rows: dict[int, tuple[dict, dict, float, float]]) -> None:
     for inflight, (d, b, cpu, sys_cpu) in rows.items():
         print(
-            f"{inflight:>9} {d['rate']:>9.0f} {b['rate']:>9.0f} {b['rate'] / d['rate']:>6.2f} "
+            f"{label:>8} {inflight:>9} {d['rate']:>9.0f} {b['rate']:>9.0f} {b['rate'] / d['rate']:>6.2f} "
             f"{d['p50'] * 1e3:>9.3f}ms {b['p50'] * 1e3:>7.3f}ms {(b['p50'] - d['p50']) * 1e3:>8.3f}ms "
             f"{(b['p99'] - d['p99']) * 1e3:>8.3f}ms {cpu * 1e6:>7.0f}us {sys_cpu * 1e6:>7.0f}us"
         )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=3.0)
+    # 64: the balancer may pass all 64 calls on, as the direct client does; the umbridge server
+    # queues them internally either way.
+    ap.add_argument("--concurrency", type=int, default=64, help="balancer's per-server concurrency cap")
+    ap.add_argument("--compare", metavar="REV", help="also run the balancer of git revision REV, alternating")
+    ap.add_argument("--rounds", type=int, default=2, help="with --compare: alternating rounds of each")
+    ap.add_argument("--loadgen")
+    ap.add_argument("--inflight", type=int, default=1)
+    args = ap.parse_args()
+    if args.loadgen:
+        print(json.dumps(asyncio.run(loadgen(args.loadgen, args.inflight, args.seconds))))
+        return 0
+    roots = {"now": ROOT}
+    worktree = None
+    git: list[str] = []
+    if args.compare:
+        worktree = Path(tempfile.mkdtemp(prefix="bench-before-")) / "tree"
+        git = ["git", "-C", str(ROOT), "worktree"]
+        subprocess.run([*git, "add", "-q", "--detach", str(worktree), args.compare], check=True)
+        roots = {args.compare[:8]: worktree, "now": ROOT}
+    results: list[tuple[str, dict]] = []
+    try:
+        for _ in range(args.rounds if args.compare else 1):
+            for label, root in roots.items():  # alternating, so noise hits both alike
+                results.append((label, measure(root, args)))
+    finally:
+        if worktree is not None:
+            subprocess.run([*git, "remove", "--force", str(worktree)], check=False)
+    print(f"balancer overhead, one trivial umbridge server (concurrency cap {args.concurrency}), "
+          f"{args.seconds:g} s per phase, {os.cpu_count()} CPUs")
+    print(f"{'balancer':>8} {'in flight':>9} {'direct/s':>9} {'via/s':>9} {'ratio':>6} {'direct p50':>11} "
+          f"{'via p50':>9} {'added p50':>10} {'added p99':>10} {'CPU/call':>9} {'(kernel)':>9}")
+    for label, rows in results:
+        print_rows(label, rows)
     return 0
 
 
