@@ -26,9 +26,17 @@ from urllib.parse import urlparse
 
 import aiohttp
 
-from .backends.base import ENV_LEASE, ENV_SERVER_ID, ENV_STARTUP, ENV_TOKEN, ENV_URL
+from .backends.base import (
+    ENV_JOB_ID,
+    ENV_LEASE,
+    ENV_SERVER_ID,
+    ENV_STARTUP,
+    ENV_TASK_INDEX,
+    ENV_TOKEN,
+    ENV_URL,
+)
+from .procgroup import GRACE_S, end_child
 
-STOP_GRACE_S = 10.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -43,26 +51,18 @@ def free_port() -> int:
 
 
 def job_id() -> str:
-    env = os.environ
-    if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    if "SLURM_JOB_ID" in env:
-        return env["SLURM_JOB_ID"]
-    if "HQ_JOB_ID" in env:
-        return f"{env['HQ_JOB_ID']}.{env.get('HQ_TASK_ID', '0')}"
-    return str(os.getpid())
+    """The job's id as its scheduler writes it (``7_0``, ``7``, ``12.0``), exported by the backend's
+    job script; this process's pid where no backend set one (the local backend's job id)."""
+    return os.environ.get(ENV_JOB_ID) or str(os.getpid())
 
 
 def server_id() -> str:
-    """One id, or a comma list (job arrays, several servers per job) indexed by the task number."""
-    raw = os.environ.get(ENV_SERVER_ID, "")
-    ids = [x for x in raw.split(",") if x]
+    """One id, or a comma list (job arrays, several servers per job) indexed by the task index the
+    backend's job script exports."""
+    ids = [x for x in os.environ.get(ENV_SERVER_ID, "").split(",") if x]
     if len(ids) <= 1:
         return ids[0] if ids else ""
-    env = os.environ
-    idx = env.get("UMBRIDGE_BALANCER_TASK_INDEX") or env.get("SLURM_ARRAY_TASK_ID") or env.get("HQ_TASK_ID")
-    base = int(env.get("UMBRIDGE_BALANCER_TASK_BASE", "0"))
-    return ids[int(idx or 0) - base]
+    return ids[int(os.environ.get(ENV_TASK_INDEX) or 0)]
 
 
 def advertised_host(balancer_url: str) -> str:
@@ -239,19 +239,7 @@ class Launcher:
 
     async def _stop_server(self, exited: asyncio.Future[int]) -> int:
         assert self.proc is not None
-        if not exited.done():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(asyncio.shield(exited), STOP_GRACE_S)
-            except asyncio.TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                await exited
-        # Children the server left behind in its group go too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        code = exited.result()
+        code = await end_child(self.proc, GRACE_S)
         return 128 - code if code < 0 else code
 
     async def _report_exit(self, http: aiohttp.ClientSession, code: int) -> None:

@@ -28,9 +28,12 @@ from .config import BalancerConfig, ServerSpec
 from .dispatcher import Dispatcher, NoServerError
 from .events import Ev, EventBus
 from .policy import Phase
+from .procgroup import GRACE_S
 from .upstream import Upstream
 
-LEASE_STOP_GRACE_S = 5.0  # after a lease stop, how long the launcher has before the backend cancels
+# A launcher hears a lease stop at once (long poll) and ends its server; if its job has not ended
+# after half the grace, the backend's cancel (itself graceful) follows.
+LEASE_STOP_GRACE_S = GRACE_S / 2
 
 
 class ServerState(str, enum.Enum):

@@ -18,7 +18,8 @@ LAUNCH = [sys.executable, "-m", "balancer.launch", "--"]
 
 
 def test_launcher_writes_reference_url_file_and_forwards_sigterm(tmp_path):
-    env = {**os.environ, "UMBRIDGE_LOADBALANCER_COMM_FILEDIR": str(tmp_path), "SLURM_JOB_ID": "77"}
+    env = {**os.environ, "UMBRIDGE_LOADBALANCER_COMM_FILEDIR": str(tmp_path)}
+    env["UMBRIDGE_BALANCER_JOB_ID"] = "77"  # as a backend's job script exports it
     env.pop("UMBRIDGE_BALANCER_URL", None)
     p = subprocess.Popen(
         [*LAUNCH, sys.executable, str(MODELS / "testmodel.py")],

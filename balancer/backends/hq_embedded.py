@@ -1,4 +1,4 @@
-"""An embedded HyperQueue cluster in a helper process, plus the process-group tools the backend uses.
+"""An embedded HyperQueue cluster in a helper process.
 
 ``hyperqueue.LocalCluster`` runs the HQ server and its workers as threads of the Python process that
 creates it, and its task processes become that process's children. Running it in the balancer
@@ -9,7 +9,7 @@ close (the balancer died). On the way out it ends every task's process group fir
 only kills a task's direct process, so a model server the launcher started would survive.
 
 Each HQ task is started by HQ with ``setsid``, so its pid is also its process-group id; everything
-here that ends a task signals that group. The /proc readers are Linux-only, like the clusters.
+here that ends a task signals that group (``balancer.procgroup``).
 """
 
 from __future__ import annotations
@@ -25,98 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+from ..procgroup import OUTER_GRACE_S, child_pids, end_groups
+
 READY_TIMEOUT_S = 30.0
 _ROOT = str(Path(__file__).resolve().parents[2])  # the helper must import this package, even from a checkout
-TASK_GRACE_S = 12.0  # > the launcher's own 10 s to stop its server after SIGTERM
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-
-
-# -- process groups (/proc) ------------------------------------------------------------------------
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, pgid) of ``pid``, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    # The command name is in parentheses and may itself contain spaces or ')'.
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return fields[0].decode(), int(fields[1]), int(fields[2])
-
-
-def _pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def child_pids(ppid: int) -> list[int]:
-    """Live direct children of ``ppid``: for the helper, the HQ task processes."""
-    out = []
-    for pid in _pids():
-        st = _stat(pid)
-        if st is not None and st[1] == ppid and st[0] != "Z":
-            out.append(pid)
-    return out
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process is left in group ``pgid`` (zombies hold no resources)."""
-    for pid in _pids():
-        st = _stat(pid)
-        if st is not None and st[2] == pgid and st[0] != "Z":
-            return True
-    return False
-
-
-def signal_group(pgid: int, sig: int) -> bool:
-    """Send ``sig`` to a process group; False when the group is already gone."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pid reused by another user's process: not ours to end
-        return False
-    return True
-
-
-def end_groups(pgids: list[int], grace_s: float = TASK_GRACE_S) -> None:
-    """SIGTERM the groups, SIGKILL whatever is left after ``grace_s`` (blocking: helper side)."""
-    alive = [g for g in pgids if signal_group(g, signal.SIGTERM)]
-    deadline = time.monotonic() + grace_s
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.02)
-        alive = [g for g in alive if group_alive(g)]
-    for g in alive:
-        signal_group(g, signal.SIGKILL)
-
-
-async def end_group(pgid: int, grace_s: float = TASK_GRACE_S) -> None:
-    """SIGTERM a group, SIGKILL it after ``grace_s``; the /proc scans run off the event loop."""
-    if not signal_group(pgid, signal.SIGTERM):
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        if not await asyncio.to_thread(group_alive, pgid):
-            return
-    signal_group(pgid, signal.SIGKILL)
-
-
-def group_env_has(pgid: int, entry: str) -> bool | None:
-    """Whether a live member of group ``pgid`` has ``NAME=value`` in its environment (None: none
-    readable). Guards against signalling a recycled pid; asks the members, since the group's
-    leader may be dead while the rest lives on."""
-    unreadable = False
-    for pid in _pids():
-        st = _stat(pid)
-        if st is None or st[2] != pgid or st[0] == "Z":
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if entry.encode() in f.read().split(b"\0"):
-                    return True
-        except OSError:
-            unreadable = True
-    return None if unreadable else False
 
 
 # -- the helper process ----------------------------------------------------------------------------
@@ -146,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-dir", required=True, type=Path)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="cores per worker")
-    p.add_argument("--grace", type=float, default=TASK_GRACE_S, help="SIGTERM-to-SIGKILL for tasks")
+    p.add_argument("--grace", type=float, default=OUTER_GRACE_S, help="SIGTERM-to-SIGKILL for tasks")
     p.add_argument("--ignore-stdin", action="store_true", help="do not stop when stdin closes")
     args = p.parse_args(argv)
     # HQ prints its server table on fd 1: keep fd 1 for our one ready line, send the rest to stderr.
@@ -227,7 +140,7 @@ class EmbeddedCluster:
             raise RuntimeError(f"embedded HyperQueue cluster did not start; its log ends with:\n{tail}")
         return self.info
 
-    async def stop(self, timeout_s: float = TASK_GRACE_S + 10) -> None:
+    async def stop(self, timeout_s: float = OUTER_GRACE_S + 10) -> None:
         """Ask the helper to end its tasks and the cluster; SIGKILL it if it hangs."""
         proc = self.proc
         if proc is None or proc.returncode is not None:

@@ -2,21 +2,18 @@
 
 The embedded default for one machine (a workstation, a single allocation). A launcher's exit is
 the job's end; cancel is SIGTERM to its group (the launcher forwards it to the server), SIGKILL
-after a grace period.
+after the launcher's own grace (``procgroup``). Its options are the common ones only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import sys
 from pathlib import Path
 
+from ..procgroup import OUTER_GRACE_S, end_child
 from .base import Backend, Launch, launcher_argv
-
-KILL_AFTER_S = 10.0
 
 
 class LocalBackend(Backend):
@@ -69,16 +66,8 @@ class LocalBackend(Backend):
 
     async def cancel(self, server_id: str) -> None:
         proc = self.procs.get(server_id)
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), KILL_AFTER_S)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        if proc is not None and proc.returncode is None:
+            await end_child(proc, OUTER_GRACE_S)
 
     async def close(self) -> None:
         await asyncio.gather(*(self.cancel(sid) for sid in list(self.procs)))
