@@ -18,7 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-SCHEDULERS = ("local", "slurm", "hyperqueue")
+from .backends import SCHEDULERS, backend_class
 
 
 class ConfigError(ValueError):
@@ -58,17 +58,14 @@ class ServerSpec:
     env: tuple[tuple[str, str], ...] = ()
     cwd: str | None = None
     resources: Resources = field(default_factory=Resources)
-    # Backend-specific settings (partition, account, sbatch args, ...), validated by the backend.
-    backend_options: tuple[tuple[str, Any], ...] = ()
+    # The scheduler's per-server options (partition, threads, ...): its ``ServerOptions`` dataclass.
+    options: Any = None
 
     def server_command(self) -> list[str]:
         """The command that starts one model server (it must listen on ``$PORT``)."""
         if self.job_script:
             return ["bash", self.job_script]
         return list(self.command)
-
-    def option(self, key: str, default: Any = None) -> Any:
-        return dict(self.backend_options).get(key, default)
 
 
 @dataclass(frozen=True)
@@ -86,18 +83,16 @@ class BalancerConfig:
     # Address the launchers use to reach the balancer (defaults to host:port).
     advertise_url: str | None = None
     servers: tuple[ServerSpec, ...] = ()
-    backend: tuple[tuple[str, Any], ...] = ()  # [backend] table, validated by the backend
+    # The [backend] table as the scheduler's ``Options`` dataclass (see backends/options.py).
+    backend_options: Any = None
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
 
-    def backend_option(self, key: str, default: Any = None) -> Any:
-        return dict(self.backend).get(key, default)
 
-
-_SPEC_KEYS = {f.name for f in fields(ServerSpec)} - {"backend_options"}
-_TOP_KEYS = {f.name for f in fields(BalancerConfig)} - {"servers", "backend"}
+_SPEC_KEYS = {f.name for f in fields(ServerSpec)} - {"options"}
+_TOP_KEYS = {f.name for f in fields(BalancerConfig)} - {"servers", "backend_options"}
 _RES_KEYS = {f.name for f in fields(Resources)}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -134,7 +129,7 @@ def _parse_resources(key: str, raw: Any) -> Resources:
     return Resources(cpus=cpus, memory=memory, gpus=gpus, time_limit=time_limit)
 
 
-def _parse_spec(idx: int, raw: Any, base_dir: Path, backend_keys: frozenset[str]) -> ServerSpec:
+def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpec:
     key = f"servers[{idx}]"
     _typed(key, raw, dict, "a table")
     name = raw.get("name", f"server{idx}")
@@ -142,13 +137,7 @@ def _parse_spec(idx: int, raw: Any, base_dir: Path, backend_keys: frozenset[str]
     if not _NAME_RE.match(name):
         raise ConfigError(f"{key}.name", f"use letters, digits, '.', '_' and '-' only, got {name!r}")
     key = f"servers.{name}"
-    opts: dict[str, Any] = {}
-    for k, v in raw.items():
-        if k not in _SPEC_KEYS and k != "resources":
-            if k in backend_keys:
-                opts[k] = v
-                continue
-            raise ConfigError(f"{key}.{k}", "unknown key")
+    opts = {k: v for k, v in raw.items() if k not in _SPEC_KEYS}  # the scheduler's own keys
     command = raw.get("command")
     job_script = raw.get("job_script")
     if (command is None) == (job_script is None):
@@ -210,14 +199,15 @@ def _parse_spec(idx: int, raw: Any, base_dir: Path, backend_keys: frozenset[str]
         env=tuple(env_items),
         cwd=cwd,
         resources=_parse_resources(f"{key}.resources", raw.get("resources", {})),
-        backend_options=tuple(sorted(opts.items())),
+        options=_options(scheduler, "ServerOptions", opts, key),
     )
 
 
-# Per-server keys that a backend accepts besides the common ones (partition, account, ...).
-BACKEND_SPEC_KEYS: frozenset[str] = frozenset(
-    {"partition", "account", "qos", "sbatch_args", "servers_per_job", "hq_resources", "threads"}
-)
+def _options(scheduler: str, which: str, raw: dict[str, Any], prefix: str) -> Any:
+    """The scheduler's typed ``Options``/``ServerOptions`` from a table (unknown key: ConfigError)."""
+    from .backends.options import parse_options  # imported here: the backends import this module
+
+    return parse_options(getattr(backend_class(scheduler), which), raw, prefix, scheduler)
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides: Any) -> BalancerConfig:
@@ -248,7 +238,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
     _typed("servers", servers_raw, list, "an array of tables ([[servers]])")
     if not servers_raw:
         raise ConfigError("servers", "no server defined: add at least one [[servers]] table")
-    specs = tuple(_parse_spec(i, s, base_dir, BACKEND_SPEC_KEYS) for i, s in enumerate(servers_raw))
+    specs = tuple(_parse_spec(i, s, base_dir, scheduler) for i, s in enumerate(servers_raw))
     names = [s.name for s in specs]
     for n in names:
         if names.count(n) > 1:
@@ -269,7 +259,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
         delay_ms=_positive("balancer.delay_ms", delay, allow_zero=True, integer=True),
         advertise_url=values.get("advertise_url"),
         servers=specs,
-        backend=tuple(sorted(backend.items())),
+        backend_options=_options(scheduler, "Options", backend, "backend"),
     )
 
 

@@ -103,7 +103,7 @@ class Limits:
                 )
                 for s in cfg.servers
             ),
-            _margin(cfg),
+            cfg.backend_options.time_limit_margin_s,
         )
 
 
@@ -267,10 +267,3 @@ def _decide_spec(lim: SpecLimits, obs: SpecObserved, now: float, margin: float) 
             out.append(Stop(lim.name, s.id, StopReason.IDLE, target=live))
     return out
 
-
-def _margin(cfg: Any) -> float:
-    # TODO(typed backend options): read cfg.backend_options.time_limit_margin_s only.
-    opts = getattr(cfg, "backend_options", None)
-    if opts is not None and hasattr(opts, "time_limit_margin_s"):
-        return float(opts.time_limit_margin_s)
-    return float(cfg.backend_option("time_limit_margin_s", 60.0))

@@ -19,7 +19,9 @@ import pytest
 
 from balancer.backends import hyperqueue as hqb
 from balancer.backends.base import ENV_SERVER_ID, Launch
+from balancer.backends.hq_client import HqClient
 from balancer.backends.hq_embedded import EmbeddedCluster
+from balancer.backends.hq_resources import HqRequest, hq_request, parse_duration, reference_job_script
 from balancer.config import ConfigError, parse_config
 
 pytest.importorskip("hyperqueue")
@@ -106,9 +108,9 @@ def test_run_kill_fail_and_close(tmp_path: Path, descendants_cleanup: list[psuti
     async def main() -> None:
         t0 = time.perf_counter()
         await be.start()
-        assert be.cluster is not None and be.cluster.pid
+        assert be.server.cluster is not None and be.server.cluster.pid
         assert time.perf_counter() - t0 < 10
-        helper = psutil.Process(be.cluster.pid)
+        helper = psutil.Process(be.server.cluster.pid)
         await be.submit([launch(be, "s1"), launch(be, "s2")])
         await be.submit([launch(be, "b1", 1)])
         await until(lambda: {"s1", "s2"} <= ev.started.keys(), what="both sleepers running")
@@ -152,8 +154,8 @@ def test_helper_shutdown_ends_whole_task_trees(
     async def main() -> None:
         ec = EmbeddedCluster(tmp_path / "hq", workers=2, cpus=1, log_path=tmp_path / "helper.log")
         info = await ec.start()
-        client = await asyncio.to_thread(hqb._HqClient, str(info["server_dir"]))
-        req = hqb.HqRequest(cpus=1)
+        client = await asyncio.to_thread(HqClient, str(info["server_dir"]))
+        req = HqRequest(cpus=1)
         argv = ["sh", "-c", "sleep 100 & sleep 101 & wait"]
         ids = [
             await asyncio.to_thread(client.submit, argv, {}, str(tmp_path), req, f"t{i}") for i in range(2)
@@ -185,11 +187,11 @@ def test_helper_death_is_reported_and_tasks_are_ended(
 
     async def main() -> None:
         await be.start()
-        assert be.cluster is not None and be.cluster.pid
+        assert be.server.cluster is not None and be.server.cluster.pid
         await be.submit([launch(be, "t1")])
         await until(lambda: "t1" in ev.started)
-        descendants_cleanup.extend(children_of(be.cluster.pid))
-        os.kill(be.cluster.pid, signal.SIGKILL)
+        descendants_cleanup.extend(children_of(be.server.cluster.pid))
+        os.kill(be.server.cluster.pid, signal.SIGKILL)
         await until(lambda: "t1" in ev.ended, what="loss reported")
         reason, failed = ev.ended["t1"]
         assert failed and "embedded HyperQueue cluster exited" in reason
@@ -218,7 +220,7 @@ def test_existing_server_and_cancel_while_queued(
         monkeypatch.setenv("HQ_SERVER_DIR", str(ec.server_dir))
         be, ev = make_backend(tmp_path, [{"name": "sleeper", "command": ["sleep", "30"]}])
         await be.start()
-        assert be.mode == "server" and be.cluster is None
+        assert be.server.mode == "server" and be.server.cluster is None
         await be.submit([launch(be, "a"), launch(be, "b")])  # one CPU: b waits in HQ's queue
         await until(lambda: "a" in ev.started)
         assert ec.pid
@@ -251,9 +253,9 @@ def test_impossible_requests_are_config_errors(tmp_path: Path) -> None:
         ({"name": "z", "command": ["true"]}, {"colour": "blue"}, "backend.colour"),
     ]
     for spec, backend, key in cases:
-        be, _ = make_backend(tmp_path, [spec], **backend)
         with pytest.raises(ConfigError) as err:
-            asyncio.run(be.start())
+            be, _ = make_backend(tmp_path, [spec], **backend)  # unknown or ill-typed keys: at load
+            asyncio.run(be.start())  # what needs HyperQueue: at start
         assert err.value.key == key, err.value
 
 
@@ -267,11 +269,11 @@ def test_directives_and_durations(tmp_path: Path) -> None:
         {"balancer": {"scheduler": "hyperqueue"}, "servers": [{"name": "m", "job_script": str(script)}]},
         base_dir=tmp_path,
     )
-    req = hqb.hq_request(cfg.servers[0])
+    req = hq_request(cfg.servers[0])
     assert req.cpus == 2 and req.resources == (("gpus/nvidia", 1),) and req.min_time_s == 5400
     assert req.ignored == ("--time-limit=2h", "--stdout")
-    durations = [hqb.parse_duration(s) for s in ("90s", "1m", "01:00:00", "2:30", "1h 5m")]
+    durations = [parse_duration(s) for s in ("90s", "1m", "01:00:00", "2:30", "1h 5m")]
     assert durations == [90, 60, 3600, 150, 3900]
     (tmp_path / "job.sh").replace(tmp_path / "job_eigen.sh")
-    assert hqb.reference_job_script(tmp_path, "eigen") == tmp_path / "job_eigen.sh"
-    assert hqb.reference_job_script(tmp_path, "other") is None
+    assert reference_job_script(tmp_path, "eigen") == tmp_path / "job_eigen.sh"
+    assert reference_job_script(tmp_path, "other") is None

@@ -1,32 +1,33 @@
 """Backends start model servers (each wrapped in the launcher) somewhere and report their fate.
 
-``make_backend`` picks one by the configured scheduler name; cluster backends import lazily so
-the local default needs none of their dependencies.
+``BACKENDS`` is the registry: a scheduler name -> the module and class implementing it. Adding a
+scheduler is one module plus one line here (README, "Adding a scheduler"). Modules are imported
+when a configuration names them, so the local default needs none of the others' dependencies;
+this package imports nothing at load time, so ``config`` can use the registry.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..config import BalancerConfig, ConfigError
-from .base import Backend
+if TYPE_CHECKING:
+    from ..config import BalancerConfig
+    from .base import Backend
+
+BACKENDS: dict[str, str] = {
+    "local": "local:LocalBackend",
+    "slurm": "slurm:SlurmBackend",
+    "hyperqueue": "hyperqueue:HyperQueueBackend",
+}
+SCHEDULERS = tuple(BACKENDS)
+
+
+def backend_class(scheduler: str) -> type[Backend]:
+    module, cls = BACKENDS[scheduler].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)  # type: ignore[no-any-return]
 
 
 def make_backend(cfg: BalancerConfig, run_dir: Path) -> Backend:
-    if cfg.scheduler == "local":
-        from .local import LocalBackend
-
-        return LocalBackend(cfg, run_dir)
-    if cfg.scheduler == "slurm":
-        try:
-            from .slurm import SlurmBackend
-        except ImportError:
-            raise ConfigError("balancer.scheduler", "the slurm backend is not available yet") from None
-        return SlurmBackend(cfg, run_dir)
-    if cfg.scheduler == "hyperqueue":
-        try:
-            from .hyperqueue import HyperQueueBackend
-        except ImportError:
-            raise ConfigError("balancer.scheduler", "the hyperqueue backend is not available yet") from None
-        return HyperQueueBackend(cfg, run_dir)
-    raise ConfigError("balancer.scheduler", f"unknown scheduler {cfg.scheduler!r}")
+    return backend_class(cfg.scheduler)(cfg, run_dir)

@@ -9,6 +9,7 @@ limit at a known time. Registration itself comes from the launcher over HTTP, no
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..config import BalancerConfig, ServerSpec
+from .options import BackendOptions, ServerOptions
 
 # Environment the launcher reads (set by the backend around the launcher process).
 ENV_URL = "UMBRIDGE_BALANCER_URL"
@@ -24,6 +26,9 @@ ENV_SERVER_ID = "UMBRIDGE_BALANCER_SERVER_ID"  # one id, or a comma list indexed
 ENV_LEASE = "UMBRIDGE_BALANCER_LEASE_S"
 ENV_STARTUP = "UMBRIDGE_BALANCER_STARTUP_TIMEOUT_S"
 ENV_CONCURRENCY = "UMBRIDGE_SERVER_CONCURRENCY"  # tells the model how many calls run at once
+# Set by a backend's job script (the launcher knows no scheduler's own variables):
+ENV_TASK_INDEX = "UMBRIDGE_BALANCER_TASK_INDEX"  # which id of a comma list in ENV_SERVER_ID is ours
+ENV_JOB_ID = "UMBRIDGE_BALANCER_JOB_ID"  # the job's id as the scheduler writes it, for url-<job>.txt
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,37 @@ class BackendEvents(Protocol):
         """The job will be killed at ``deadline_wall`` (Unix seconds): drain and replace it."""
 
 
+class Submissions:
+    """Servers whose submission is under way, and cancels that arrived meanwhile.
+
+    A cancel can come while the submit command still runs (the scaler gave up, or shutdown): there
+    is no job id to cancel yet, so it is remembered and applied once the submission returns."""
+
+    def __init__(self) -> None:
+        self.running: set[str] = set()
+        self._early: set[str] = set()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def begin(self, ids: list[str]) -> None:
+        self.running.update(ids)
+        self.idle.clear()
+
+    def end(self, ids: list[str]) -> list[str]:
+        """The submission of ``ids`` returned; the ones cancelled meanwhile (to cancel now)."""
+        self.running.difference_update(ids)
+        if not self.running:
+            self.idle.set()
+        early = [sid for sid in ids if sid in self._early]
+        self._early.difference_update(ids)
+        return early
+
+    def defer_cancel(self, server_id: str) -> None:
+        """A cancel of a server with no job yet: kept if it is being submitted, else moot."""
+        if server_id in self.running:
+            self._early.add(server_id)
+
+
 class _Unbound:
     """Reports of a backend nobody listens to yet fail loudly instead of vanishing."""
 
@@ -62,7 +98,12 @@ class _Unbound:
 
 
 class Backend(ABC):
+    """One scheduler. ``Options``/``ServerOptions`` declare its ``[backend]`` and per-server keys;
+    the configuration is validated against them when it is loaded."""
+
     name: str = "base"
+    Options: type[BackendOptions] = BackendOptions
+    ServerOptions: type[ServerOptions] = ServerOptions
 
     def __init__(self, cfg: BalancerConfig, run_dir: Path) -> None:
         self.cfg = cfg

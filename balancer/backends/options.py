@@ -1,0 +1,110 @@
+"""Backend options as typed dataclasses, validated when the configuration is loaded.
+
+Each backend declares two frozen dataclasses: ``Options`` for the ``[backend]`` table (subclassing
+``BackendOptions``, which holds what every backend shares) and ``ServerOptions`` for the extra keys
+of a ``[[servers]]`` table (partition, threads, ...). ``parse_options`` turns a TOML table into one
+by the declared field types, so an unknown or ill-typed key is a ``ConfigError`` naming it before
+any port is bound, for every backend, local included. Field metadata adds what a type cannot say:
+``positive`` (> 0) and ``split`` (a string is split like a shell command line into a list).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from ..config import ConfigError
+
+
+def positive(default: Any) -> Any:
+    """A number field that must be > 0."""
+    return field(default=default, metadata={"positive": True})
+
+
+def args(default: tuple[str, ...] = ()) -> Any:
+    """A list of strings; a single string is split like a command line."""
+    return field(default=default, metadata={"split": True})
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """``[backend]`` keys of every backend."""
+
+    # Drain a server this long before its job's time limit (the scheduler reports the limit).
+    time_limit_margin_s: float = positive(60.0)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Per-server keys of every backend beyond the common ``[[servers]]`` keys (none by default)."""
+
+
+@dataclass(frozen=True)
+class ThreadsOption:
+    """Per-server ``threads``: ``OMP_NUM_THREADS`` of the model (default: its CPUs)."""
+
+    threads: int | None = positive(None)
+
+
+def _describe(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if tp in names:
+        return names[tp]
+    origin = typing.get_origin(tp)
+    if origin in (tuple, list):
+        return "a list of strings"
+    if origin is dict:
+        return "a table"
+    return str(tp)
+
+
+def _check(key: str, value: Any, tp: Any, meta: Any) -> Any:
+    """``value`` as type ``tp`` (a field's annotation), or ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        kinds = [t for t in typing.get_args(tp) if t is not type(None)]
+        if value is None and len(kinds) < len(typing.get_args(tp)):
+            return None
+        tp = kinds[0] if len(kinds) == 1 else tp
+        origin = typing.get_origin(tp)
+    ok = True
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is int or tp is str or tp is bool:
+        ok = isinstance(value, tp) and (tp is bool or not isinstance(value, bool))
+    elif origin in (tuple, list):
+        if isinstance(value, str) and meta.get("split"):
+            value = shlex.split(value)
+        elif isinstance(value, str) and meta.get("wrap"):
+            value = [value]  # one entry given as a string
+        ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
+        value = tuple(value) if ok else value
+    elif origin is dict:
+        ok = isinstance(value, dict) and all(
+            isinstance(v, (int, str)) and not isinstance(v, bool) for v in value.values()
+        )
+        value = {str(k): v for k, v in value.items()} if ok else value
+    if not ok:
+        raise ConfigError(key, f"expected {_describe(tp)}, got {value!r}")
+    if meta.get("positive") and value <= 0:
+        raise ConfigError(key, f"must be > 0, got {value!r}")
+    return value
+
+
+def parse_options(cls: type, raw: dict[str, Any], prefix: str, scheduler: str) -> Any:
+    """An instance of the options dataclass ``cls`` from a TOML table."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for k, v in raw.items():
+        f = known.get(k)
+        if f is None:
+            names = ", ".join(sorted(known)) or "none"
+            raise ConfigError(f"{prefix}.{k}", f"unknown key for {scheduler} (known: {names})")
+        values[k] = _check(f"{prefix}.{k}", v, hints[k], f.metadata)
+    return cls(**values)
