@@ -1,0 +1,312 @@
+"""Batch-scheduler backends without a cluster: generated job scripts and sbatch arguments as strings,
+SLURM's state table, the typed option validation, the launcher's variables, and the batch base
+driven through its hooks by a toy scheduler made of real shell commands (a fourth scheduler, as
+README's "Adding a scheduler" describes it)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from balancer import launch
+from balancer.backends import SCHEDULERS, make_backend
+from balancer.backends.base import ENV_SERVER_ID, Launch
+from balancer.backends.batch import BatchBackend, JobState, StatusRow
+from balancer.backends.slurm import STATES, SlurmBackend
+from balancer.config import ConfigError, parse_config
+from tests.helpers import ROOT
+
+
+def slurm_cfg(tmp_path: Path, spec: dict[str, Any], backend: dict[str, Any] | None = None):
+    raw = {"balancer": {"scheduler": "slurm"}, "backend": backend or {}, "servers": [spec]}
+    return parse_config(raw, tmp_path)
+
+
+def slurm(tmp_path: Path, spec: dict[str, Any], backend: dict[str, Any] | None = None) -> SlurmBackend:
+    be = make_backend(slurm_cfg(tmp_path, spec, backend), tmp_path)
+    assert isinstance(be, SlurmBackend)
+    be.job_names[spec["name"]] = f"umbridge-{spec['name']}-abc"
+    return be
+
+
+def test_slurm_job_script_keeps_the_users_directives_and_exports_what_the_launcher_needs(tmp_path):
+    user = tmp_path / "job.sh"
+    user.write_text("#!/bin/bash\n#SBATCH --time=5\n#SBATCH -J theirs\n#SBATCH --mem=1G\nexec model\n")
+    be = slurm(tmp_path, {"name": "m", "job_script": str(user)})
+    script = be.job_script(be.cfg.servers[0], tmp_path / "logs")
+    lines = script.splitlines()
+    assert lines[:3] == ["#!/bin/bash", "#SBATCH --time=5", "#SBATCH --mem=1G"]  # -J is ours
+    assert "export UMBRIDGE_BALANCER_TASK_INDEX=$first" in lines
+    assert lines[-1] == f"exec {sys.executable} -m balancer.launch -- bash {user}"
+    # The job id the launcher gets, as scancel and the reference's url-<job>.txt write it.
+    export = next(x for x in lines if x.startswith("export UMBRIDGE_BALANCER_JOB_ID="))
+    cases = (({"SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "3"}, "7_3"), ({"SLURM_JOB_ID": "9"}, "9"))
+    for env, want in cases:
+        out = subprocess.run(
+            ["bash", "-c", f"{export}; echo $UMBRIDGE_BALANCER_JOB_ID"],
+            env={"PATH": os.environ["PATH"], **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.strip() == want
+
+
+def test_slurm_several_servers_per_job_start_their_launchers_by_index(tmp_path):
+    # The launcher's Python is configurable: a stand-in that logs what the launcher would get.
+    fake_python = tmp_path / "python"
+    fake_python.write_text(
+        '#!/bin/bash\necho "index $UMBRIDGE_BALANCER_TASK_INDEX job $UMBRIDGE_BALANCER_JOB_ID: $*"\n'
+    )
+    fake_python.chmod(0o755)
+    be = slurm(
+        tmp_path, {"name": "m", "command": ["model"], "servers_per_job": 2}, {"python": str(fake_python)}
+    )
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    script = be.job_script(be.cfg.servers[0], logs)
+    env = {
+        "PATH": os.environ["PATH"],
+        ENV_SERVER_ID: "a,b,c,d",
+        "SLURM_ARRAY_JOB_ID": "7",
+        "SLURM_ARRAY_TASK_ID": "1",
+    }
+    subprocess.run(["bash", "-c", script], env=env, check=True, timeout=30)
+    # Array task 1 of two servers per job runs the launchers of c and d.
+    assert sorted(p.name for p in logs.iterdir()) == ["c.log", "d.log"]
+    assert (logs / "c.log").read_text() == "index 2 job 7_1: -m balancer.launch -- model\n"
+    assert (logs / "d.log").read_text().startswith("index 3 job 7_1")
+
+
+def test_sbatch_arguments(tmp_path):
+    user = tmp_path / "job.sh"
+    user.write_text("#!/bin/bash\n#SBATCH -c 8\nexec model\n")
+    spec = {
+        "name": "m",
+        "job_script": str(user),
+        "servers_per_job": 2,
+        "sbatch_args": "--constraint=fast",
+        "resources": {"memory": "2G", "gpus": 1, "time_limit": "01:00:00"},
+    }
+    be = slurm(tmp_path, spec, {"partition": "batch", "account": "uq", "sbatch_args": ["--exclusive"]})
+    argv = be.submit_argv(be.cfg.servers[0], 3, tmp_path / "job-m.sh", tmp_path)
+    assert argv[:2] == ["sbatch", "--parsable"] and argv[-1] == str(tmp_path / "job-m.sh")
+    assert "--array=0-2" in argv and f"--output={tmp_path}/slurm-%A_%a.out" in argv
+    assert {"--partition=batch", "--account=uq", "--mem=4G", "--gpus=2", "--time=01:00:00"} <= set(argv)
+    assert "--cpus-per-task=2" in argv  # 2 servers x 1 CPU: the config's request wins over -c 8
+    assert argv.index("--exclusive") < argv.index("--constraint=fast")  # site default, then the spec's
+    # One server, no resources in the config: the script's own -c stays, no --array.
+    be = slurm(tmp_path, {"name": "m", "job_script": str(user), "partition": "debug"})
+    argv = be.submit_argv(be.cfg.servers[0], 1, tmp_path / "s.sh", tmp_path)
+    assert not any(a.startswith(("--array", "--cpus-per-task")) for a in argv) and "--partition=debug" in argv
+
+
+def test_squeue_rows_map_onto_the_common_states(tmp_path):
+    be = slurm(tmp_path, {"name": "m", "command": ["model"]})
+    out = (
+        "7_0|7|0|8|RUNNING|None|2026-11-24T10:00:00|2026-11-24T11:00:00|1:00:00|59:00|node1|umbridge-m-abc|x\n"
+        "9|9|N/A|9|PENDING|PartitionConfig|N/A|N/A|1:00:00|1:00:00||umbridge-m-abc|x\n"
+        "garbage line\n"
+    )
+    run, pend = list(be.parse_status(out))
+    assert (run.key, run.native, run.nodes) == (("7", "0"), "RUNNING", "node1") and run.end_wall is not None
+    assert (pend.key, pend.native, pend.end_wall) == (("9", ""), "PENDING", None)
+    assert "PartitionConfig" in (be.never_starts(pend) or "")
+    assert STATES["COMPLETING"] is JobState.RUNNING and STATES["OUT_OF_MEMORY"] is JobState.FAILED
+    assert STATES["SUSPENDED"] is JobState.HELD and "BOGUS" not in STATES  # unknown states wait
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_backend_options_are_typed_and_checked_at_load(tmp_path, scheduler):
+    spec = {"name": "m", "command": ["model"]}
+
+    def load(backend: dict[str, Any], **extra: Any):
+        raw = {"balancer": {"scheduler": scheduler}, "backend": backend, "servers": [{**spec, **extra}]}
+        return parse_config(raw, tmp_path)
+
+    cases = [
+        ({"time_limit_margin_s": "x"}, {}, "backend.time_limit_margin_s", "expected a number"),
+        ({"time_limit_margin_s": 0}, {}, "backend.time_limit_margin_s", "must be > 0"),
+        ({"colour": 1}, {}, "backend.colour", f"unknown key for {scheduler}"),
+        ({}, {"colour": 1}, "servers.m.colour", f"unknown key for {scheduler}"),
+    ]
+    if scheduler != "local":
+        cases.append(({}, {"threads": 0}, "servers.m.threads", "must be > 0"))
+    for backend, extra, key, msg in cases:
+        with pytest.raises(ConfigError) as err:
+            load(backend, **extra)
+        assert err.value.key == key and msg in str(err.value)
+    assert load({"time_limit_margin_s": 5}).backend_options.time_limit_margin_s == 5.0
+
+
+def test_a_bad_backend_option_stops_serve_before_it_binds_its_port(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(
+            f'[balancer]\nport = {port}\nrun_dir = "{tmp_path}/run"\n[backend]\ntime_limit_margin_s = "x"\n'
+            '[[servers]]\ncommand = "python x.py"\n'
+        )
+        r = subprocess.run(
+            [sys.executable, "-m", "balancer.cli", "serve", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "backend.time_limit_margin_s: expected a number" in r.stderr  # not "cannot listen"
+
+
+def test_the_launcher_reads_only_the_balancers_variables(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "5")
+    monkeypatch.setenv("HQ_JOB_ID", "6")
+    monkeypatch.delenv("UMBRIDGE_BALANCER_JOB_ID", raising=False)
+    assert launch.job_id() == str(os.getpid())
+    monkeypatch.setenv("UMBRIDGE_BALANCER_JOB_ID", "7_1")
+    assert launch.job_id() == "7_1"
+    monkeypatch.setenv(ENV_SERVER_ID, "s1,s2,s3")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("UMBRIDGE_BALANCER_TASK_INDEX", "2")
+    assert launch.server_id() == "s3"
+
+
+# -- a toy scheduler over the batch base -----------------------------------------------------------
+SCHED = r"""
+import json, sys, time
+db = sys.argv[1]
+try:
+    jobs = json.load(open(db))
+except FileNotFoundError:
+    jobs = {}
+cmd = sys.argv[2]
+if cmd == "submit":
+    time.sleep(float(sys.argv[4]))
+    jid = str(100 + len(jobs))
+    for t in range(int(sys.argv[3])):
+        jobs[f"{jid}.{t}"] = "Q"
+    print(jid)
+elif cmd == "status":
+    for k, v in jobs.items():
+        print(k, v)
+elif cmd == "cancel":
+    for k in sys.argv[3:]:
+        jobs[k.replace("_", ".")] = "X"
+json.dump(jobs, open(db, "w"))
+"""
+
+
+class ToyBatch(BatchBackend):
+    """A scheduler with commands submit/status/cancel and states Q, R, C (completed), X (cancelled),
+    E (failed), B (bad request: never starts)."""
+
+    name = "toy"
+    DIRECTIVE = "#TOY"
+    STATES = {"Q": JobState.PENDING, "B": JobState.PENDING, "R": JobState.RUNNING,
+              "C": JobState.COMPLETED, "X": JobState.CANCELLED, "E": JobState.FAILED}  # fmt: skip
+    ARRAY_INDEX = "${TOY_INDEX:-0}"
+    JOB_ID = "$TOY_JOB"
+    submit_delay = 0.0
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [sys.executable, str(self.run_dir / "sched.py"), str(self.run_dir / "db.json"), *args]
+
+    def submit_argv(self, spec, n_jobs, script, log_dir):  # type: ignore[no-untyped-def]
+        return self._cmd("submit", str(n_jobs), str(self.submit_delay))
+
+    def parse_job_id(self, stdout: str) -> str:
+        return stdout.strip()
+
+    def status_argv(self, job_names: list[str]) -> list[str]:
+        return self._cmd("status")
+
+    def parse_status(self, stdout: str) -> Iterable[StatusRow]:
+        for line in stdout.splitlines():
+            key, state = line.split()
+            job, task = key.split(".")
+            yield StatusRow((job, task if task != "0" or self._array(job) else ""), state, nodes="toy1")
+
+    def _array(self, job: str) -> bool:
+        return any(k[0] == job and k[1] for k in self.jobs)
+
+    def cancel_argv(self, job_ids: list[str]) -> list[str]:
+        return self._cmd("cancel", *job_ids)
+
+    def never_starts(self, row: StatusRow) -> str | None:
+        return "bad request" if row.native == "B" else None
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.log: list[tuple[str, ...]] = []
+
+    def job_started(self, server_id: str, job_id: str, host: str) -> None:
+        self.log.append(("started", server_id, job_id))
+
+    def job_ended(self, server_id: str, reason: str, failed: bool) -> None:
+        self.log.append(("ended", server_id, reason, str(failed)))
+
+    def job_deadline(self, server_id: str, deadline_wall: float) -> None:
+        self.log.append(("deadline", server_id))
+
+
+def test_a_fourth_scheduler_is_its_hooks(tmp_path):
+    (tmp_path / "sched.py").write_text(SCHED)
+    # The batch options of any batch scheduler will do for the toy (it is not in the registry).
+    backend = {"poll_interval_s": 0.05, "fast_poll_s": 0.05}
+    cfg = slurm_cfg(tmp_path, {"name": "m", "command": ["x"]}, backend)
+    db = tmp_path / "db.json"
+
+    def set_state(key: str, state: str) -> None:
+        import json
+
+        jobs = json.loads(db.read_text())
+        jobs[key] = state
+        db.write_text(json.dumps(jobs))
+
+    async def until(pred, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+        for _ in range(int(timeout / 0.02)):
+            if pred():
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"timed out: {rec.log}")
+
+    rec = Recorder()
+
+    async def main() -> None:
+        be = ToyBatch(cfg, tmp_path)
+        be.bind(rec)
+        await be.start()
+        launches = [Launch(f"s{i}", cfg.servers[0], {}, tmp_path / "logs") for i in range(3)]
+        be.submit_delay = 0.5
+        submitting = asyncio.ensure_future(be.submit(launches))
+        await asyncio.sleep(0.2)
+        await be.cancel("s2")  # arrives while the submit command still runs
+        await submitting
+        assert sorted(j.id for j in be.jobs.values()) == ["100_0", "100_1", "100_2"]  # one array
+        await until(lambda: ("ended", "s2", "job 100_2 X", "True") in rec.log)  # cancelled once submitted
+        set_state("100.0", "R")
+        await until(lambda: ("started", "s0", "100_0") in rec.log)
+        set_state("100.0", "C")
+        await until(lambda: ("ended", "s0", "job 100_0 C", "False") in rec.log)
+        set_state("100.1", "B")
+        await until(lambda: any(e[:2] == ("ended", "s1") for e in rec.log))
+        assert ("ended", "s1", "job 100_1 cannot start: bad request", "True") in rec.log
+        await be.close()
+        # What a toy job runs exports the toy's own array index and job id for the launcher.
+        script = be.job_script(cfg.servers[0], tmp_path)
+        assert "first=$(( ${TOY_INDEX:-0} * per ))" in script
+        assert "export UMBRIDGE_BALANCER_JOB_ID=$TOY_JOB" in script
+
+    asyncio.run(main())
