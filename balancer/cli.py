@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from .backends import backend_class
 from .config import SCHEDULERS, BalancerConfig, ConfigError, load_config, parse_config
 from .events import Ev, EventBus
 from .journal import Journal
@@ -162,7 +163,7 @@ def load_balancer_main(argv: list[str] | None = None) -> int:
     if args.config:
         return _serve_main(args)
     scheduler = args.scheduler or "hyperqueue"
-    script_dir = "slurm_scripts" if scheduler == "slurm" else "hq_scripts"
+    script_dir = backend_class(scheduler).REFERENCE_SCRIPTS
     script = Path(script_dir) / "job.sh"
     if not script.is_file():
         print(f"load-balancer: error: no --config and no {script} in {Path.cwd()}", file=sys.stderr)

@@ -38,6 +38,9 @@ def test_pool_of_hq_tasks_serves_calls_and_shuts_down_clean(start_balancer):
     # server.started comes with the backend's next status poll, which may follow the registration.
     started = wait_until(lambda: len(b.events("server.started")) == 3 and b.events("server.started"), 10)
     assert len({e["job"] for e in started}) == 3  # one HQ job per server
+    # The launcher reports the job id as HyperQueue writes it (from the wrapper's export).
+    registered = {e["server"]: e["job"] for e in b.events("server.registered")}
+    assert all(registered[e["server"]] == f"{e['job']}.0" for e in started)
     model = umbridge.HTTPModel(b.url, "forward")
     with ThreadPoolExecutor(6) as ex:
         outs = list(ex.map(lambda i: model([[float(i)]]), range(30)))

@@ -102,6 +102,8 @@ class Backend(ABC):
     the configuration is validated against them when it is loaded."""
 
     name: str = "base"
+    # Where the reference balancer's job scripts live for this scheduler (``load-balancer``).
+    REFERENCE_SCRIPTS: str = "hq_scripts"
     Options: type[BackendOptions] = BackendOptions
     ServerOptions: type[ServerOptions] = ServerOptions
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..config import ConfigError
 from ..procgroup import OUTER_GRACE_S, end_group, group_env_has
-from .base import Backend, Launch, Submissions, launcher_argv
+from .base import ENV_JOB_ID, Backend, Launch, Submissions, launcher_argv
 from .hq_client import HqClient
 from .hq_resources import HqRequest, hq_request
 from .hq_server import HqServer
@@ -69,6 +69,7 @@ WRAPPER = (
     'if ! { echo "$$ $(uname -n)" >"$1"; } 2>/dev/null; then '
     'echo "umbridge-balancer: $1 exists: HyperQueue restarted this task, not starting it twice"; '
     "exit 75; fi; "
+    f'export {ENV_JOB_ID}="$HQ_JOB_ID.${{HQ_TASK_ID:-0}}"; '  # the launcher knows no HQ variable
     'shift 2; exec "$@"'
 )
 EXIT_RESTART_REFUSED = 75
@@ -104,6 +105,7 @@ def _read_pidfile(path: Path) -> tuple[int, str] | None:
 
 class HyperQueueBackend(Backend):
     name = "hyperqueue"
+    REFERENCE_SCRIPTS = "hq_scripts"
     Options = HqOptions
     ServerOptions = HqServerOptions
 

@@ -109,6 +109,7 @@ def read_directives(script: str | Path) -> list[str]:
 
 class SlurmBackend(BatchBackend):
     name = "slurm"
+    REFERENCE_SCRIPTS = "slurm_scripts"
     Options = SlurmOptions
     ServerOptions = SlurmServerOptions
     TOOLS = ("sbatch", "squeue", "scancel", "sinfo")
