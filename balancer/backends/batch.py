@@ -25,7 +25,6 @@ import enum
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -39,7 +38,7 @@ from ..config import ConfigError, ServerSpec
 from .base import Backend, Launch, Submissions
 from .commands import run_command
 from .jobscript import JobScripts
-from .options import BackendOptions, ThreadsOption, positive
+from .options import BackendOptions, ThreadsOption, positive, word
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,8 @@ class BatchOptions(BackendOptions):
     pending_timeout_s: float = positive(300.0)
     command_timeout_s: float = positive(60.0)
     python: str = sys.executable  # the Python that runs the launcher on the compute nodes
-    job_name: str = "umbridge"  # prefix of our jobs' names
+    # The prefix of our jobs' names (squeue finds our jobs by name).
+    job_name: str = word("umbridge", r"[A-Za-z0-9_.-]+", "letters, digits, '.', '_' and '-'")
 
 
 @dataclass(frozen=True)
@@ -176,10 +176,6 @@ class BatchBackend(JobScripts, Backend):
         self._bin: dict[str, str] = {}
 
     async def start(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.opts.job_name):
-            raise ConfigError(
-                "backend.job_name", f"use letters, digits, '.', '_' and '-', got {self.opts.job_name!r}"
-            )
         for tool in self.TOOLS:
             path = shutil.which(tool)
             if path is None:

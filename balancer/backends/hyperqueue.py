@@ -36,14 +36,16 @@ from ..procgroup import OUTER_GRACE_S, end_group, group_env_has
 from .base import ENV_JOB_ID, Backend, Launch, Submissions, launcher_argv
 from .hq_client import HqClient
 from .hq_resources import HqRequest, hq_request
-from .hq_server import HqServer
-from .options import BackendOptions, ThreadsOption, positive
+from .hq_server import MODES, HqServer
+from .options import BackendOptions, ThreadsOption, one_of, positive
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class HqOptions(BackendOptions):
-    mode: str | None = None  # default: "server" with a server_dir (or $HQ_SERVER_DIR), else "embedded"
+    # Default: "server" with a server_dir (or $HQ_SERVER_DIR), else "embedded".
+    mode: str | None = one_of(None, *MODES)
     server_dir: str | None = None
     workers: int = positive(1)  # embedded: local workers
     cpus_per_worker: int = positive(os.cpu_count() or 1)
@@ -111,8 +113,9 @@ class HyperQueueBackend(Backend):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.opts: HqOptions = self.cfg.backend_options
         self.jobs: dict[str, _Job] = {}
-        self.server = HqServer(self.cfg.backend_options, self.run_dir)
+        self.server = HqServer(self.opts, self.run_dir)
         self.requests: dict[str, HqRequest] = {}
         self._client: HqClient | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hyperqueue")
@@ -121,10 +124,6 @@ class HyperQueueBackend(Backend):
         self._lost: str | None = None
         self._all_ended = asyncio.Event()
         self._host = socket.gethostname()
-        self.opts: HqOptions = self.cfg.backend_options
-        self.poll_s = self.opts.poll_interval_s
-        self.kill_grace_s = self.opts.kill_grace_s
-        self.python = self.opts.python
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -136,8 +135,6 @@ class HyperQueueBackend(Backend):
                 "balancer.scheduler",
                 "needs the hyperqueue package: pip install 'umbridge-balancer[hyperqueue]'",
             )
-        self.gpu_resource = self.opts.gpu_resource
-        self.server = HqServer(self.opts, self.run_dir)
         await self.server.resolve()
         self._check_specs()
         try:
@@ -149,10 +146,10 @@ class HyperQueueBackend(Backend):
 
     def _check_specs(self) -> None:
         """Turn requests no worker can satisfy into config errors, not servers that never start."""
-        self.workers, self.cpus_per_worker = self.opts.workers, self.opts.cpus_per_worker
+        cpus_per_worker = self.opts.cpus_per_worker
         for spec in self.cfg.servers:
             key = f"servers.{spec.name}"
-            req = hq_request(spec, self.gpu_resource)
+            req = hq_request(spec, self.opts.gpu_resource)
             if req.ignored:
                 log.warning(
                     "%s: #HQ %s not supported through the Python API, ignored", key, " ".join(req.ignored)
@@ -165,10 +162,10 @@ class HyperQueueBackend(Backend):
                         f"asks HyperQueue for {names}, but the embedded workers have CPUs only; "
                         "use [backend] server_dir or mode = 'hq' with workers that provide it",
                     )
-                if isinstance(req.cpus, int) and req.cpus > self.cpus_per_worker:
+                if isinstance(req.cpus, int) and req.cpus > cpus_per_worker:
                     raise ConfigError(
                         f"{key}.resources.cpus",
-                        f"asks for {req.cpus} CPUs but the embedded workers have {self.cpus_per_worker} each "
+                        f"asks for {req.cpus} CPUs but the embedded workers have {cpus_per_worker} each "
                         "([backend] cpus_per_worker)",
                     )
             self.requests[spec.name] = req
@@ -186,7 +183,7 @@ class HyperQueueBackend(Backend):
         if threads:  # HQ sets OMP_NUM_THREADS to the task's CPU count; the model may want another
             env["OMP_NUM_THREADS"] = str(threads)
         if self.server.mode == "embedded":  # same machine: "python" in a command means the balancer's venv
-            env["PATH"] = os.pathsep.join([str(Path(self.python).parent), os.environ.get("PATH", "")])
+            env["PATH"] = os.pathsep.join([str(Path(self.opts.python).parent), os.environ.get("PATH", "")])
         return env
 
     async def _submit_one(self, launch: Launch) -> None:
@@ -200,8 +197,8 @@ class HyperQueueBackend(Backend):
         for stale in (pidfile, Path(f"{pidfile}.cancel")):
             stale.unlink(missing_ok=True)
         args = ["/bin/sh", "-c", WRAPPER, "hq-launch", str(pidfile), str(logfile)]
-        args += launcher_argv(launch.spec.server_command(), self.python)
-        req = self.requests.get(launch.spec.name) or hq_request(launch.spec, self.gpu_resource)
+        args += launcher_argv(launch.spec.server_command(), self.opts.python)
+        req = self.requests.get(launch.spec.name) or hq_request(launch.spec, self.opts.gpu_resource)
         cwd = launch.spec.cwd or str(self.run_dir)
         self._submissions.begin([sid])
         try:
@@ -236,7 +233,7 @@ class HyperQueueBackend(Backend):
     async def _poll_loop(self) -> None:
         failing_since: float | None = None
         while True:
-            await asyncio.sleep(self.poll_s)
+            await asyncio.sleep(self.opts.poll_interval_s)
             cluster = self.server.cluster
             if cluster is not None and not cluster.alive():
                 code = cluster.proc.returncode if cluster.proc else None
@@ -310,7 +307,7 @@ class HyperQueueBackend(Backend):
         # Make sure the group is still this job's task, not a recycled pid.
         if await asyncio.to_thread(group_env_has, j.pid, f"HQ_JOB_ID={j.job_id}") is False:
             return
-        await end_group(j.pid, self.kill_grace_s)
+        await end_group(j.pid, self.opts.kill_grace_s)
 
     def _spawn_kill(self, j: _Job) -> None:
         task = asyncio.create_task(self._kill_local(j))
@@ -334,7 +331,7 @@ class HyperQueueBackend(Backend):
         if self.jobs and self._poller is not None and not self._poller.done():
             self._all_ended.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._all_ended.wait(), max(2.0, 4 * self.poll_s))
+                await asyncio.wait_for(self._all_ended.wait(), max(2.0, 4 * self.opts.poll_interval_s))
         for j in list(self.jobs.values()):
             self._end(j, "backend closed", False)
         if self._poller is not None:

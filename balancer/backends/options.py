@@ -5,12 +5,15 @@ Each backend declares two frozen dataclasses: ``Options`` for the ``[backend]`` 
 of a ``[[servers]]`` table (partition, threads, ...). ``parse_options`` turns a TOML table into one
 by the declared field types, so an unknown or ill-typed key is a ``ConfigError`` naming it before
 any port is bound, for every backend, local included. Field metadata adds what a type cannot say:
-``positive`` (> 0) and ``split`` (a string is split like a shell command line into a list).
+``positive`` (> 0), ``choices`` (one of a few strings), ``pattern`` (a string matching a regular
+expression) and ``split`` (a string is split like a shell command line into a list). Checks that
+need the scheduler (a partition exists, a binary is on PATH) belong in ``Backend.start``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import types
 import typing
@@ -28,6 +31,16 @@ def positive(default: Any) -> Any:
 def args(default: tuple[str, ...] = ()) -> Any:
     """A list of strings; a single string is split like a command line."""
     return field(default=default, metadata={"split": True})
+
+
+def one_of(default: str | None, *choices: str) -> Any:
+    """A string that must be one of ``choices``."""
+    return field(default=default, metadata={"choices": choices})
+
+
+def word(default: str | None = None, pattern: str = r"[^\s,]+", hint: str = "one word, no commas") -> Any:
+    """A string the scheduler takes as one argument (a partition, a job name prefix)."""
+    return field(default=default, metadata={"pattern": (pattern, hint)})
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,10 @@ def _check(key: str, value: Any, tp: Any, meta: Any) -> Any:
         raise ConfigError(key, f"expected {_describe(tp)}, got {value!r}")
     if meta.get("positive") and value <= 0:
         raise ConfigError(key, f"must be > 0, got {value!r}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(key, f"expected one of {', '.join(meta['choices'])}, got {value!r}")
+    if "pattern" in meta and not re.fullmatch(meta["pattern"][0], value):
+        raise ConfigError(key, f"expected {meta['pattern'][1]}, got {value!r}")
     return value
 
 

@@ -26,7 +26,7 @@ from ..config import ConfigError, ServerSpec
 from .batch import BatchBackend, BatchOptions, BatchServerOptions, JobState, StatusRow
 from .jobscript import directive_option, scale_memory
 from .jobscript import read_directives as _read_directives
-from .options import args
+from .options import args, word
 
 SQUEUE_FORMAT = "%i|%F|%K|%A|%T|%r|%S|%e|%l|%L|%N|%j|%k"
 _FIELDS = 13
@@ -76,17 +76,17 @@ _REASON_HINTS = {
 class SlurmOptions(BatchOptions):
     fail_pending_reasons: tuple[str, ...] = args(DEFAULT_FAIL_REASONS)
     # Site-wide defaults of the per-server options below.
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
+    partition: str | None = word()
+    account: str | None = word()
+    qos: str | None = word()
     sbatch_args: tuple[str, ...] = args()
 
 
 @dataclass(frozen=True)
 class SlurmServerOptions(BatchServerOptions):
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
+    partition: str | None = word()
+    account: str | None = word()
+    qos: str | None = word()
     sbatch_args: tuple[str, ...] = args()
 
 
