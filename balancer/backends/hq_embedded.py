@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import select
@@ -25,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..procgroup import OUTER_GRACE_S, child_pids, end_groups
+from ..procgroup import OUTER_GRACE_S, child_pids, end_child, end_groups
 
 READY_TIMEOUT_S = 30.0
 _ROOT = str(Path(__file__).resolve().parents[2])  # the helper must import this package, even from a checkout
@@ -141,18 +140,10 @@ class EmbeddedCluster:
         return self.info
 
     async def stop(self, timeout_s: float = OUTER_GRACE_S + 10) -> None:
-        """Ask the helper to end its tasks and the cluster; SIGKILL it if it hangs."""
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        """Ask the helper to end its tasks and the cluster; SIGKILL it if it hangs. The default
+        outlasts the helper's own grace for its tasks (OUTER_GRACE_S) plus the cluster's stop."""
+        if self.proc is not None:
+            await end_child(self.proc, timeout_s)  # its own session: the group is the helper alone
 
 
 if __name__ == "__main__":

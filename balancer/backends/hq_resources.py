@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError, ServerSpec
+from . import jobscript
 
 
 @dataclass(frozen=True)
@@ -49,16 +50,7 @@ def parse_duration(text: str) -> float:
 
 def read_directives(script: str | Path) -> list[str]:
     """The arguments of the ``#HQ`` lines heading a job script, as ``hq submit script.sh`` reads them."""
-    args: list[str] = []
-    with open(script, encoding="utf-8", errors="replace") as f:
-        head = f.read(32 * 1024)
-    for line in head.splitlines():
-        s = line.strip()
-        if s.startswith("#HQ"):
-            args += shlex.split(s[3:])
-        elif s and not s.startswith("#"):
-            break  # directives only count before the first command
-    return args
+    return [arg for line in jobscript.read_directives(script, "#HQ") for arg in shlex.split(line[3:])]
 
 
 def _amount(value: str) -> int | str:
