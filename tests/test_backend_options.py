@@ -1,13 +1,9 @@
-"""Typed backend options: the generic validator, and every registered backend refusing a bad
-``[backend]`` or per-server key when the file is loaded, before any port is bound."""
+"""Typed backend options: the generic validator and each backend's declared options (that
+``balancer serve`` refuses bad ones before binding its port: test_units)."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +11,6 @@ import pytest
 from balancer.backends import SCHEDULERS, backend_class
 from balancer.backends.options import BackendOptions, args, one_of, parse_options, positive, word
 from balancer.config import ConfigError, parse_config
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -74,37 +68,3 @@ def test_every_backend_declares_options_over_the_common_base(scheduler):
     cfg = parse_config({"balancer": {"scheduler": scheduler}, "servers": [{"name": "m", "command": "x"}]})
     assert isinstance(cfg.backend_options, cls.Options)
     assert isinstance(cfg.servers[0].options, cls.ServerOptions)
-
-
-BAD_MARGIN = '[backend]\ntime_limit_margin_s = "x"\n'
-
-
-@pytest.mark.parametrize(
-    ("scheduler", "table", "error"),
-    [
-        *[(s, BAD_MARGIN, "backend.time_limit_margin_s: expected a number") for s in SCHEDULERS],
-        ("local", "[backend]\npoll_interval_s = 1\n", "backend.poll_interval_s: unknown key for local"),
-        ("slurm", '[backend]\njob_name = "a b"\n', "backend.job_name: expected letters, digits"),
-        ("hyperqueue", '[backend]\nmode = "cloud"\n', "backend.mode: expected one of embedded, server, hq"),
-    ],
-)
-def test_serve_refuses_bad_backend_options_before_binding_the_port(tmp_path, scheduler, table, error):
-    with socket.socket() as s:  # the port is taken: a balancer that got as far as binding would say so
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        port = s.getsockname()[1]
-        cfg = tmp_path / "c.toml"
-        cfg.write_text(
-            f'[balancer]\nscheduler = "{scheduler}"\nport = {port}\nrun_dir = "{tmp_path}/run"\n{table}'
-            '[[servers]]\nname = "m"\ncommand = "python x.py"\n'
-        )
-        r = subprocess.run(
-            [sys.executable, "-m", "balancer.cli", "serve", "--config", str(cfg)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=60,
-        )
-    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert f"balancer: config error: {error}" in r.stderr
-    assert not (tmp_path / "run").exists()  # nothing started: no run dir, journal or backend

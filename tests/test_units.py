@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from balancer.backends import SCHEDULERS
 from balancer.config import ConfigError, parse_config
 from balancer.protocol import ProtocolError, check_sizes, parse_request
 
@@ -106,7 +107,21 @@ def test_cli_bad_flags_exit_2():
     assert r.returncode == 2 and "delay-ms" in r.stderr
 
 
-def test_cli_port_in_use_is_one_line(tmp_path):
+BAD_MARGIN = '[backend]\ntime_limit_margin_s = "x"\n'
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "table", "error"),
+    [
+        ("local", "", "error: cannot listen"),
+        # Backend options are checked when the file is loaded, before the port is bound.
+        *[(s, BAD_MARGIN, "error: backend.time_limit_margin_s: expected a number") for s in SCHEDULERS],
+        ("local", "[backend]\npoll_interval_s = 1\n", "backend.poll_interval_s: unknown key for local"),
+        ("slurm", '[backend]\njob_name = "a b"\n', "backend.job_name: expected letters, digits"),
+        ("hyperqueue", '[backend]\nmode = "cloud"\n', "backend.mode: expected one of embedded, server, hq"),
+    ],
+)
+def test_cli_port_in_use_is_one_line(tmp_path, scheduler, table, error):
     import socket
 
     with socket.socket() as s:
@@ -115,7 +130,11 @@ def test_cli_port_in_use_is_one_line(tmp_path):
         port = s.getsockname()[1]
         cfg = tmp_path / "c.toml"
         cfg.write_text(
-            f'[balancer]\nport = {port}\nrun_dir = "{tmp_path}/run"\n[[servers]]\ncommand = "python x.py"\n'
+            f'[balancer]\nscheduler = "{scheduler}"\nport = {port}\nrun_dir = "{tmp_path}/run"\n{table}'
+            '[[servers]]\nname = "m"\ncommand = "python x.py"\n'
         )
         r = run_cli("serve", "--config", str(cfg))
-    assert r.returncode == 2 and "cannot listen" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and error in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    if table:  # a bad option: nothing started, not even a run dir
+        assert not (tmp_path / "run").exists()
