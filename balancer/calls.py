@@ -47,6 +47,7 @@ class Calls:
         self._in_sizes: dict[tuple[str, bytes], list[int]] = {}
         self._out_sizes: dict[tuple[str, bytes], list[int]] = {}
         self._attempts: dict[str, int] = {}
+        self._support: dict[str, dict[str, Any]] = {}  # model -> ModelInfo's "support" flags
 
     # -- waiting for servers ---------------------------------------------------------------------
     def _max_startup(self) -> float:
@@ -94,7 +95,8 @@ class Calls:
         self.bus.emit(Ev.CALL_COMPLETED, call=call, server=None, status=200, bytes=len(body), cached=True)
         return 200, JSON_CT, body
 
-    def _read(self, call: int, request: Request, op: str) -> tuple[protocol.ParsedRequest, bytes]:
+    def _read(self, call: int, request: Request, op: str) -> dict[str, Any]:
+        """The request's JSON object (journaled as received either way)."""
         body = request.body
         if request.too_large:
             self.bus.emit(Ev.CALL_RECEIVED, call=call, op=op, model=None, bytes=None)
@@ -104,12 +106,12 @@ class Calls:
                 413,
             ) from None
         try:
-            req = protocol.parse_request(op, body)
+            doc = protocol.parse_body(body)
         except ProtocolError:
             self.bus.emit(Ev.CALL_RECEIVED, call=call, op=op, model=None, bytes=len(body))
             raise
-        self.bus.emit(Ev.CALL_RECEIVED, call=call, op=op, model=req.model, bytes=len(body))
-        return req, body
+        self.bus.emit(Ev.CALL_RECEIVED, call=call, op=op, model=doc["name"], bytes=len(body))
+        return doc
 
     def _reject(self, call: int, exc: ProtocolError) -> Reply:
         self.bus.emit(Ev.CALL_FAILED, call=call, status=exc.status, reason=f"{exc.kind}: {exc.message}")
@@ -118,42 +120,65 @@ class Calls:
     async def metadata(self, request: Request, op: str) -> Reply:
         call = next(self._call_ids)
         try:
-            req, body = self._read(call, request, op)
-            await self._check_model(req.model)
-            ans, cached = await self._metadata(op, req.model, req.config_key, body)
+            doc = self._read(call, request, op)
+            await self._check_model(doc["name"])
+            req = protocol.check_fields(op, doc)
+            ans, cached = await self._metadata(op, req.model, req.config_key, request.body)
         except ProtocolError as exc:
             return self._reject(call, exc)
         except NoServerError as exc:
             return self._reject(call, ProtocolError("ServiceUnavailable", str(exc), 503))
+        except Exception as exc:  # a bug: still one journaled, readable answer
+            return self._reject(call, ProtocolError("InternalError", f"{type(exc).__name__}: {exc}", 500))
         self.bus.emit(
             Ev.CALL_COMPLETED, call=call, server=None, status=ans[0], bytes=len(ans[2]), cached=cached
         )
         return ans
 
     async def evaluate(self, request: Request, op: str) -> Reply:
-        """Evaluate/Gradient/ApplyJacobian/ApplyHessian: validate, queue, forward, retry on loss."""
+        """Evaluate/Gradient/ApplyJacobian/ApplyHessian: check as a model server would, in its order
+        (model, support, fields, sizes), then queue, forward, retry on loss."""
         self.inflight += 1
         try:
             call = next(self._call_ids)
             try:
-                req, body = self._read(call, request, op)
-                await self._check_model(req.model)
-                ins, outs = await self._sizes(req.model, req.config, req.config_key, op)
+                doc = self._read(call, request, op)
+                model = doc["name"]
+                await self._check_model(model)
+                await self._check_support(model, op)
+                req = protocol.check_fields(op, doc)
+                ins, outs = await self._sizes(model, req.config, req.config_key, op)
                 if ins is not None:
-                    protocol.check_sizes(op, req.doc, ins, outs)
+                    protocol.check_sizes(op, doc, ins, outs)
             except ProtocolError as exc:
                 return self._reject(call, exc)
             except NoServerError as exc:
                 return self._reject(call, ProtocolError("ServiceUnavailable", str(exc), 503))
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 pass  # a server with odd size answers: leave the checks to it
-            model = req.model
-            del req  # the parsed input is not needed while the call waits (100k queued: ~0.4 KB each)
-            return await self._forward(call, op, model, body)
+            except Exception as exc:  # a bug: still one journaled, readable answer
+                return self._reject(call, ProtocolError("InternalError", f"{type(exc).__name__}: {exc}", 500))
+            doc = req = None  # the parsed input is not needed while the call waits (~0.4 KB each)
+            return await self._forward(call, op, model, request.body)
         finally:
             self.inflight -= 1
             if self.inflight == 0 and self.pool.closing:
                 self.pool.changed()
+
+    async def _check_support(self, model: str, op: str) -> None:
+        """UnsupportedFeature from the model's own ModelInfo (asked once, through the cache)."""
+        support = self._support.get(model)
+        if support is None:
+            ans, _ = await self._metadata("ModelInfo", model, b"{}", orjson.dumps({"name": model}))
+            try:
+                support = orjson.loads(ans[2])["support"] if ans[0] == 200 else None
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                support = None
+            if not isinstance(support, dict):
+                return  # no usable answer: leave the check to the server
+            self._support[model] = support
+        if support.get(op) is False:
+            raise ProtocolError("UnsupportedFeature", f"{op} not supported by model!")
 
     # -- metadata --------------------------------------------------------------------------------
     async def _metadata(self, op: str, model: str, ckey: bytes, body: bytes) -> tuple[Reply, bool]:

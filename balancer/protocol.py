@@ -1,11 +1,17 @@
 """UM-Bridge protocol 1.0: request validation and error answers, as pure functions.
 
 The balancer parses a request only to learn the model name and to reject malformed input before it
-occupies a server; the body bytes it forwards are the client's own.
+occupies a server; the body bytes it forwards are the client's own. Checks come in the official
+servers' order, so a client cannot tell the balancer from a model server by its errors: the body
+and model name (``parse_body``; the caller then answers ``ModelNotFound`` and
+``UnsupportedFeature``), then the operation's fields (``check_fields``, ``InvalidInput``), then the
+sizes (``check_sizes``). What the official Python server accepts passes: a bare ``NaN`` or
+``Infinity`` in a body (its JSON parser is the stdlib's, and so is ours where orjson refuses).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +58,35 @@ class ParsedRequest:
     doc: dict[str, Any]
 
 
+MAX_CONFIG_DEPTH = 32  # nesting of a model's config; deeper is refused (400), not a 500 later
+
+
 def config_key(config: Any) -> bytes:
     return orjson.dumps(config, option=orjson.OPT_SORT_KEYS)
+
+
+def _depth_over(obj: Any, limit: int) -> bool:
+    """Whether ``obj`` nests deeper than ``limit`` (iterative: no recursion on hostile input)."""
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if d > limit:
+            return True
+        if type(o) is dict:
+            stack.extend((v, d + 1) for v in o.values())
+        elif type(o) is list:
+            stack.extend((v, d + 1) for v in o)
+    return False
+
+
+def _short(v: Any) -> str:
+    """A value for an error message: never the repr of a huge or deeply nested structure."""
+    if type(v) is list:
+        return "a list"
+    if type(v) is dict:
+        return "an object"
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
 
 
 def _is_number(v: Any) -> bool:
@@ -66,15 +99,18 @@ def _check_vector(field: str, v: Any) -> None:
         raise ProtocolError("InvalidInput", f"'{field}' must be a list of numbers")
     for x in v:
         if type(x) is not float and type(x) is not int:
-            raise ProtocolError("InvalidInput", f"'{field}' must contain numbers only, got {x!r}")
+            raise ProtocolError("InvalidInput", f"'{field}' must contain numbers only, got {_short(x)}")
 
 
-def parse_request(op: str, body: bytes) -> ParsedRequest:
-    """Check structure and types of a UM-Bridge request body; raise ProtocolError if malformed."""
+def parse_body(body: bytes) -> dict[str, Any]:
+    """The request's JSON object with a string ``name``; ProtocolError (InvalidInput) otherwise."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise ProtocolError("InvalidInput", f"request body is not valid JSON: {exc}") from None
+        try:  # NaN, Infinity: what the official server's stdlib parser takes
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            raise ProtocolError("InvalidInput", f"request body is not valid JSON: {exc}") from None
     if type(doc) is not dict:
         raise ProtocolError("InvalidInput", "request body must be a JSON object")
     name = doc.get("name")
@@ -82,6 +118,11 @@ def parse_request(op: str, body: bytes) -> ParsedRequest:
         raise ProtocolError("InvalidInput", "missing field 'name'")
     if type(name) is not str:
         raise ProtocolError("InvalidInput", "'name' must be a string")
+    return doc
+
+
+def check_fields(op: str, doc: dict[str, Any]) -> ParsedRequest:
+    """Check the operation's fields and the config; ProtocolError (InvalidInput) if malformed."""
     config = doc.get("config", {})
     if config is None:
         config = {}
@@ -101,7 +142,18 @@ def parse_request(op: str, body: bytes) -> ParsedRequest:
                 raise ProtocolError("InvalidInput", f"'{field}' must be a list of lists of numbers")
             for i, row in enumerate(v):
                 _check_vector(f"{field}[{i}]", row)
-    return ParsedRequest(name, config, config_key(config) if config else b"{}", doc)
+    if config and _depth_over(config, MAX_CONFIG_DEPTH):
+        raise ProtocolError("InvalidInput", f"'config' nests deeper than {MAX_CONFIG_DEPTH} levels")
+    try:
+        key = config_key(config) if config else b"{}"
+    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
+        raise ProtocolError("InvalidInput", f"'config' cannot be used: {exc}") from None
+    return ParsedRequest(doc["name"], config, key, doc)
+
+
+def parse_request(op: str, body: bytes) -> ParsedRequest:
+    """Both checks at once (for callers with no model-level checks in between)."""
+    return check_fields(op, parse_body(body))
 
 
 def check_sizes(op: str, doc: dict[str, Any], input_sizes: list[int], output_sizes: list[int] | None) -> None:
