@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..procgroup import OUTER_GRACE_S, end_child
-from .base import Backend, Launch, launcher_argv
+from .base import ENV_JOB_ID, ENV_TASK_INDEX, Backend, Launch, launcher_argv
 
 
 class LocalBackend(Backend):
@@ -36,6 +36,10 @@ class LocalBackend(Backend):
         # "python" in a server command means the balancer's own environment (its venv), as a user
         # who started the balancer from an activated venv expects.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        # The launcher's job id is its pid (the id reported below), never one inherited from a
+        # balancer that itself runs inside a job.
+        for k in (ENV_JOB_ID, ENV_TASK_INDEX):
+            env.pop(k, None)
         env.update(launch.env)
         argv = launcher_argv(launch.spec.server_command())
         # Opening a local log file does not block in any way that matters.
