@@ -4,9 +4,10 @@ Why not aiohttp's web server: measured here it costs ~55 us of CPU per request b
 code runs, half of the balancer's whole per-call budget. The balancer serves a handful of fixed
 routes with small JSON bodies, so a protocol object that parses with llhttp (the parser of
 Node.js, also behind uvicorn) and writes one buffer per answer does the same for a fraction.
-It handles keep-alive and pipelining (one request at a time per connection, in order), chunked
-bodies, ``Expect: 100-continue``, a body-size limit (413 after the body is drained) and idle
-keep-alive connections (closed after ``IDLE_TIMEOUT_S``).
+It handles keep-alive and pipelining (one request at a time per connection, answers in request
+order, a malformed request's 400 after the answers it follows), chunked bodies, ``Expect:
+100-continue``, a body-size limit (413 at once from a Content-Length over it, after the body for a
+chunked one) and idle keep-alive connections (closed after ``IDLE_TIMEOUT_S``).
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ class FrontServer:
 class HttpProtocol(SharedBufferProtocol):
     __slots__ = (
         "_body",
+        "_done_reading",
+        "_final",
         "_headers",
         "_pending",
         "_size",
@@ -167,6 +170,10 @@ class HttpProtocol(SharedBufferProtocol):
         self._body: list[bytes] = []
         self._size = 0
         self._too_large = False
+        # After a malformed or oversized request the connection reads nothing more; a malformed one's
+        # 400 goes out after the answers of the requests before it, then the connection closes.
+        self._done_reading = False
+        self._final: Reply | None = None
         self.remote: str | None = None
         self.last_active = time.monotonic()
 
@@ -190,6 +197,8 @@ class HttpProtocol(SharedBufferProtocol):
             self.transport.close()
 
     def data_received(self, data: memoryview) -> None:  # type: ignore[override]
+        if self._done_reading:
+            return  # the connection ends after the answers it owes
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -198,8 +207,17 @@ class HttpProtocol(SharedBufferProtocol):
             self._bad(f"malformed HTTP request: {exc}")
 
     def _bad(self, message: str) -> None:
-        if self.transport is not None:
-            self._write(error_reply("InvalidInput", message, 400), keep_alive=False)
+        """A malformed request: answer 400 and close, but only after the answers of the good requests
+        before it on this connection (pipelined, or sent while one was in flight), in order."""
+        self._final = error_reply("InvalidInput", message, 400)
+        self._stop_reading()
+        if self.idle():
+            self._write(self._final, keep_alive=False)
+
+    def _stop_reading(self) -> None:
+        self._done_reading = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
 
     # -- parser callbacks -----------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -216,17 +234,23 @@ class HttpProtocol(SharedBufferProtocol):
         self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        if self._done_reading:
+            return
         cl = self._headers.get(b"content-length")
         if cl is not None and cl.isdigit() and int(cl) > self.front.max_body:
-            self._too_large = True
+            # Too large by its header: answer 413 now (through the handler, so it is journaled) and
+            # close, rather than wait for a body that may never come; read nothing more.
+            req = Request(self.parser.get_method(), self._url, self._headers, b"", False, True, self.remote)
+            self._stop_reading()
+            self._pending.append(req)
+            if self._task is None:
+                self._next()
+            return
         if self._headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
-            if self._too_large:
-                self._write(error_reply("InvalidInput", "request body too large", 413), keep_alive=False)
-            else:
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
-        if self._too_large:
+        if self._too_large or self._done_reading:
             return  # drained, not kept
         self._size += len(body)
         if self._size > self.front.max_body:
@@ -236,6 +260,8 @@ class HttpProtocol(SharedBufferProtocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._done_reading:
+            return
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         req = Request(
             self.parser.get_method(),
@@ -271,6 +297,8 @@ class HttpProtocol(SharedBufferProtocol):
             self.last_active = time.monotonic()
             if self._pending and keep_alive:
                 self._next()
+            elif self._final is not None and keep_alive and not self._pending:
+                self._write(self._final, keep_alive=False)
 
     def _write(self, reply: Reply, keep_alive: bool) -> None:
         status, headers, body = reply
