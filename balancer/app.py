@@ -94,6 +94,7 @@ class Balancer:
         r.add("POST", "/TestShMem", test_shmem)
         r.add("POST", "/api/servers/register", control.register)
         r.add_prefix("POST", "/api/servers/", control.servers)
+        r.add_prefix("POST", "/api/specs/", control.resume_spec)
         r.add("GET", "/api/status", control.status)
         return r
 

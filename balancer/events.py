@@ -46,6 +46,7 @@ class Ev:
     SERVER_STOPPED: Final = "server.stopped"
     SERVER_FAILED: Final = "server.failed"
     SPEC_HELD: Final = "spec.held"
+    SPEC_RESUMED: Final = "spec.resumed"  # a held spec starts servers again
     SCALE_DECISION: Final = "scale.decision"
     AUTH_REFUSED: Final = "auth.refused"
 

@@ -132,6 +132,7 @@ class StartReason(str, enum.Enum):
     MIN_SERVERS = "min_servers"
     DEMAND = "demand"
     REPLACE = "replace"  # a server drains before its time limit
+    RETRY = "retry"  # a held spec tries one start again, after a growing back-off
 
 
 class StopReason(str, enum.Enum):
@@ -186,11 +187,20 @@ class Hold:
 Action = Start | Stop | GiveUp | Drain | Hold
 
 
+HOLD_RETRY_CAP_S = 600.0  # a held spec tries a start at least this often
+
+
 def start_backoff_s(consecutive_failures: int) -> float:
     """Delay before the next start of a spec whose last starts failed: 1, 2, 4, ... up to 60 s."""
     if consecutive_failures <= 0:
         return 0.0
     return float(min(60, 2 ** (consecutive_failures - 1)))
+
+
+def hold_retry_s(consecutive_failures: int) -> float:
+    """Delay after its last failure before a held spec tries one start again: 32 s after the third
+    failure, doubling up to 10 min, so a spec whose starts were killed from outside recovers."""
+    return float(min(HOLD_RETRY_CAP_S, 2 ** min(20, consecutive_failures + 2)))
 
 
 def decide(limits: Limits, observed: Observed, now: float) -> list[Action]:
@@ -253,7 +263,14 @@ def _decide_spec(lim: SpecLimits, obs: SpecObserved, now: float, margin: float) 
         wanted, reason = len(unreplaced), StartReason.REPLACE
     n = min(wanted - n_starting, lim.backlog - n_starting, lim.max_servers - live)
     backing_off = obs.failures > 0 and now < obs.last_failure_m + start_backoff_s(obs.failures)
-    if n > 0 and not held and not backing_off:
+    if held:
+        # One start at a time, after a back-off that grows to HOLD_RETRY_CAP_S; when it becomes
+        # ready the spec is resumed (by the pool), when it fails the next try waits longer.
+        due = now >= obs.last_failure_m + hold_retry_s(obs.failures)
+        if due and not n_starting and live < lim.max_servers:
+            live += 1
+            out.append(Start(lim.name, 1, StartReason.RETRY, target=live))
+    elif n > 0 and not backing_off:
         replaces = tuple(unreplaced[:n]) if reason is StartReason.REPLACE else ()
         live += n
         out.append(Start(lim.name, n, reason, target=live, replaces=replaces))

@@ -170,6 +170,12 @@ class Pool:
         elif to is S.READY:
             s.idle_since_m = self.clock()
             self.dispatcher.add(s)
+        if was is S.READY:
+            # Its models may have no server left and none to come (held spec, shutdown): the calls
+            # waiting for them end now with the reason, instead of waiting until shutdown.
+            for m in s.models:
+                if self.dispatcher.waiting(m) and not self.can_serve(m):
+                    self.dispatcher.fail_waiters(m, NoServerError(self.unservable_reason(m)))
         self.changed()
         return True
 
@@ -214,6 +220,8 @@ class Pool:
         u = urlsplit(s.url)
         s.upstream = Upstream(u.hostname or "127.0.0.1", u.port or 80)
         rt.failures = 0
+        if rt.held:
+            self.resume(s.spec.name, "a start succeeded")
         if not rt.discovered:
             rt.models.update(models)
             rt.discovered = True
@@ -239,6 +247,16 @@ class Pool:
         await asyncio.sleep(LEASE_STOP_GRACE_S)
         if s.state is not S.GONE:
             await self.backend.cancel(s.id)
+
+    def resume(self, spec: str, reason: str) -> bool:
+        """Let a held spec start servers again (a retry became ready, or the operator said so)."""
+        rt = self.specs[spec]
+        if not rt.held:
+            return False
+        rt.held, rt.held_reason, rt.failures = False, "", 0
+        self.bus.emit(Ev.SPEC_RESUMED, spec=spec, reason=reason)
+        self.changed()
+        return True
 
     def hold(self, spec: str, failures: int, reason: str) -> None:
         """Start no more servers of ``spec``; fail the calls nothing else can serve."""

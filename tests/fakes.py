@@ -95,13 +95,16 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running(tmp_path: Path, servers: list[dict[str, Any]], **raw: Any) -> AsyncIterator[Harness]:
-    """A started balancer (config from ``servers`` and the extra top-level ``raw`` tables)."""
+async def running(
+    tmp_path: Path, servers: list[dict[str, Any]], clock: Callable[[], float] = time.monotonic, **raw: Any
+) -> AsyncIterator[Harness]:
+    """A started balancer (config from ``servers`` and the extra top-level ``raw`` tables); ``clock``
+    is the pool's and scaler's (a test can move it forward)."""
     top = {"port": 0, "scale_interval_s": 0.05}
     cfg = parse_config({"balancer": top, "servers": servers, **raw}, tmp_path)
     backend = FakeScheduler(cfg, tmp_path)
     bus = EventBus()
-    balancer = Balancer(cfg, bus, tmp_path, TOKEN, backend)
+    balancer = Balancer(cfg, bus, tmp_path, TOKEN, backend, clock=clock)
     harness_events: list[dict[str, Any]] = []
     bus.subscribe(harness_events.append)
     front = FrontServer(balancer.router(), cfg.max_body_bytes)

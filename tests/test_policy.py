@@ -18,6 +18,7 @@ from balancer.policy import (
     Stop,
     StopReason,
     decide,
+    hold_retry_s,
     pick_server,
     start_backoff_s,
 )
@@ -110,14 +111,23 @@ def test_startup_timeout_gives_up_and_no_start_goes_out_in_the_same_tick():
 
 
 def test_hold_after_repeated_failures_and_backoff_in_between():
-    (h,) = run(waiting=1, failures=3, last_failure="exit 1", last_failure_m=0.0, now=100)
+    (h,) = run(waiting=1, failures=3, last_failure="exit 1", last_failure_m=0.0, now=1)
     assert h == Hold("m", 3, "exit 1")
-    assert run(waiting=1, failures=3, held=True, now=100) == []  # held: no more starts, no new Hold
+    assert run(waiting=1, failures=3, held=True, now=31) == []  # held: no start, no new Hold
     # Two failures: 2 s back-off from the last one, then starts resume.
     assert run(waiting=1, failures=2, last_failure_m=10.0, now=11.5) == []
     assert isinstance(run(waiting=1, failures=2, last_failure_m=10.0, now=12.0)[0], Start)
     assert [start_backoff_s(n) for n in range(5)] == [0, 1, 2, 4, 8]
     assert start_backoff_s(30) == 60
+
+
+def test_a_held_spec_retries_one_start_with_a_growing_back_off_up_to_ten_minutes():
+    assert [hold_retry_s(n) for n in (3, 4, 5, 8, 50)] == [32, 64, 128, 600, 600]
+    (a,) = run(failures=3, held=True, last_failure_m=0.0, now=32)  # no demand needed
+    assert a == Start("m", 1, StartReason.RETRY, target=1)
+    assert run(starting(1, at=32), failures=3, held=True, last_failure_m=0.0, now=40) == []  # one at a time
+    assert run(failures=4, held=True, last_failure_m=40.0, now=100) == []  # 64 s after the 4th failure
+    assert run(failures=9, held=True, last_failure_m=0.0, now=600)[0].reason is StartReason.RETRY
 
 
 def test_drain_before_the_time_limit_and_replace_once():
