@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -29,6 +30,31 @@ from .upstream import UpstreamError
 _DROP_RAW = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length"})
 
 
+CACHE_ENTRIES = 4096  # per cache: each distinct config a client sends adds an entry
+
+
+class LRU(OrderedDict):  # type: ignore[type-arg]
+    """A dict that forgets its least recently used entries beyond ``size``: clients choose the
+    configs, so the metadata and sizes caches must not grow with them (~4.6 KB each)."""
+
+    def __init__(self, size: int = CACHE_ENTRIES) -> None:
+        super().__init__()
+        self.size = size
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            self.move_to_end(key)
+        except KeyError:
+            return default
+        return self[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
 def _pass_headers(raw: list[tuple[bytes, bytes]]) -> bytes:
     """A model server's headers, as it sent them, minus the per-connection ones."""
     return b"".join(b"%s: %s\r\n" % (k, v) for k, v in raw if k.lower() not in _DROP_RAW)
@@ -42,10 +68,10 @@ class Calls:
         self.max_body_mb = max_body_mb
         self.inflight = 0
         self._call_ids = iter(range(1, 1 << 62))
-        self._meta: dict[tuple[str, str, bytes], Reply] = {}
+        self._meta: dict[tuple[str, str, bytes], Reply] = LRU()
         self._meta_inflight: dict[tuple[str, str, bytes], asyncio.Future[Reply]] = {}
-        self._in_sizes: dict[tuple[str, bytes], list[int]] = {}
-        self._out_sizes: dict[tuple[str, bytes], list[int]] = {}
+        self._in_sizes: dict[tuple[str, bytes], list[int]] = LRU()
+        self._out_sizes: dict[tuple[str, bytes], list[int]] = LRU()
         self._attempts: dict[str, int] = {}
         self._support: dict[str, dict[str, Any]] = {}  # model -> ModelInfo's "support" flags
 

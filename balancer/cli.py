@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import resource
 import secrets
 import signal
 import sys
@@ -26,6 +28,17 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one (a login node's 1024 is a few hundred
+    clients); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 def _run_dir(cfg: BalancerConfig) -> Path:
     if cfg.run_dir:
         d = Path(cfg.run_dir)
@@ -39,7 +52,7 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     """Run until SIGINT/SIGTERM, then shut down gracefully. Returns the exit code."""
     from .app import Balancer
     from .backends import make_backend
-    from .frontend import FrontServer
+    from .frontend import FrontServer, HttpLimits
 
     run_dir = _run_dir(cfg)
     journal = Journal(cfg.journal or run_dir / "journal.jsonl")
@@ -56,7 +69,10 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
         journal.close()
         return 2
     balancer = Balancer(cfg, bus, run_dir, token, backend)
-    front = FrontServer(balancer.router(), cfg.max_body_bytes)
+    soft = raise_fd_limit()
+    # Leave descriptors for upstream connections, logs and subprocesses: never let clients exhaust them.
+    limits = HttpLimits(max_body=cfg.max_body_bytes, max_connections=max(64, min(16384, soft // 2)))
+    front = FrontServer(balancer.router(), cfg.max_body_bytes, limits)
     try:
         port = await front.listen(cfg.host, cfg.port)
     except OSError as exc:

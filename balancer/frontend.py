@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 
 import httptools
@@ -25,6 +26,21 @@ import orjson
 from .netbuf import SharedBufferProtocol
 
 IDLE_TIMEOUT_S = 75.0
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one client can make the frontend hold: every resource has a bound."""
+
+    max_body: int = 64 * 1024 * 1024  # larger: 413
+    max_url: int = 8 * 1024  # longer request target: 414
+    max_headers: int = 100  # more header lines: 431
+    max_header_bytes: int = 64 * 1024  # more header bytes: 431
+    max_connections: int = 4096  # more open connections: 503 and close at once
+    idle_timeout_s: float = IDLE_TIMEOUT_S  # no byte in either direction for this long: close
+    min_rate: float = 1024.0  # a request still arriving after rate_grace_s slower than this (B/s): 408
+    rate_grace_s: float = 30.0
+
 
 # (status, extra header lines already encoded, body); the frontend adds Content-Length.
 Reply = tuple[int, bytes, bytes]
@@ -101,9 +117,10 @@ class Router:
 class FrontServer:
     """Owns the listening socket and the open connections, for a graceful shutdown."""
 
-    def __init__(self, router: Router, max_body: int) -> None:
+    def __init__(self, router: Router, max_body: int, limits: HttpLimits | None = None) -> None:
         self.router = router
-        self.max_body = max_body
+        self.limits = limits or HttpLimits(max_body=max_body)
+        self.max_body = self.limits.max_body
         self.conns: set[HttpProtocol] = set()
         self.closing = False
         self.server: asyncio.base_events.Server | None = None
@@ -112,15 +129,27 @@ class FrontServer:
     async def listen(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: HttpProtocol(self), host, port, backlog=1024)
-        self._sweeper = loop.call_later(IDLE_TIMEOUT_S / 3, self._sweep)
+        self._sweeper = loop.call_later(self._sweep_every(), self._sweep)
         return int(self.server.sockets[0].getsockname()[1])
 
+    def _sweep_every(self) -> float:
+        return min(self.limits.idle_timeout_s, self.limits.rate_grace_s) / 3
+
     def _sweep(self) -> None:
+        """Close connections idle too long, and requests dripping in below the minimum rate (a
+        client uploading steadily is never cut off, however long its body takes)."""
         now = time.monotonic()
+        lim = self.limits
         for c in list(self.conns):
-            if c.idle() and now - c.last_active > IDLE_TIMEOUT_S:
+            if c.in_message:
+                took = now - c.message_start
+                if took > lim.rate_grace_s and c.message_bytes < lim.min_rate * took:
+                    c.give_up(
+                        error_reply("InvalidInput", f"request arrives slower than {lim.min_rate:g} B/s", 408)
+                    )
+            elif c.idle() and now - c.last_active > lim.idle_timeout_s:
                 c.close()
-        self._sweeper = asyncio.get_running_loop().call_later(IDLE_TIMEOUT_S / 3, self._sweep)
+        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep)
 
     async def stop_listening(self) -> None:
         """No new connections; idle keep-alive ones close, busy ones after their answer."""
@@ -146,14 +175,19 @@ class HttpProtocol(SharedBufferProtocol):
         "_body",
         "_done_reading",
         "_final",
+        "_header_bytes",
         "_headers",
+        "_limit_reply",
         "_pending",
         "_size",
         "_task",
         "_too_large",
         "_url",
         "front",
+        "in_message",
         "last_active",
+        "message_bytes",
+        "message_start",
         "parser",
         "remote",
         "transport",
@@ -174,6 +208,11 @@ class HttpProtocol(SharedBufferProtocol):
         # 400 goes out after the answers of the requests before it, then the connection closes.
         self._done_reading = False
         self._final: Reply | None = None
+        self._header_bytes = 0
+        self._limit_reply: Reply | None = None  # set by a parser callback that hit a limit
+        self.in_message = False  # a request has begun and not yet fully arrived
+        self.message_start = 0.0
+        self.message_bytes = 0
         self.remote: str | None = None
         self.last_active = time.monotonic()
 
@@ -182,6 +221,10 @@ class HttpProtocol(SharedBufferProtocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if peer else None
+        if len(self.front.conns) >= self.front.limits.max_connections:
+            self._done_reading = True
+            self._write(error_reply("ServiceUnavailable", "too many open connections", 503), keep_alive=False)
+            return
         self.front.conns.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -199,23 +242,40 @@ class HttpProtocol(SharedBufferProtocol):
     def data_received(self, data: memoryview) -> None:  # type: ignore[override]
         if self._done_reading:
             return  # the connection ends after the answers it owes
+        self.last_active = time.monotonic()
+        if self.in_message:
+            self.message_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._bad("protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
-            self._bad(f"malformed HTTP request: {exc}")
+            if self._limit_reply is not None:
+                self.give_up(self._limit_reply)
+            else:
+                self._bad(f"malformed HTTP request: {exc}")
 
     def _bad(self, message: str) -> None:
-        """A malformed request: answer 400 and close, but only after the answers of the good requests
-        before it on this connection (pipelined, or sent while one was in flight), in order."""
-        self._final = error_reply("InvalidInput", message, 400)
+        self.give_up(error_reply("InvalidInput", message, 400))
+
+    def give_up(self, reply: Reply) -> None:
+        """End this connection with ``reply`` (a malformed request's 400, a limit's 4xx), but only
+        after the answers of the good requests before it (pipelined, or sent while one was in
+        flight), in order."""
+        self._final = reply
+        self.in_message = False
         self._stop_reading()
         if self.idle():
             self._write(self._final, keep_alive=False)
 
+    def _limit(self, status: int, message: str) -> None:
+        """From a parser callback: stop parsing, answer ``status``."""
+        self._limit_reply = error_reply("InvalidInput", message, status)
+        raise ValueError(message)
+
     def _stop_reading(self) -> None:
         self._done_reading = True
+        self.in_message = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
 
@@ -226,12 +286,24 @@ class HttpProtocol(SharedBufferProtocol):
         self._body = []
         self._size = 0
         self._too_large = False
+        self._header_bytes = 0
+        self.in_message = True
+        self.message_start = time.monotonic()
+        self.message_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self.front.limits.max_url:
+            self._limit(414, f"request target longer than {self.front.limits.max_url} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.lower()] = value
+        self._header_bytes += len(name) + len(value) + 4
+        lim = self.front.limits
+        if len(self._headers) > lim.max_headers or self._header_bytes > lim.max_header_bytes:
+            self._limit(
+                431, f"request headers exceed {lim.max_headers} lines or {lim.max_header_bytes} bytes"
+            )
 
     def on_headers_complete(self) -> None:
         if self._done_reading:
@@ -260,6 +332,7 @@ class HttpProtocol(SharedBufferProtocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self.in_message = False
         if self._done_reading:
             return
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
@@ -285,7 +358,8 @@ class HttpProtocol(SharedBufferProtocol):
         handler = self.front.router.resolve(req.method, req.path)
         try:
             if handler is None:
-                reply = error_reply("NotFound", f"no route {req.method.decode()} {req.path}", 404)
+                path = req.path if len(req.path) <= 200 else req.path[:200] + "..."  # never echo a huge path
+                reply = error_reply("NotFound", f"no route {req.method.decode(errors='replace')} {path}", 404)
             else:
                 reply = await handler(req)
         except Exception as exc:  # a bug must not kill the connection silently
