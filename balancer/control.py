@@ -84,7 +84,34 @@ class Control:
                 self.pool.fail(s, f"server does not serve configured model(s) {missing}; it has {models}")
                 return
             models = list(wanted)
+        if not await self._same_sizes(s, models):
+            return
         self.pool.make_ready(s, models)
+
+    async def _same_sizes(self, s: Server, models: list[str]) -> bool:
+        """A model's sizes are what the first ready server said; a server (of any spec) that says
+        otherwise never takes its calls: clients were answered those sizes. Its spec is held
+        with a reason naming both specs, shown in the journal and the status."""
+        known = self.pool.model_sizes
+        for m in models:
+            try:
+                sizes = await self.probe.sizes(s.url or "", m)
+            except Exception as exc:  # a model without sizes for {}: leave the checks to it
+                sizes = None
+                why = f"{type(exc).__name__}: {exc}"
+                self.bus.emit(Ev.SERVER_SIZES_UNKNOWN, server=s.id, model=m, reason=why)
+            if sizes is None:
+                continue
+            ref = known.setdefault(m, (sizes[0], sizes[1], s.spec.name))
+            if (sizes[0], sizes[1]) != ref[:2]:
+                why = (
+                    f"model '{m}' of server spec '{s.spec.name}' has input/output sizes "
+                    f"{sizes[0]}/{sizes[1]}, but spec '{ref[2]}' serves it with {ref[0]}/{ref[1]}"
+                )
+                self.pool.fail(s, why)
+                self.pool.hold(s.spec.name, self.pool.specs[s.spec.name].failures, why, held_reason=why)
+                return False
+        return True
 
     async def servers(self, request: Request) -> Reply:
         """``/api/servers/{server}/lease`` and ``/api/servers/{server}/exited``."""

@@ -139,6 +139,8 @@ class Pool:
         self.closing = False
         self.wake = asyncio.Event()  # something the scaler should look at now
         self.meta_waiting: dict[str, int] = {}  # model ("" = not yet known) -> calls waiting as demand
+        # model -> (input sizes, output sizes, spec) as its first ready server said, for config {}
+        self.model_sizes: dict[str, tuple[list[int], list[int], str]] = {}
         self._changed = asyncio.Event()
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -258,13 +260,13 @@ class Pool:
         self.changed()
         return True
 
-    def hold(self, spec: str, failures: int, reason: str) -> None:
+    def hold(self, spec: str, failures: int, reason: str, held_reason: str | None = None) -> None:
         """Start no more servers of ``spec``; fail the calls nothing else can serve."""
         rt = self.specs[spec]
         if rt.held:
             return
         rt.held = True
-        rt.held_reason = f"server '{spec}' failed to start {failures} times: {reason}"
+        rt.held_reason = held_reason or f"server '{spec}' failed to start {failures} times: {reason}"
         self.bus.emit(Ev.SPEC_HELD, spec=spec, failures=failures, reason=reason)
         self.fail_unservable(rt.held_reason)
 

@@ -37,6 +37,15 @@ class Probe:
             raise ValueError("'models' is not a list of names")
         return models
 
+    async def sizes(self, url: str, model: str, timeout: float = 10.0) -> tuple[list[int], list[int]]:
+        """A server's input and output sizes of ``model`` for the empty config."""
+        out = []
+        for op, key in (("InputSizes", "inputSizes"), ("OutputSizes", "outputSizes")):
+            t = aiohttp.ClientTimeout(total=timeout)
+            async with self._http().post(url + "/" + op, data=orjson.dumps({"name": model}), timeout=t) as r:
+                out.append(list(orjson.loads(await r.read())[key]))
+        return out[0], out[1]
+
     async def alive(self, url: str, timeout: float = 2.0) -> bool:
         """Whether /Info still answers 200 (after a broken call: stale connection or dead server)."""
         try:

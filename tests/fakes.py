@@ -128,12 +128,13 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def model_server(**env: str) -> AsyncIterator[str]:
-    """A real UM-Bridge test model (``models/testmodel.py``) on a free loopback port; yields its URL."""
+async def model_server(script: Path | None = None, **env: str) -> AsyncIterator[str]:
+    """A real UM-Bridge model server (``models/testmodel.py`` unless ``script``) on a free loopback
+    port; yields its URL."""
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(ROOT / "models" / "testmodel.py"),
+        str(script or ROOT / "models" / "testmodel.py"),
         env={**os.environ, "PORT": str(port), **env},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,

@@ -83,3 +83,46 @@ def test_hostile_nesting_is_a_journaled_400_not_a_500(tmp_path: Path):
                 assert ok[0] == 200
 
     asyncio.run(main())
+
+
+ODD_FORWARD = '''
+import os, umbridge
+class Forward(umbridge.Model):  # the same name as testmodel's, another model: two inputs
+    def __init__(self): super().__init__("forward")
+    def get_input_sizes(self, config): return [2]
+    def get_output_sizes(self, config): return [1]
+    def __call__(self, parameters, config): return [[sum(parameters[0])]]
+    def supports_evaluate(self): return True
+umbridge.serve_models([Forward()], int(os.environ["PORT"]))
+'''
+
+
+def test_two_specs_serving_one_model_name_with_other_sizes_are_refused(tmp_path: Path):
+    odd = tmp_path / "odd.py"
+    odd.write_text(ODD_FORWARD)
+    specs = [
+        {"name": "a", "command": ["x"], "models": ["forward"], "min_servers": 1, "max_servers": 1},
+        {"name": "b", "command": ["x"], "models": ["forward"], "min_servers": 1, "max_servers": 1},
+    ]
+
+    async def main() -> None:
+        async with running(tmp_path, specs) as h, model_server() as good, model_server(odd) as bad:
+            launches = await until(lambda: len(h.backend.submitted) == 2 and h.backend.submitted)
+            sid = {x.spec.name: x.server_id for x in launches}
+            await h.register(sid["a"], good)
+            await h.event("server.ready", server=sid["a"])
+            await h.register(sid["b"], bad)
+            failed = await h.event("server.failed", server=sid["b"])
+            assert "'b'" in failed["reason"] and "'a'" in failed["reason"] and "[2]" in failed["reason"]
+            held = await h.event("spec.held", spec="b")
+            assert held["reason"] == failed["reason"]
+            async with aiohttp.ClientSession() as http:  # the status wants the token
+                headers = {"Authorization": "Bearer test-token"}
+                async with http.get(h.url + "/api/status", headers=headers) as r:
+                    status = await r.json()
+            assert "'a'" in status["held"]["b"]
+            answers = await asyncio.gather(*(h.evaluate(float(i)) for i in range(20)))
+            assert answers == [(200, {"output": [[2.0 * i]]}) for i in range(20)]
+            assert {e["server"] for e in h.of("call.dispatched")} == {sid["a"]}
+
+    asyncio.run(main())
