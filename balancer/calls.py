@@ -171,7 +171,11 @@ class Calls:
                 doc = self._read(call, request, op)
                 model = doc["name"]
                 await self._check_model(model)
-                await self._check_support(model, op)
+                support = self._support.get(model)  # fast path: no coroutine once it is known
+                if support is None:
+                    await self._check_support(model, op)
+                elif support.get(op) is False:
+                    raise ProtocolError("UnsupportedFeature", f"{op} not supported by model!")
                 req = protocol.check_fields(op, doc)
                 ins, outs = await self._sizes(model, req.config, req.config_key, op)
                 if ins is not None:
