@@ -45,7 +45,7 @@ class Balancer:
         self.token = token
         self.backend = backend
         self.probe = Probe()
-        self.pool = Pool(cfg, bus, backend, clock=clock)
+        self.pool = Pool(cfg, bus, backend, clock=clock, state_dir=run_dir)
         backend.bind(self.pool)
         self.calls = Calls(self.pool, bus, self.probe, cfg.max_body_mb)
         self.scaler = Scaler(self.pool, bus, backend, Limits.from_config(cfg), cfg.scale_interval_s, clock)

@@ -58,8 +58,10 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     journal = Journal(cfg.journal or run_dir / "journal.jsonl")
     bus = EventBus()
     bus.subscribe(journal)
-    token = os.environ.get("UMBRIDGE_BALANCER_TOKEN") or secrets.token_urlsafe(32)
     token_file = run_dir / "token"
+    # A restart with the same run directory keeps the token: its launchers can register again.
+    old = token_file.read_text().strip() if token_file.is_file() else ""
+    token = os.environ.get("UMBRIDGE_BALANCER_TOKEN") or old or secrets.token_urlsafe(32)
     token_file.touch(mode=0o600)
     token_file.write_text(token)
     try:

@@ -61,13 +61,24 @@ class Control:
         doc = self._json(request)
         if not isinstance(doc.get("server"), (str, int)) or not isinstance(doc.get("url"), str):
             return error_reply("InvalidInput", "expected {server, url, ...}", 400)
-        s = self.pool.servers.get(str(doc["server"]))
+        sid = str(doc["server"])
+        s = self.pool.servers.get(sid)
+        if s is None and sid in self.pool.adoptable:
+            s = await self._adopt(sid, doc)
         if s is None:
             return json_reply({"stop": True, "reason": "unknown server"}, 404)
         if not self.pool.register(s, doc["url"], doc):
             return json_reply({"stop": True, "reason": f"server is {s.state.value}"}, 410)
         self.pool.spawn(self._check_ready(s))
         return json_reply({"lease_s": self.lease_s})
+
+    async def _adopt(self, sid: str, doc: dict[str, Any]) -> Server | None:
+        """After a restart: the pool takes the server back, the backend its job; a backend that
+        cannot (or a job it cannot find) has it stopped."""
+        s = self.pool.adopt(sid, str(doc.get("spec") or ""), doc)
+        if s is not None and not await self.pool.backend.adopt(sid, str(doc.get("job") or ""), doc):
+            self.pool.stop(s, "the backend cannot take its job back after a restart")
+        return s
 
     async def _check_ready(self, s: Server) -> None:
         """Ask the registered server's /Info ourselves, then let it take calls."""
@@ -128,6 +139,8 @@ class Control:
         if not self._authorized(request):
             return error_reply(*_UNAUTHORIZED)
         s = self.pool.servers.get(sid)
+        if s is None and sid in self.pool.adoptable:
+            return json_reply({"stop": False, "register": True})  # we restarted: register again
         if s is None or s.state in (ServerState.GONE, ServerState.STOPPING):
             return json_reply({"stop": True})
         try:
@@ -167,7 +180,17 @@ class Control:
         disp = self.pool.dispatcher
         return json_reply(
             {
-                "servers": self.pool.status(),
+                "servers": [
+                    {
+                        "id": s.id,
+                        "spec": s.spec.name,
+                        "state": s.state.value,
+                        "url": s.url,
+                        "outstanding": s.outstanding,
+                        "models": list(s.models),
+                    }
+                    for s in self.pool.live()
+                ],
                 "queues": {m: disp.waiting(m) for m in disp.queues},
                 "models": self.pool.known_models(),
                 "held": {n: rt.held_reason for n, rt in self.pool.specs.items() if rt.held},

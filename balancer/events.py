@@ -39,6 +39,7 @@ class Ev:
     CALL_FAILED: Final = "call.failed"
     SERVER_REQUESTED: Final = "server.requested"
     SERVER_STARTED: Final = "server.started"
+    SERVER_ADOPTED: Final = "server.adopted"  # re-registered after a balancer restart, taken back
     SERVER_REGISTERED: Final = "server.registered"
     SERVER_READY: Final = "server.ready"
     SERVER_DRAINING: Final = "server.draining"

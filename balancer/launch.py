@@ -30,6 +30,7 @@ from .backends.base import (
     ENV_JOB_ID,
     ENV_LEASE,
     ENV_SERVER_ID,
+    ENV_SPEC,
     ENV_STARTUP,
     ENV_TASK_INDEX,
     ENV_TOKEN,
@@ -186,6 +187,7 @@ class Launcher:
     ) -> None:
         doc = {
             "server": self.sid,
+            "spec": os.environ.get(ENV_SPEC, ""),
             "url": url,
             "host": urlparse(url).hostname,
             "port": port,
@@ -222,6 +224,10 @@ class Launcher:
                     await asyncio.wait([exited, stop_wait], timeout=min(1.0, self.lease_s / 10))
                     continue
                 last_ok = time.monotonic()
+                if body.get("register"):  # a restarted balancer: register again, keep the server
+                    registered = False
+                    log("balancer restarted: registering again")
+                    continue
                 if status >= 400 or body.get("stop"):
                     self.balancer_said_stop = True
                     refused = status == 401

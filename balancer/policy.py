@@ -123,6 +123,7 @@ class SpecObserved:
 class Observed:
     specs: Mapping[str, SpecObserved]
     forecast: Any = None  # cluster idle-capacity forecast (next issue); unused so far
+    adopting: bool = False  # just restarted: the old servers may still register again, start none
 
 
 # -- what it decides -------------------------------------------------------------------------------
@@ -210,6 +211,8 @@ def decide(limits: Limits, observed: Observed, now: float) -> list[Action]:
         obs = observed.specs.get(lim.name)
         if obs is not None:
             actions += _decide_spec(lim, obs, now, limits.time_limit_margin_s)
+    if observed.adopting:
+        actions = [a for a in actions if not isinstance(a, Start)]
     return actions
 
 

@@ -20,6 +20,7 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +35,16 @@ from .upstream import Upstream
 # A launcher hears a lease stop at once (long poll) and ends its server; if its job has not ended
 # after half the grace, the backend's cancel (itself graceful) follows.
 LEASE_STOP_GRACE_S = GRACE_S / 2
+# After a restart, new servers wait this long for the launchers of the old ones to register again
+# (they retry every second while the balancer is away).
+ADOPT_WINDOW_S = 5.0
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return max(1, int(path.read_text()))
+    except (OSError, ValueError):
+        return 1
 
 
 class ServerState(str, enum.Enum):
@@ -128,6 +139,7 @@ class Pool:
         backend: Backend,
         dispatcher: Dispatcher | None = None,
         clock: Callable[[], float] = time.monotonic,
+        state_dir: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.bus = bus
@@ -142,7 +154,13 @@ class Pool:
         # model -> (input sizes, output sizes, spec) as its first ready server said, for config {}
         self.model_sizes: dict[str, tuple[list[int], list[int], str]] = {}
         self._changed = asyncio.Event()
-        self._ids = itertools.count(1)
+        # Server ids continue across restarts with the same run directory; the ids of an earlier
+        # balancer there may be adopted when their launchers register again.
+        self._state = state_dir / "next-server-id" if state_dir is not None else None
+        first = _read_int(self._state) if self._state is not None else 1
+        self._ids = itertools.count(first)
+        self.adoptable = {f"s{i}" for i in range(1, first)}
+        self.adopt_until = clock() + ADOPT_WINDOW_S if self.adoptable else 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- the state machine -----------------------------------------------------------------------
@@ -189,9 +207,25 @@ class Pool:
     # -- creating, readying, ending servers ------------------------------------------------------
     def add_server(self, spec: str, reason: str) -> Server:
         rt = self.specs[spec]
-        s = Server(f"s{next(self._ids)}", rt.spec, self.clock(), concurrency=rt.spec.concurrency)
+        n = next(self._ids)
+        if self._state is not None:
+            self._state.write_text(str(n + 1))  # a few bytes per started server
+        s = Server(f"s{n}", rt.spec, self.clock(), concurrency=rt.spec.concurrency)
         self.servers[s.id] = s
         self.bus.emit(Ev.SERVER_REQUESTED, server=s.id, spec=spec, reason=reason)
+        self.changed()
+        return s
+
+    def adopt(self, server_id: str, spec: str, doc: dict[str, Any]) -> Server | None:
+        """A server an earlier balancer with this run directory started registers again: take it
+        back (it then registers as any new one). None if it is not ours to adopt."""
+        if server_id not in self.adoptable or spec not in self.specs or server_id in self.servers:
+            return None
+        self.adoptable.discard(server_id)
+        rt = self.specs[spec]
+        s = Server(server_id, rt.spec, self.clock(), concurrency=rt.spec.concurrency)
+        self.servers[server_id] = s
+        self.bus.emit(Ev.SERVER_ADOPTED, server=server_id, spec=spec, job=doc.get("job"), url=doc.get("url"))
         self.changed()
         return s
 
@@ -355,16 +389,3 @@ class Pool:
 
     def live(self) -> list[Server]:
         return list(self.servers.values())  # gone servers leave the dict
-
-    def status(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "id": s.id,
-                "spec": s.spec.name,
-                "state": s.state.value,
-                "url": s.url,
-                "outstanding": s.outstanding,
-                "models": list(s.models),
-            }
-            for s in self.live()
-        ]

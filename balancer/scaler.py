@@ -22,6 +22,7 @@ from .backends.base import (
     ENV_CONCURRENCY,
     ENV_LEASE,
     ENV_SERVER_ID,
+    ENV_SPEC,
     ENV_STARTUP,
     ENV_TOKEN,
     ENV_URL,
@@ -138,7 +139,7 @@ class Scaler:
                 last_failure=rt.last_failure,
                 held=rt.held,
             )
-        return Observed(specs)
+        return Observed(specs, adopting=self.clock() < pool.adopt_until)
 
     # -- actions ---------------------------------------------------------------------------------
     def apply(self, a: Action) -> None:
@@ -181,6 +182,7 @@ class Scaler:
                 ENV_URL: ls.url,
                 ENV_TOKEN: ls.token,
                 ENV_SERVER_ID: s.id,
+                ENV_SPEC: s.spec.name,
                 ENV_LEASE: str(ls.lease_s),
                 ENV_STARTUP: str(s.spec.startup_timeout_s),
                 ENV_CONCURRENCY: str(s.spec.concurrency),

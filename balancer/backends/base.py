@@ -14,7 +14,7 @@ import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..config import BalancerConfig, ServerSpec
 from .options import BackendOptions, ServerOptions
@@ -26,6 +26,7 @@ ENV_SERVER_ID = "UMBRIDGE_BALANCER_SERVER_ID"  # one id, or a comma list indexed
 ENV_LEASE = "UMBRIDGE_BALANCER_LEASE_S"
 ENV_STARTUP = "UMBRIDGE_BALANCER_STARTUP_TIMEOUT_S"
 ENV_CONCURRENCY = "UMBRIDGE_SERVER_CONCURRENCY"  # tells the model how many calls run at once
+ENV_SPEC = "UMBRIDGE_BALANCER_SPEC"  # the server's spec, sent with registration (re-adoption)
 # Set by a backend's job script (the launcher knows no scheduler's own variables):
 ENV_TASK_INDEX = "UMBRIDGE_BALANCER_TASK_INDEX"  # which id of a comma list in ENV_SERVER_ID is ours
 ENV_JOB_ID = "UMBRIDGE_BALANCER_JOB_ID"  # the job's id as the scheduler writes it, for url-<job>.txt
@@ -126,6 +127,11 @@ class Backend(ABC):
     @abstractmethod
     async def cancel(self, server_id: str) -> None:
         """Make sure the job of ``server_id`` ends; idempotent, fine for an already gone job."""
+
+    async def adopt(self, server_id: str, job: str, doc: dict[str, Any]) -> bool:
+        """Take over the job of a server a previous balancer with this run directory started (its
+        launcher re-registered after a restart); False: this backend cannot, the server stops."""
+        return False
 
     @abstractmethod
     async def close(self) -> None:

@@ -22,11 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hashlib
 import logging
 import math
-import os
 import shutil
-import sys
 import time
 from abc import abstractmethod
 from collections.abc import Iterable
@@ -38,7 +37,7 @@ from ..config import ConfigError, ServerSpec
 from .base import Backend, Launch, Submissions
 from .commands import run_command
 from .jobscript import JobScripts
-from .options import BackendOptions, ThreadsOption, positive, word
+from .options import BatchOptions, BatchServerOptions
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +60,6 @@ class JobState(enum.Enum):
 
 
 TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
-
-
-@dataclass(frozen=True)
-class BatchOptions(BackendOptions):
-    """``[backend]`` keys of every batch scheduler."""
-
-    poll_interval_s: float = positive(2.0)
-    fast_poll_s: float = positive(0.5)
-    pending_timeout_s: float = positive(300.0)
-    command_timeout_s: float = positive(60.0)
-    python: str = sys.executable  # the Python that runs the launcher on the compute nodes
-    # The prefix of our jobs' names (squeue finds our jobs by name).
-    job_name: str = word("umbridge", r"[A-Za-z0-9_.-]+", "letters, digits, '.', '_' and '-'")
-
-
-@dataclass(frozen=True)
-class BatchServerOptions(ThreadsOption):
-    servers_per_job: int = positive(1)
 
 
 @dataclass(frozen=True)
@@ -157,7 +138,8 @@ class BatchBackend(JobScripts, Backend):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.opts: BatchOptions = self.cfg.backend_options
-        self.run_id = os.urandom(3).hex()
+        # Job names are fixed per run directory, so a balancer restarted there finds its jobs.
+        self.run_id = hashlib.sha1(str(self.run_dir.resolve()).encode()).hexdigest()[:6]
         self.jobs: dict[tuple[str, str], _Job] = {}
         self.by_server: dict[str, _Job] = {}
         self.scripts: dict[str, Path] = {}
@@ -240,6 +222,21 @@ class BatchBackend(JobScripts, Backend):
         for sid in early:
             await self.cancel(sid)
         self._wake.set()
+
+    async def adopt(self, server_id: str, job: str, doc: dict[str, Any]) -> bool:
+        """After a restart: follow the job (``7_0`` or ``7``) a re-registered launcher runs in."""
+        spec = str(doc.get("spec") or "")
+        if not job or spec not in self.job_names:
+            return False
+        head, _, task = job.partition("_")
+        key = (head, task)
+        j = self.jobs.get(key)
+        if j is None:
+            j = self.jobs[key] = _Job(key, [], spec, time.monotonic())
+        j.servers.append(server_id)
+        self.by_server[server_id] = j
+        self._wake.set()
+        return True
 
     # -- polling ---------------------------------------------------------------------------------
     def _live(self) -> list[_Job]:

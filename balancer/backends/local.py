@@ -11,9 +11,12 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from ..procgroup import OUTER_GRACE_S, end_child
+from ..procgroup import OUTER_GRACE_S, end_child, end_group, group_alive
 from .base import ENV_JOB_ID, ENV_TASK_INDEX, Backend, Launch, launcher_argv
+
+ADOPTED_POLL_S = 0.5  # an adopted launcher is not our child: its exit is noticed by polling
 
 
 class LocalBackend(Backend):
@@ -22,6 +25,7 @@ class LocalBackend(Backend):
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.adopted: dict[str, int] = {}  # server -> launcher pid (= its group), after a restart
         self._waiters: set[asyncio.Task[None]] = set()
 
     async def submit(self, launches: list[Launch]) -> None:
@@ -59,9 +63,30 @@ class LocalBackend(Backend):
                 return
         self.procs[launch.server_id] = proc
         self.events.job_started(launch.server_id, str(proc.pid), "localhost")
-        task = asyncio.create_task(self._watch(launch.server_id, proc))
+        self._keep(self._watch(launch.server_id, proc))
+
+    def _keep(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
         self._waiters.add(task)
         task.add_done_callback(self._waiters.discard)
+
+    async def adopt(self, server_id: str, job: str, doc: dict[str, Any]) -> bool:
+        """A launcher of a previous balancer (no longer our child): watch its pid, end its group."""
+        pid = doc.get("launcher_pid")
+        if not isinstance(pid, int) or not await asyncio.to_thread(group_alive, pid):
+            return False
+        self.adopted[server_id] = pid
+        self.events.job_started(server_id, str(pid), "localhost")
+        self._keep(self._watch_adopted(server_id, pid))
+        return True
+
+    async def _watch_adopted(self, server_id: str, pid: int) -> None:
+        while True:  # not our child: no wait(), so poll /proc (off the event loop)
+            if not await asyncio.to_thread(group_alive, pid):
+                break
+            await asyncio.sleep(ADOPTED_POLL_S)
+        self.adopted.pop(server_id, None)
+        self.events.job_ended(server_id, "launcher exited", False)
 
     async def _watch(self, server_id: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
@@ -72,9 +97,11 @@ class LocalBackend(Backend):
         proc = self.procs.get(server_id)
         if proc is not None and proc.returncode is None:
             await end_child(proc, OUTER_GRACE_S)
+        elif server_id in self.adopted:
+            await end_group(self.adopted[server_id], OUTER_GRACE_S)
 
     async def close(self) -> None:
-        await asyncio.gather(*(self.cancel(sid) for sid in list(self.procs)))
+        await asyncio.gather(*(self.cancel(sid) for sid in [*self.procs, *self.adopted]))
         # Let the watchers report the exits before the pool goes away.
         if self._waiters:
             await asyncio.wait(self._waiters, timeout=2)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -125,3 +126,21 @@ def parse_options(cls: type, raw: dict[str, Any], prefix: str, scheduler: str) -
             raise ConfigError(f"{prefix}.{k}", f"unknown key for {scheduler} (known: {names})")
         values[k] = _check(f"{prefix}.{k}", v, hints[k], f.metadata)
     return cls(**values)
+
+
+@dataclass(frozen=True)
+class BatchOptions(BackendOptions):
+    """``[backend]`` keys of every batch scheduler."""
+
+    poll_interval_s: float = positive(2.0)
+    fast_poll_s: float = positive(0.5)
+    pending_timeout_s: float = positive(300.0)
+    command_timeout_s: float = positive(60.0)
+    python: str = sys.executable  # the Python that runs the launcher on the compute nodes
+    # The prefix of our jobs' names (squeue finds our jobs by name).
+    job_name: str = word("umbridge", r"[A-Za-z0-9_.-]+", "letters, digits, '.', '_' and '-'")
+
+
+@dataclass(frozen=True)
+class BatchServerOptions(ThreadsOption):
+    servers_per_job: int = positive(1)
