@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from .pool import Pool, Server, ServerState
 from .probe import Probe
 
 _UNAUTHORIZED = ("Unauthorized", "missing or wrong balancer token", 401)
+AUTH_LOG_S = 5.0
 
 
 class Control:
@@ -39,13 +41,32 @@ class Control:
         self.probe = probe
         self.lease_s = lease_s
         self._bearer = f"Bearer {token}".encode()
+        self._refused = 0  # refusals not yet journaled
+        self._refused_last: tuple[str, str | None] = ("", None)
+        self._refused_logged_m = -AUTH_LOG_S
+        self._refused_flush: asyncio.TimerHandle | None = None
         self._status_extra = status_extra
 
     def _authorized(self, request: Request) -> bool:
         if hmac.compare_digest(request.headers.get(b"authorization", b""), self._bearer):
             return True
-        self.bus.emit(Ev.AUTH_REFUSED, path=request.path, remote=request.remote)
+        # Journaled at most once per AUTH_LOG_S, with the count since the last line (the rest of an
+        # interval is flushed at its end): a client hammering with a wrong token fills no disk.
+        self._refused += 1
+        self._refused_last = (request.path[:200], request.remote)
+        wait = self._refused_logged_m + AUTH_LOG_S - time.monotonic()
+        if wait <= 0:
+            self._log_refused()
+        elif self._refused_flush is None:
+            self._refused_flush = asyncio.get_running_loop().call_later(wait, self._log_refused)
         return False
+
+    def _log_refused(self) -> None:
+        self._refused_flush = None
+        if self._refused:
+            path, remote = self._refused_last
+            self.bus.emit(Ev.AUTH_REFUSED, path=path, remote=remote, count=self._refused)
+            self._refused, self._refused_logged_m = 0, time.monotonic()
 
     @staticmethod
     def _json(request: Request) -> dict[str, Any]:

@@ -213,3 +213,18 @@ def test_a_server_drains_before_its_time_limit_is_replaced_and_loses_no_call(tmp
             assert not h.of("call.failed") and len(h.of("server.requested")) == 2
 
     asyncio.run(main())
+
+
+def test_refused_authentications_are_journaled_with_a_count_per_interval(tmp_path: Path, monkeypatch):
+    from balancer import control
+
+    monkeypatch.setattr(control, "AUTH_LOG_S", 0.5)
+
+    async def main() -> None:
+        async with running(tmp_path, [spec()]) as h:
+            for _ in range(50):
+                assert (await h.post("/api/servers/s1/lease", {"wait": 0}, token="wrong"))[0] == 401
+            await until(lambda: sum(e["count"] for e in h.of("auth.refused")) == 50, what="all counted")
+            assert 1 <= len(h.of("auth.refused")) <= 10  # not 50 lines
+
+    asyncio.run(main())
