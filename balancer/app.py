@@ -20,6 +20,7 @@ from .config import BalancerConfig
 from .control import Control
 from .dispatcher import NoServerError
 from .events import Ev, EventBus
+from .filereg import FileRegistration
 from .frontend import Reply, Request, Router
 from .policy import Limits, StopReason
 from .pool import Pool
@@ -51,6 +52,10 @@ class Balancer:
         self.scaler = Scaler(self.pool, bus, backend, Limits.from_config(cfg), cfg.scale_interval_s, clock)
         self.control = Control(self.pool, bus, self.probe, token, cfg.lease_s, self._status_extra)
         self.url = f"http://{cfg.host}:{cfg.port}"
+        self.files: FileRegistration | None = None
+        if cfg.registration == "file":
+            reg_dir = Path(cfg.registration_dir) if cfg.registration_dir else run_dir / "registration"
+            self.files = FileRegistration(reg_dir, self.control, bus, cfg.lease_s)
 
     def _status_extra(self) -> dict[str, Any]:
         return {"inflight": self.calls.inflight, "scaler": self.scaler.status()}
@@ -59,9 +64,12 @@ class Balancer:
         """Start the backend (a ConfigError here leaves nothing to clean up), then the scaler."""
         self.url = url
         await self.backend.start()
-        launch = LaunchSettings(
-            self.cfg.advertise_url or url, self.token, self.cfg.lease_s, self.run_dir / "logs"
-        )
+        reg_dir = None
+        if self.files is not None:  # registration through files: the directory is there first
+            await self.files.start()
+            reg_dir = self.files.dir
+        url = self.cfg.advertise_url or url
+        launch = LaunchSettings(url, self.token, self.cfg.lease_s, self.run_dir / "logs", reg_dir)
         self.scaler.start(launch)
 
     async def shutdown(self, reason: str) -> None:
@@ -77,6 +85,8 @@ class Balancer:
         for s in pool.live():
             pool.stop(s, StopReason.SHUTDOWN.value, fallback=False)
         await pool.wait_for(lambda: not pool.servers, STOP_WAIT_S, stop_on_close=False)  # gone ones leave
+        if self.files is not None:
+            await self.files.stop()
         await self.backend.close()
         pool.cancel_tasks()
         await self.probe.close()

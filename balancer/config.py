@@ -82,6 +82,10 @@ class BalancerConfig:
     delay_ms: int = 0
     # Address the launchers use to reach the balancer (defaults to host:port).
     advertise_url: str | None = None
+    # "http": launchers register and hold their lease over HTTP; "file": through files in
+    # registration_dir, for compute nodes that cannot reach the login node (filereg.py).
+    registration: str = "http"
+    registration_dir: str | None = None  # default RUN_DIR/registration
     servers: tuple[ServerSpec, ...] = ()
     # The [backend] table as the scheduler's ``Options`` dataclass (see backends/options.py).
     backend_options: Any = None
@@ -229,9 +233,12 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
     scheduler = values.get("scheduler", "local")
     if scheduler not in SCHEDULERS:
         raise ConfigError("balancer.scheduler", f"expected one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
-    for k in ("journal", "run_dir", "advertise_url"):
+    for k in ("journal", "run_dir", "advertise_url", "registration_dir"):
         if values.get(k) is not None:
             _typed(f"balancer.{k}", values[k], str, "a string")
+    registration = values.get("registration", "http")
+    if registration not in ("http", "file"):
+        raise ConfigError("balancer.registration", f'expected "http" or "file", got {registration!r}')
     backend = raw.get("backend", {})
     _typed("backend", backend, dict, "a table")
     servers_raw = raw.get("servers", [])
@@ -258,6 +265,8 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
         scale_interval_s=float(_positive("balancer.scale_interval_s", values.get("scale_interval_s", 0.25))),
         delay_ms=_positive("balancer.delay_ms", delay, allow_zero=True, integer=True),
         advertise_url=values.get("advertise_url"),
+        registration=registration,
+        registration_dir=values.get("registration_dir"),
         servers=specs,
         backend_options=_options(scheduler, "Options", backend, "backend"),
     )

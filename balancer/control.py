@@ -47,19 +47,25 @@ class Control:
         self._refused_flush: asyncio.TimerHandle | None = None
         self._status_extra = status_extra
 
+    def token_ok(self, token: str) -> bool:
+        return hmac.compare_digest(f"Bearer {token}".encode(), self._bearer)
+
     def _authorized(self, request: Request) -> bool:
         if hmac.compare_digest(request.headers.get(b"authorization", b""), self._bearer):
             return True
-        # Journaled at most once per AUTH_LOG_S, with the count since the last line (the rest of an
-        # interval is flushed at its end): a client hammering with a wrong token fills no disk.
+        self.refused(request.path, request.remote)
+        return False
+
+    def refused(self, path: str, remote: str | None) -> None:
+        """Journaled at most once per AUTH_LOG_S, with the count since the last line (the rest of
+        an interval is flushed at its end): a client hammering with a wrong token fills no disk."""
         self._refused += 1
-        self._refused_last = (request.path[:200], request.remote)
+        self._refused_last = (path[:200], remote)
         wait = self._refused_logged_m + AUTH_LOG_S - time.monotonic()
         if wait <= 0:
             self._log_refused()
         elif self._refused_flush is None:
             self._refused_flush = asyncio.get_running_loop().call_later(wait, self._log_refused)
-        return False
 
     def _log_refused(self) -> None:
         self._refused_flush = None
@@ -79,7 +85,10 @@ class Control:
     async def register(self, request: Request) -> Reply:
         if not self._authorized(request):
             return error_reply(*_UNAUTHORIZED)
-        doc = self._json(request)
+        return await self.register_doc(self._json(request))
+
+    async def register_doc(self, doc: dict[str, Any]) -> Reply:
+        """A launcher's registration (over HTTP, or from a file in the registration directory)."""
         if not isinstance(doc.get("server"), (str, int)) or not isinstance(doc.get("url"), str):
             return error_reply("InvalidInput", "expected {server, url, ...}", 400)
         sid = str(doc["server"])
@@ -179,7 +188,10 @@ class Control:
     def _exited(self, request: Request, sid: str) -> Reply:
         if not self._authorized(request):
             return error_reply(*_UNAUTHORIZED)
-        doc = self._json(request)
+        return self.exited_doc(sid, self._json(request))
+
+    def exited_doc(self, sid: str, doc: dict[str, Any]) -> Reply:
+        """A launcher reports its model server's exit code and why."""
         code, why = doc.get("code"), doc.get("why")
         s = self.pool.servers.get(sid)
         if s is not None:

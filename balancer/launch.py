@@ -16,12 +16,14 @@ import asyncio
 import contextlib
 import ctypes
 import ipaddress
+import json
 import os
 import signal
 import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
@@ -29,6 +31,7 @@ import aiohttp
 from .backends.base import (
     ENV_JOB_ID,
     ENV_LEASE,
+    ENV_REGISTRATION_DIR,
     ENV_SERVER_ID,
     ENV_SPEC,
     ENV_STARTUP,
@@ -37,6 +40,7 @@ from .backends.base import (
     ENV_URL,
 )
 from .procgroup import GRACE_S, end_child
+from .regfiles import ALIVE, write_atomic
 
 _PR_SET_PDEATHSIG = 1
 
@@ -66,6 +70,14 @@ def server_id() -> str:
     return ids[int(os.environ.get(ENV_TASK_INDEX) or 0)]
 
 
+def _stop_and_mtime(stop: Path, alive: Path) -> tuple[bool, float | None]:
+    try:
+        mtime: float | None = alive.stat().st_mtime
+    except OSError:
+        mtime = None
+    return stop.exists(), mtime
+
+
 def advertised_host(balancer_url: str) -> str:
     """The address the balancer should use: loopback for a local balancer, else our host name."""
     if os.environ.get("UMBRIDGE_BALANCER_ADVERTISE_HOST"):
@@ -90,6 +102,8 @@ class Launcher:
         self.balancer = os.environ.get(ENV_URL, "").rstrip("/")
         self.token = os.environ.get(ENV_TOKEN, "")
         self.sid = server_id()
+        reg = os.environ.get(ENV_REGISTRATION_DIR)
+        self.reg_dir = Path(reg) if reg else None
         self.lease_s = float(os.environ.get(ENV_LEASE, "30"))
         self.startup_s = float(os.environ.get(ENV_STARTUP, "120"))
         self.proc: asyncio.subprocess.Process | None = None
@@ -125,7 +139,9 @@ class Launcher:
                 ok = await self._wait_ready(http, port, exited)
                 if ok:
                     self._write_url_file(url)
-                    if self.balancer:
+                    if self.reg_dir is not None:
+                        await self._file_lease(self._doc(url, port), exited)
+                    elif self.balancer:
                         await self._lease(http, url, port, exited)
                     else:
                         await asyncio.wait(
@@ -134,7 +150,10 @@ class Launcher:
                         )
             finally:
                 code = await self._stop_server(exited)
-                if self.balancer and not self.balancer_said_stop:
+                if self.reg_dir is not None and not self.balancer_said_stop:
+                    report = json.dumps({"code": code, "why": self.stop_reason})
+                    await asyncio.to_thread(write_atomic, self.reg_dir / f"{self.sid}.exited.json", report)
+                elif self.balancer and not self.balancer_said_stop:
                     await self._report_exit(http, code)
         log(f"server exited with code {code}")
         return code
@@ -182,10 +201,9 @@ class Launcher:
                 body = {}
             return r.status, body if isinstance(body, dict) else {}
 
-    async def _lease(
-        self, http: aiohttp.ClientSession, url: str, port: int, exited: asyncio.Future[int]
-    ) -> None:
-        doc = {
+    def _doc(self, url: str, port: int) -> dict[str, Any]:
+        """What registration tells the balancer."""
+        return {
             "server": self.sid,
             "spec": os.environ.get(ENV_SPEC, ""),
             "url": url,
@@ -195,6 +213,39 @@ class Launcher:
             "pid": self.proc.pid if self.proc else None,
             "launcher_pid": os.getpid(),
         }
+
+    async def _file_lease(self, doc: dict[str, Any], exited: asyncio.Future[int]) -> None:
+        """Registration and lease through the shared directory (filereg.py): write the
+        registration, then stop on ``<server>.stop`` or when ``balancer.alive`` has not changed for
+        the lease time (measured on our clock: the two machines' clocks may differ)."""
+        assert self.reg_dir is not None
+        stop, alive = self.reg_dir / f"{self.sid}.stop", self.reg_dir / ALIVE
+        text = json.dumps({**doc, "token": self.token})
+        await asyncio.to_thread(write_atomic, self.reg_dir / f"{self.sid}.register.json", text)
+        log(f"registered {doc['url']} as {self.sid} through {self.reg_dir}")
+        seen, changed = None, time.monotonic()
+        stop_wait = asyncio.ensure_future(self.stopped.wait())
+        try:
+            while not self.stopped.is_set() and not exited.done():
+                told, mtime = await asyncio.to_thread(_stop_and_mtime, stop, alive)
+                if told:
+                    self.balancer_said_stop = True
+                    self.request_stop("balancer asked to stop (stop file)")
+                    return
+                if mtime != seen:
+                    seen, changed = mtime, time.monotonic()
+                elif time.monotonic() - changed > self.lease_s:
+                    self.balancer_said_stop = True  # nobody to tell
+                    self.request_stop(f"{alive} unchanged for {self.lease_s:g} s (lease expired)")
+                    return
+                await asyncio.wait([exited, stop_wait], timeout=min(1.0, self.lease_s / 10))
+        finally:
+            stop_wait.cancel()
+
+    async def _lease(
+        self, http: aiohttp.ClientSession, url: str, port: int, exited: asyncio.Future[int]
+    ) -> None:
+        doc = self._doc(url, port)
         last_ok = time.monotonic()
         registered = False
         wait = max(0.5, self.lease_s / 3)

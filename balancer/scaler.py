@@ -21,6 +21,7 @@ from typing import Any
 from .backends.base import (
     ENV_CONCURRENCY,
     ENV_LEASE,
+    ENV_REGISTRATION_DIR,
     ENV_SERVER_ID,
     ENV_SPEC,
     ENV_STARTUP,
@@ -45,6 +46,7 @@ class LaunchSettings:
     token: str
     lease_s: float
     log_dir: Path
+    registration_dir: Path | None = None  # registration through files (filereg.py), not HTTP
 
 
 class Scaler:
@@ -188,6 +190,8 @@ class Scaler:
                 ENV_CONCURRENCY: str(s.spec.concurrency),
             }
         )
+        if ls.registration_dir is not None:
+            env[ENV_REGISTRATION_DIR] = str(ls.registration_dir)
         return Launch(s.id, s.spec, env, ls.log_dir)
 
     async def _submit(self, launches: list[Launch]) -> None:
