@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -140,3 +141,20 @@ class BalancerProc:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+def stop_and_check(b: BalancerProc, pids: list[int], servers: set[str]) -> None:
+    """SIGINT the balancer; its servers (``pids``) end and the journal says these were stopped."""
+    assert b.stop() == 0
+    wait_until(lambda: not any(pid_alive(p) for p in pids), 20, what="servers stopped")
+    assert servers <= {e["server"] for e in b.events("server.stopped")}
+
+
+def reap(balancers: list[BalancerProc | None], pids: list[int]) -> None:
+    """Whatever a test left running (it may have failed half-way): balancers and server groups."""
+    for b in balancers:
+        if b is not None:
+            b.kill()
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p, signal.SIGKILL)

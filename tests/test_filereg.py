@@ -3,14 +3,11 @@ cannot reach the login node: registration, lease, stop and exit reports all go t
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 from pathlib import Path
 
 import umbridge
 
-from tests.helpers import BalancerProc, pid_alive, test_model_spec, wait_until
+from tests.helpers import BalancerProc, pid_alive, reap, stop_and_check, test_model_spec, wait_until
 
 
 def serve_through_files(tmp_path: Path, env: dict[str, str] | None = None, **balancer: object) -> None:
@@ -27,14 +24,9 @@ def serve_through_files(tmp_path: Path, env: dict[str, str] | None = None, **bal
         assert f"through {reg}" in logs  # the launchers registered through the files
         model = umbridge.HTTPModel(b.url, "forward")
         assert [model([[float(i)]]) for i in range(6)] == [[[2.0 * i]] for i in range(6)]
-        assert b.stop() == 0
-        wait_until(lambda: not any(pid_alive(p) for p in pids), 20, what="servers stopped")
-        assert {e["server"] for e in b.events("server.stopped")} == {"s1", "s2"}
+        stop_and_check(b, pids, {"s1", "s2"})
     finally:
-        b.kill()
-        for p in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p, signal.SIGKILL)
+        reap([b], pids)
 
 
 def test_local_servers_register_and_stop_through_files(tmp_path: Path):

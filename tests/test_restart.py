@@ -3,15 +3,12 @@ their launchers register again, the backend follows their jobs, nothing is start
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import socket
 from pathlib import Path
 
 import umbridge
 
-from tests.helpers import BalancerProc, pid_alive, test_model_spec, wait_until
+from tests.helpers import BalancerProc, pid_alive, reap, stop_and_check, test_model_spec, wait_until
 
 
 def free_port() -> int:
@@ -39,17 +36,9 @@ def restart_adopts(tmp_path: Path, env: dict[str, str] | None = None, **balancer
         model = umbridge.HTTPModel(b2.url, "forward")
         assert [model([[float(i)]]) for i in range(10)] == [[[2.0 * i]] for i in range(10)]
         assert len(b2.events("server.requested")) == 2  # nothing started anew
-        assert b2.stop() == 0
-        wait_until(lambda: not any(pid_alive(p) for p in pids), 20, what="adopted servers stopped")
-        stopped = {e["server"] for e in b2.events("server.stopped")}
-        assert {"s1", "s2"} <= stopped
+        stop_and_check(b2, pids, {"s1", "s2"})  # the adopted servers stop with it
     finally:
-        for b in (b1, b2):
-            if b is not None:
-                b.kill()
-        for p in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p, signal.SIGKILL)
+        reap([b1, b2], pids)
 
 
 def test_a_restarted_balancer_adopts_its_local_servers(tmp_path: Path):
