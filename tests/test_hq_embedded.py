@@ -277,3 +277,35 @@ def test_directives_and_durations(tmp_path: Path) -> None:
     (tmp_path / "job.sh").replace(tmp_path / "job_eigen.sh")
     assert reference_job_script(tmp_path, "eigen") == tmp_path / "job_eigen.sh"
     assert reference_job_script(tmp_path, "other") is None
+
+
+def test_a_restarted_backend_adopts_the_job_of_a_server_that_outlived_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, descendants_cleanup: list[psutil.Process]
+) -> None:
+    """Mode "server": the HQ server is not the balancer's, so its jobs outlive a balancer restart;
+    a new backend with the same run directory follows and ends them."""
+
+    async def main() -> None:
+        ec = EmbeddedCluster(tmp_path / "hq", workers=1, cpus=2, log_path=tmp_path / "helper.log")
+        await ec.start()
+        monkeypatch.setenv("HQ_SERVER_DIR", str(ec.server_dir))
+        spec = [{"name": "sleeper", "command": ["sleep", "30"]}]
+        old, ev_old = make_backend(tmp_path, spec)
+        await old.start()
+        await old.submit([launch(old, "a")])
+        await until(lambda: "a" in ev_old.started)
+        assert ec.pid
+        descendants_cleanup.extend(children_of(ec.pid))
+        old._poller.cancel()  # the old balancer dies: no cancel, no close
+        new, ev_new = make_backend(tmp_path, spec)
+        await new.start()
+        job = f"{ev_old.started['a'][0]}.0"  # as the launcher reports it
+        assert await new.adopt("a", job, {"host": "localhost"})
+        assert ev_new.started["a"][0] == job
+        await new.cancel("a")
+        await until(lambda: "a" in ev_new.ended, what="the adopted job ended")
+        assert ev_new.ended["a"] == ("cancelled", False)
+        await new.close()
+        await ec.stop()
+
+    asyncio.run(main())

@@ -213,6 +213,19 @@ class HyperQueueBackend(Backend):
         if early:
             await self.cancel(sid)
 
+    async def adopt(self, server_id: str, job: str, doc: dict[str, Any]) -> bool:
+        """After a restart: follow HQ job ``12`` (the launcher reports ``12.0``) of a server started by
+        an earlier balancer. Only a HyperQueue server that outlived it has such a job: an embedded
+        cluster ends with its balancer."""
+        head = job.partition(".")[0]
+        if self.server.mode == "embedded" or not head.isdigit() or self._client is None:
+            return False
+        logs = self.run_dir / "logs"
+        j = _Job(server_id, int(head), logs / f"{server_id}.hqpid", logs / f"{server_id}.log", started=True)
+        self.jobs[server_id] = j
+        self.events.job_started(server_id, job, str(doc.get("host") or "?"))
+        return True
+
     # -- status ----------------------------------------------------------------------------------
     def _poll_sync(self, jobs: list[_Job]) -> _Poll:
         assert self._client is not None
