@@ -40,11 +40,15 @@ def raise_fd_limit() -> int:
 
 
 def _run_dir(cfg: BalancerConfig) -> Path:
+    """The run directory, private to its owner (0700): it holds the token, the journal, the logs.
+    The umask makes all the balancer, its launchers and (through sbatch) their jobs write 0600."""
+    os.umask(0o077)
     if cfg.run_dir:
         d = Path(cfg.run_dir)
     else:
         d = Path(".balancer-runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     d.mkdir(parents=True, exist_ok=True)
+    d.chmod(0o700)
     return d.resolve()
 
 
@@ -63,6 +67,7 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     old = token_file.read_text().strip() if token_file.is_file() else ""
     token = os.environ.get("UMBRIDGE_BALANCER_TOKEN") or old or secrets.token_urlsafe(32)
     token_file.touch(mode=0o600)
+    token_file.chmod(0o600)
     token_file.write_text(token)
     try:
         backend = make_backend(cfg, run_dir)

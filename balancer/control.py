@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
 from .events import Ev, EventBus
 from .frontend import Reply, Request, error_reply, json_reply
 from .pool import Pool, Server, ServerState
-from .probe import Probe
+from .probe import Probe, exposed_addresses
 
 _UNAUTHORIZED = ("Unauthorized", "missing or wrong balancer token", 401)
 AUTH_LOG_S = 5.0
@@ -128,6 +130,17 @@ class Control:
         if not await self._same_sizes(s, models):
             return
         self.pool.make_ready(s, models)
+        await self._warn_if_exposed(s)
+
+    async def _warn_if_exposed(self, s: Server) -> None:
+        """A server on this machine (a loopback URL) should listen on loopback only: journal it
+        when it also listens elsewhere (models/serving.py honours the launcher's UMBRIDGE_HOST)."""
+        u = urlsplit(s.url or "")
+        with contextlib.suppress(ValueError):
+            if u.port and ipaddress.ip_address(u.hostname or "").is_loopback:
+                exposed = await asyncio.to_thread(exposed_addresses, u.port)
+                if exposed:
+                    self.bus.emit(Ev.SERVER_EXPOSED, server=s.id, port=u.port, addresses=exposed)
 
     async def _same_sizes(self, s: Server, models: list[str]) -> bool:
         """A model's sizes are what the first ready server said; a server (of any spec) that says
@@ -210,6 +223,9 @@ class Control:
         return json_reply({"resumed": self.pool.resume(spec, "operator")})
 
     async def status(self, request: Request) -> Reply:
+        """The pool, queues and scaler as JSON; token only: it lists the model servers' URLs."""
+        if not self._authorized(request):
+            return error_reply(*_UNAUTHORIZED)
         disp = self.pool.dispatcher
         return json_reply(
             {

@@ -42,6 +42,7 @@ class Ev:
     SERVER_ADOPTED: Final = "server.adopted"  # re-registered after a balancer restart, taken back
     SERVER_REGISTERED: Final = "server.registered"
     SERVER_READY: Final = "server.ready"
+    SERVER_EXPOSED: Final = "server.exposed"  # a local server listens on non-loopback addresses too
     SERVER_DRAINING: Final = "server.draining"
     SERVER_STOPPING: Final = "server.stopping"
     SERVER_STOPPED: Final = "server.stopped"

@@ -25,7 +25,8 @@ class Journal:
         self._fd: int | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.fchmod(self._fd, 0o600)  # the owner's: it names servers, hosts and ports
 
     def __call__(self, event: dict[str, Any]) -> None:
         fd = self._fd

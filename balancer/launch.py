@@ -128,6 +128,8 @@ class Launcher:
         port = free_port()
         host = advertised_host(self.balancer) if self.balancer else "127.0.0.1"
         env = dict(os.environ, PORT=str(port))
+        if host == "127.0.0.1":  # the balancer is on this machine: the model need not be reachable
+            env.setdefault("UMBRIDGE_HOST", "127.0.0.1")  # from elsewhere (models/serving.py)
         self.proc = await asyncio.create_subprocess_exec(
             *self.command, env=env, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent
         )

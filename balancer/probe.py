@@ -7,6 +7,7 @@ a call to a server breaks (is the server gone, or was it a stale keep-alive conn
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 
 import aiohttp
 import orjson
@@ -57,3 +58,34 @@ class Probe:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def exposed_addresses(port: int) -> list[str]:
+    """Non-loopback addresses on which this machine listens on TCP ``port`` (from /proc/net/tcp
+    and tcp6, no traffic sent): a model server meant for the balancer alone that binds 0.0.0.0
+    can be reached by anyone on the network."""
+    out = []
+    for name, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            with open(name) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) < 4 or cols[3] != "0A":  # LISTEN
+                continue
+            addr, _, hexport = cols[1].partition(":")
+            if int(hexport, 16) != port or len(addr) != width:
+                continue
+            ip = _ip(addr)
+            if not ip.is_loopback:
+                out.append(str(ip))
+    return out
+
+
+def _ip(hexaddr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    raw = bytes.fromhex(hexaddr)
+    # The kernel prints each 32-bit word in host (little-endian) order.
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(raw)

@@ -4,7 +4,6 @@ Model ``posterior``, input size 1, output size 1, returns [[1]] as in the publis
 compute is the eigen decomposition (about 5 ms for N = 100 here). Serves on ``$PORT``.
 """
 
-import os
 
 import numpy as np
 import umbridge
@@ -31,8 +30,6 @@ class Posterior(umbridge.Model):
 
 
 if __name__ == "__main__":
-    umbridge.serve_models(
-        [Posterior()],
-        int(os.environ.get("PORT", "4242")),
-        max_workers=int(os.environ.get("UMBRIDGE_SERVER_CONCURRENCY", "1")),
-    )
+    from serving import serve  # next to this file: $PORT, workers, $UMBRIDGE_HOST
+
+    serve([Posterior()])

@@ -94,8 +94,6 @@ if __name__ == "__main__":
     models = [Forward()]
     if os.environ.get("TEST_EXTRA_MODELS"):
         models += [Fail(), NaN()]
-    umbridge.serve_models(
-        models,
-        int(os.environ.get("PORT", "4242")),
-        max_workers=int(os.environ.get("UMBRIDGE_SERVER_CONCURRENCY", "1")),
-    )
+    from serving import serve  # next to this file: $PORT, workers, $UMBRIDGE_HOST
+
+    serve(models)

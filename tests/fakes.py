@@ -81,8 +81,9 @@ class Harness:
         async with self.http.post(self.url + path, json=doc, headers=headers) as r:
             return r.status, await r.json(content_type=None)
 
-    async def get(self, path: str) -> Any:
-        async with self.http.get(self.url + path) as r:
+    async def get(self, path: str, token: str | None = TOKEN) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.http.get(self.url + path, headers=headers) as r:
             return await r.json(content_type=None)
 
     async def evaluate(self, x: float, model: str = "forward") -> tuple[int, Any]:

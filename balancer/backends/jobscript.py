@@ -115,7 +115,7 @@ class JobScripts:
             log_dir.mkdir(parents=True, exist_ok=True)
             path = log_dir / f"job-{spec.name}.sh"
             path.write_text(self.job_script(spec, log_dir))
-            path.chmod(0o755)
+            path.chmod(0o700)
             self.scripts[spec.name] = path
         return path
 

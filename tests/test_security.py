@@ -1,0 +1,73 @@
+"""The owner's pool is the owner's: the status API wants the token, the run directory and its files
+are private, and a model server on the balancer's machine listens on loopback (or is reported)."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import sys
+from pathlib import Path
+
+import umbridge
+
+from balancer.probe import exposed_addresses
+from tests.fakes import running
+from tests.helpers import BalancerProc, reap, test_model_spec, wait_until
+
+ALL_INTERFACES = """
+import os, umbridge
+class Forward(umbridge.Model):
+    def __init__(self): super().__init__("forward")
+    def get_input_sizes(self, config): return [1]
+    def get_output_sizes(self, config): return [1]
+    def __call__(self, parameters, config): return [[2 * parameters[0][0]]]
+    def supports_evaluate(self): return True
+umbridge.serve_models([Forward()], int(os.environ["PORT"]))  # binds every interface
+"""
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_the_status_api_wants_the_token(tmp_path: Path):
+    async def main() -> None:
+        async with running(tmp_path, [{"name": "t", "command": ["x"], "models": ["forward"]}]) as h:
+            denied = await h.get("/api/status", token=None)
+            assert denied["error"]["type"] == "Unauthorized"
+            assert (await h.get("/api/status", token="wrong"))["error"]["type"] == "Unauthorized"
+            assert "servers" in await h.get("/api/status")
+            await h.event("auth.refused", path="/api/status")
+
+    asyncio.run(main())
+
+
+def test_private_files_and_a_local_server_on_loopback_only(tmp_path: Path):
+    b = BalancerProc(tmp_path, [test_model_spec(models=["forward"], min_servers=1)])
+    pids: list[int] = []
+    try:
+        reg = wait_until(lambda: b.find("server.ready") and b.find("server.registered"), 60)
+        pids = b.server_pids()
+        assert umbridge.HTTPModel(b.url, "forward")([[1.0]]) == [[2.0]]
+        assert mode(b.run_dir) == 0o700
+        for f in (b.journal, b.run_dir / "token", b.run_dir / "logs" / "s1.log"):
+            assert mode(f) == 0o600, f
+        assert exposed_addresses(reg["port"]) == []  # models/serving.py bound it to 127.0.0.1
+        assert not b.events("server.exposed")
+    finally:
+        reap([b], pids)
+
+
+def test_a_local_server_listening_on_every_interface_is_reported(tmp_path: Path):
+    script = tmp_path / "open_model.py"
+    script.write_text(ALL_INTERFACES)
+    spec = {"name": "open", "command": [sys.executable, str(script)], "models": ["forward"], "min_servers": 1}
+    b = BalancerProc(tmp_path, [spec])
+    pids: list[int] = []
+    try:
+        exposed = wait_until(lambda: b.find("server.exposed"), 60, what="the exposure warning")
+        pids = b.server_pids()
+        assert exposed["server"] == "s1" and exposed["addresses"] and "127.0.0.1" not in exposed["addresses"]
+        assert umbridge.HTTPModel(b.url, "forward")([[1.0]]) == [[2.0]]  # a warning, not a refusal
+    finally:
+        reap([b], pids)
