@@ -4,6 +4,7 @@ are private, and a model server on the balancer's machine listens on loopback (o
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
 import sys
 from pathlib import Path
@@ -71,3 +72,56 @@ def test_a_local_server_listening_on_every_interface_is_reported(tmp_path: Path)
         assert umbridge.HTTPModel(b.url, "forward")([[1.0]]) == [[2.0]]  # a warning, not a refusal
     finally:
         reap([b], pids)
+
+
+def other_user() -> tuple[int, int]:
+    """A second Unix user for access tests (created once; the tests run as root)."""
+    import pwd
+    import shutil
+    import subprocess
+
+    import pytest
+
+    name = "ub-other"
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        if os.geteuid() != 0 or shutil.which("useradd") is None:
+            pytest.skip("a second Unix user needs root and useradd")
+        subprocess.run(["useradd", "--system", "--no-create-home", name], check=True, capture_output=True)
+        pw = pwd.getpwnam(name)
+    return pw.pw_uid, pw.pw_gid
+
+
+def test_another_user_can_read_nothing_of_the_run(tmp_path: Path):
+    import shutil
+    import subprocess
+    import tempfile
+
+    uid, gid = other_user()
+    # pytest's own directories are 0700: the other user must be stopped by the run dir, not by them.
+    tmp_path = Path(tempfile.mkdtemp(prefix="ub-access-", dir="/tmp"))
+    tmp_path.chmod(0o755)
+    assert (
+        subprocess.run(["ls", str(tmp_path)], user=uid, group=gid, extra_groups=[], timeout=10).returncode
+        == 0
+    )
+    b = BalancerProc(tmp_path, [test_model_spec(models=["forward"], min_servers=1)])
+    pids: list[int] = []
+    try:
+        wait_until(lambda: b.find("server.ready"), 60)
+        pids = b.server_pids()
+        for f in (b.run_dir / "token", b.journal, b.run_dir / "logs" / "s1.log"):
+            r = subprocess.run(
+                ["cat", str(f)],
+                capture_output=True,
+                text=True,
+                user=uid,
+                group=gid,
+                extra_groups=[],
+                timeout=10,
+            )
+            assert r.returncode != 0 and "Permission denied" in r.stderr, f
+    finally:
+        reap([b], pids)
+        shutil.rmtree(tmp_path, ignore_errors=True)
