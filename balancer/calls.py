@@ -171,10 +171,10 @@ class Calls:
                 doc = self._read(call, request, op)
                 model = doc["name"]
                 await self._check_model(model)
-                support = self._support.get(model)  # fast path: no coroutine once it is known
+                support = self._support.get(model)  # no coroutine once the flags are known
                 if support is None:
-                    await self._check_support(model, op)
-                elif support.get(op) is False:
+                    support = await self._load_support(model)
+                if support.get(op) is False:
                     raise ProtocolError("UnsupportedFeature", f"{op} not supported by model!")
                 req = protocol.check_fields(op, doc)
                 ins, outs = await self._sizes(model, req.config, req.config_key, op)
@@ -195,20 +195,18 @@ class Calls:
             if self.inflight == 0 and self.pool.closing:
                 self.pool.changed()
 
-    async def _check_support(self, model: str, op: str) -> None:
-        """UnsupportedFeature from the model's own ModelInfo (asked once, through the cache)."""
-        support = self._support.get(model)
-        if support is None:
-            ans, _ = await self._metadata("ModelInfo", model, b"{}", orjson.dumps({"name": model}))
-            try:
-                support = orjson.loads(ans[2])["support"] if ans[0] == 200 else None
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                support = None
-            if not isinstance(support, dict):
-                return  # no usable answer: leave the check to the server
-            self._support[model] = support
-        if support.get(op) is False:
-            raise ProtocolError("UnsupportedFeature", f"{op} not supported by model!")
+    async def _load_support(self, model: str) -> dict[str, Any]:
+        """The model's ModelInfo support flags (asked once, through the metadata cache); empty,
+        and asked again next time, when there is no usable answer: the server checks then."""
+        ans, _ = await self._metadata("ModelInfo", model, b"{}", orjson.dumps({"name": model}))
+        try:
+            support = orjson.loads(ans[2])["support"] if ans[0] == 200 else None
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            support = None
+        if not isinstance(support, dict):
+            return {}
+        self._support[model] = support
+        return support
 
     # -- metadata --------------------------------------------------------------------------------
     async def _metadata(self, op: str, model: str, ckey: bytes, body: bytes) -> tuple[Reply, bool]:

@@ -95,7 +95,7 @@ class Control:
             return error_reply("InvalidInput", "expected {server, url, ...}", 400)
         sid = str(doc["server"])
         s = self.pool.servers.get(sid)
-        if s is None and sid in self.pool.adoptable:
+        if s is None and self.pool.adoptable(sid):
             s = await self._adopt(sid, doc)
         if s is None:
             return json_reply({"stop": True, "reason": "unknown server"}, 404)
@@ -151,10 +151,8 @@ class Control:
             try:
                 sizes = await self.probe.sizes(s.url or "", m)
             except Exception as exc:  # a model without sizes for {}: leave the checks to it
-                sizes = None
                 why = f"{type(exc).__name__}: {exc}"
                 self.bus.emit(Ev.SERVER_SIZES_UNKNOWN, server=s.id, model=m, reason=why)
-            if sizes is None:
                 continue
             ref = known.setdefault(m, (sizes[0], sizes[1], s.spec.name))
             if (sizes[0], sizes[1]) != ref[:2]:
@@ -182,7 +180,7 @@ class Control:
         if not self._authorized(request):
             return error_reply(*_UNAUTHORIZED)
         s = self.pool.servers.get(sid)
-        if s is None and sid in self.pool.adoptable:
+        if s is None and self.pool.adoptable(sid):
             return json_reply({"stop": False, "register": True})  # we restarted: register again
         if s is None or s.state in (ServerState.GONE, ServerState.STOPPING):
             return json_reply({"stop": True})

@@ -144,7 +144,7 @@ class Launcher:
                     if self.reg_dir is not None:
                         await self._file_lease(self._doc(url, port), exited)
                     elif self.balancer:
-                        await self._lease(http, url, port, exited)
+                        await self._lease(http, self._doc(url, port), exited)
                     else:
                         await asyncio.wait(
                             [exited, asyncio.ensure_future(self.stopped.wait())],
@@ -184,9 +184,7 @@ class Launcher:
         if d:
             path = Path(d) / f"url-{job_id()}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(url)
-            tmp.replace(path)  # readers never see a half-written URL
+            write_atomic(path, url)  # readers never see a half-written URL
 
     async def _post(
         self, http: aiohttp.ClientSession, path: str, doc: dict, timeout: float
@@ -245,9 +243,8 @@ class Launcher:
             stop_wait.cancel()
 
     async def _lease(
-        self, http: aiohttp.ClientSession, url: str, port: int, exited: asyncio.Future[int]
+        self, http: aiohttp.ClientSession, doc: dict[str, Any], exited: asyncio.Future[int]
     ) -> None:
-        doc = self._doc(url, port)
         last_ok = time.monotonic()
         registered = False
         wait = max(0.5, self.lease_s / 3)
@@ -292,7 +289,7 @@ class Launcher:
                     return
                 if not registered:
                     registered = True
-                    log(f"registered {url} as {self.sid}")
+                    log(f"registered {doc['url']} as {self.sid}")
         finally:
             stop_wait.cancel()
 

@@ -159,8 +159,9 @@ class Pool:
         self._state = state_dir / "next-server-id" if state_dir is not None else None
         first = _read_int(self._state) if self._state is not None else 1
         self._ids = itertools.count(first)
-        self.adoptable = {f"s{i}" for i in range(1, first)}
-        self.adopt_until = clock() + ADOPT_WINDOW_S if self.adoptable else 0.0
+        self._first_id = first  # ids below it are an earlier balancer's
+        self._adopted: set[str] = set()
+        self.adopt_until = clock() + ADOPT_WINDOW_S if first > 1 else 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- the state machine -----------------------------------------------------------------------
@@ -216,12 +217,22 @@ class Pool:
         self.changed()
         return s
 
+    def adoptable(self, server_id: str) -> bool:
+        """Whether ``server_id`` is an earlier balancer's (this run directory) not yet taken back."""
+        n = server_id[1:]
+        return (
+            server_id[:1] == "s"
+            and n.isdigit()
+            and int(n) < self._first_id
+            and server_id not in self._adopted
+        )
+
     def adopt(self, server_id: str, spec: str, doc: dict[str, Any]) -> Server | None:
         """A server an earlier balancer with this run directory started registers again: take it
         back (it then registers as any new one). None if it is not ours to adopt."""
-        if server_id not in self.adoptable or spec not in self.specs or server_id in self.servers:
+        if not self.adoptable(server_id) or spec not in self.specs:
             return None
-        self.adoptable.discard(server_id)
+        self._adopted.add(server_id)
         rt = self.specs[spec]
         s = Server(server_id, rt.spec, self.clock(), concurrency=rt.spec.concurrency)
         self.servers[server_id] = s
