@@ -79,7 +79,7 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     soft = raise_fd_limit()
     # Leave descriptors for upstream connections, logs and subprocesses: never let clients exhaust them.
     limits = HttpLimits(max_body=cfg.max_body_bytes, max_connections=max(64, min(16384, soft // 2)))
-    front = FrontServer(balancer.router(), cfg.max_body_bytes, limits)
+    front = FrontServer(balancer.router(), limits)
     try:
         port = await front.listen(cfg.host, cfg.port)
     except OSError as exc:

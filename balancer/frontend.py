@@ -117,10 +117,9 @@ class Router:
 class FrontServer:
     """Owns the listening socket and the open connections, for a graceful shutdown."""
 
-    def __init__(self, router: Router, max_body: int, limits: HttpLimits | None = None) -> None:
+    def __init__(self, router: Router, limits: HttpLimits) -> None:
         self.router = router
-        self.limits = limits or HttpLimits(max_body=max_body)
-        self.max_body = self.limits.max_body
+        self.limits = limits
         self.conns: set[HttpProtocol] = set()
         self.closing = False
         self.server: asyncio.base_events.Server | None = None
@@ -263,7 +262,6 @@ class HttpProtocol(SharedBufferProtocol):
         after the answers of the good requests before it (pipelined, or sent while one was in
         flight), in order."""
         self._final = reply
-        self.in_message = False
         self._stop_reading()
         if self.idle():
             self._write(self._final, keep_alive=False)
@@ -309,7 +307,7 @@ class HttpProtocol(SharedBufferProtocol):
         if self._done_reading:
             return
         cl = self._headers.get(b"content-length")
-        if cl is not None and cl.isdigit() and int(cl) > self.front.max_body:
+        if cl is not None and cl.isdigit() and int(cl) > self.front.limits.max_body:
             # Too large by its header: answer 413 now (through the handler, so it is journaled) and
             # close, rather than wait for a body that may never come; read nothing more.
             req = Request(self.parser.get_method(), self._url, self._headers, b"", False, True, self.remote)
@@ -325,7 +323,7 @@ class HttpProtocol(SharedBufferProtocol):
         if self._too_large or self._done_reading:
             return  # drained, not kept
         self._size += len(body)
-        if self._size > self.front.max_body:
+        if self._size > self.front.limits.max_body:
             self._too_large = True
             self._body = []
         else:

@@ -25,7 +25,7 @@ from balancer.app import Balancer
 from balancer.backends.base import Backend, Launch
 from balancer.config import BalancerConfig, parse_config
 from balancer.events import EventBus
-from balancer.frontend import FrontServer
+from balancer.frontend import FrontServer, HttpLimits
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token"
@@ -108,7 +108,7 @@ async def running(
     balancer = Balancer(cfg, bus, tmp_path, TOKEN, backend, clock=clock)
     harness_events: list[dict[str, Any]] = []
     bus.subscribe(harness_events.append)
-    front = FrontServer(balancer.router(), cfg.max_body_bytes)
+    front = FrontServer(balancer.router(), HttpLimits(max_body=cfg.max_body_bytes))
     port = await front.listen("127.0.0.1", 0)
     url = f"http://127.0.0.1:{port}"
     await balancer.start(url)

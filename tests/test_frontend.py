@@ -26,7 +26,7 @@ async def slow(req: Request) -> Reply:
 async def with_front(test: Callable[[int], Awaitable[None]], limits: HttpLimits | None = None) -> None:
     r = Router()
     r.add("POST", "/slow", slow)
-    front = FrontServer(r, 1024, limits)
+    front = FrontServer(r, limits or HttpLimits(max_body=1024))
     port = await front.listen("127.0.0.1", 0)
     try:
         await test(port)
