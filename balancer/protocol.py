@@ -89,11 +89,6 @@ def _short(v: Any) -> str:
     return r if len(r) <= 40 else r[:37] + "..."
 
 
-def _is_number(v: Any) -> bool:
-    t = type(v)
-    return t is float or t is int
-
-
 def _check_vector(field: str, v: Any) -> None:
     if type(v) is not list:
         raise ProtocolError("InvalidInput", f"'{field}' must be a list of numbers")
