@@ -31,7 +31,19 @@ from .backends.base import (
     Launch,
 )
 from .events import Ev, EventBus
-from .policy import Action, Drain, GiveUp, Hold, Limits, Observed, SpecObserved, Start, Stop, decide
+from .policy import (
+    Action,
+    Drain,
+    GiveUp,
+    Hold,
+    Limits,
+    Observed,
+    SpecObserved,
+    Start,
+    Stop,
+    StopReason,
+    decide,
+)
 from .pool import Pool, Server, ServerState
 
 MIN_GAP_S = 0.01  # however many calls queue, at most one pass per 10 ms
@@ -167,7 +179,7 @@ class Scaler:
         elif isinstance(a, Drain):
             s = pool.servers.get(a.server)
             if s is not None:
-                pool.transition(s, ServerState.DRAINING, "time limit ahead")
+                pool.transition(s, ServerState.DRAINING, StopReason.TIME_LIMIT.value)
         elif isinstance(a, Hold):
             pool.hold(a.spec, a.failures, a.reason)
 
