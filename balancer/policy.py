@@ -5,8 +5,9 @@ with a virtual clock call the same code. ``decide(limits, observed, now)`` separ
 configuration fixes once (``Limits``) from what is seen on each tick (``Observed``), as Ray Serve's
 autoscaling policy takes a context; every scaling rule lives here and has a unit test:
 start-up timeout, crash-loop hold and back-off, draining before a job's time limit and its
-replacement, demand and min_servers, idle stop. ``Observed.forecast`` is where the cluster's
-idle-capacity forecast comes in (the next issue); ``decide`` ignores it for now.
+replacement, demand and min_servers, idle stop. ``Observed.forecast`` brings the cluster's
+idle-capacity forecast: with it (and ``Limits.rules``) the forecast-aware rules apply, without it
+the policy scales by demand alone, exactly as before.
 """
 
 from __future__ import annotations
@@ -79,12 +80,44 @@ class SpecLimits:
     idle_timeout_s: float = 60.0
     startup_timeout_s: float = 120.0
     max_start_failures: int = 3  # consecutive failed starts before the spec is held
+    cpus: int = 1  # CPUs one server's job holds: converts idle CPUs into servers
+    max_time_limit_s: float | None = None  # the spec's time limit: the longest job it may ask for
+
+
+@dataclass(frozen=True)
+class ForecastRules:
+    """The forecast-aware rules, each off-able. They apply only when a forecast is observed.
+
+    - admission: never more pending starts than the forecast says can start within
+      ``max_pending_wait_s`` (at least ``min_pending``, so a campaign always has one job queued);
+    - pre-warm: while calls wait, grow into predicted idle capacity beyond ``backlog`` at once;
+    - fit time limits: ask for a time limit that fits the predicted idle window (a short job
+      backfills sooner), within ``[min_time_limit_s, the spec's time limit]``;
+    - polite: when even the forecast's upper bound says the cluster fills up within
+      ``polite_horizon_s``, stop idle servers after ``polite_idle_s`` instead of the idle timeout;
+    - cool-down (hysteresis): after an idle stop, start again only for calls that waited
+      ``upscale_delay_s``; after a demand start, stop nothing for idleness for ``cooldown_s``.
+    """
+
+    admission: bool = True
+    max_pending_wait_s: float = 600.0
+    min_pending: int = 1
+    prewarm: bool = True
+    fit_time_limit: bool = True
+    min_time_limit_s: float = 900.0
+    polite: bool = True
+    polite_horizon_s: float = 3600.0
+    polite_idle_s: float = 10.0
+    cooldown: bool = True
+    cooldown_s: float = 120.0
+    upscale_delay_s: float = 30.0
 
 
 @dataclass(frozen=True)
 class Limits:
     specs: tuple[SpecLimits, ...]
     time_limit_margin_s: float = 60.0  # drain a server this long before its job's time limit
+    rules: ForecastRules = ForecastRules()
 
     @classmethod
     def from_config(cls, cfg: Any) -> Limits:
@@ -100,11 +133,52 @@ class Limits:
                     s.idle_timeout_s,
                     s.startup_timeout_s,
                     s.max_start_failures,
+                    s.resources.cpus,
+                    parse_time_limit(s.resources.time_limit),
                 )
                 for s in cfg.servers
             ),
             cfg.backend_options.time_limit_margin_s,
+            getattr(cfg, "rules", None) or ForecastRules(),
         )
+
+
+def parse_time_limit(text: str | None) -> float | None:
+    """Seconds from a SLURM time ("MM", "MM:SS", "HH:MM:SS", "D-HH[:MM[:SS]]"); None for none.
+
+    Raises ValueError on anything else."""
+    if text is None or text == "":
+        return None
+    days = 0
+    rest = text.strip()
+    if "-" in rest:
+        d, rest = rest.split("-", 1)
+        days = int(d)
+        parts = [int(x) for x in rest.split(":")]
+        parts += [0] * (3 - len(parts))
+        h, m, sec = parts[:3]
+    else:
+        parts = [int(x) for x in rest.split(":")]
+        if len(parts) == 1:
+            h, m, sec = 0, parts[0], 0
+        elif len(parts) == 2:
+            h, m, sec = 0, parts[0], parts[1]
+        elif len(parts) == 3:
+            h, m, sec = parts
+        else:
+            raise ValueError(f"not a time limit: {text!r}")
+    if min(days, h, m, sec) < 0:
+        raise ValueError(f"not a time limit: {text!r}")
+    return float(((days * 24 + h) * 60 + m) * 60 + sec)
+
+
+def format_time_limit(seconds: float) -> str:
+    """SLURM's "D-HH:MM:SS" (whole minutes, rounded up: a limit is never cut short)."""
+    total = ceil(seconds / 60.0) * 60
+    d, rem = divmod(total, 86400)
+    h, rem = divmod(rem, 3600)
+    m = rem // 60
+    return f"{d}-{h:02d}:{m:02d}:00" if d else f"{h:02d}:{m:02d}:00"
 
 
 @dataclass(frozen=True)
@@ -117,12 +191,35 @@ class SpecObserved:
     last_failure_m: float = 0.0
     last_failure: str = ""  # why the last start failed
     held: bool = False
+    oldest_wait_m: float | None = None  # when the longest-waiting call of this spec began to wait
+    last_idle_stop_m: float | None = None  # the spec's last stop for idleness
+    last_demand_start_m: float | None = None  # the spec's last start for demand
+
+
+@dataclass(frozen=True)
+class ForecastView:
+    """The cluster's predicted idle CPUs from now on, one value per ``step_s`` (index 0 = now;
+    live and in the simulator the current slot is the observed value where one is fresh).
+
+    ``lo``/``hi`` bound the prediction (equal to ``idle`` for an override or an oracle);
+    ``expected_wait_s`` is the scheduler's own estimate for a job of ours, where it gives one."""
+
+    step_s: float
+    idle: tuple[float, ...]
+    lo: tuple[float, ...] = ()
+    hi: tuple[float, ...] = ()
+    expected_wait_s: float | None = None
+    source: str = "forecast"  # "forecast", "override", "oracle"
+
+    def window(self, seconds: float) -> int:
+        """Slots covering ``[now, now + seconds]``, at least one."""
+        return max(1, min(len(self.idle), int(seconds // self.step_s) + 1))
 
 
 @dataclass(frozen=True)
 class Observed:
     specs: Mapping[str, SpecObserved]
-    forecast: Any = None  # cluster idle-capacity forecast (next issue); unused so far
+    forecast: ForecastView | None = None  # None: no forecast (cold, disabled): demand only
     adopting: bool = False  # just restarted: the old servers may still register again, start none
 
 
@@ -134,11 +231,13 @@ class StartReason(str, enum.Enum):
     DEMAND = "demand"
     REPLACE = "replace"  # a server drains before its time limit
     RETRY = "retry"  # a held spec tries one start again, after a growing back-off
+    PREWARM = "prewarm"  # demand, grown beyond the backlog into predicted idle capacity
 
 
 class StopReason(str, enum.Enum):
     IDLE = "idle"
     TIME_LIMIT = "time limit ahead"
+    POLITE = "cluster fills up"  # idle, stopped early: the forecast says others need the CPUs
     SHUTDOWN = "shutdown"
 
 
@@ -149,6 +248,7 @@ class Start:
     reason: StartReason
     target: int  # live servers the spec aims for after this action
     replaces: tuple[str, ...] = ()  # draining servers this start replaces
+    time_limit_s: float | None = None  # fitted to the predicted idle window; None: the spec's own
 
 
 @dataclass(frozen=True)
@@ -204,19 +304,92 @@ def hold_retry_s(consecutive_failures: int) -> float:
     return float(min(HOLD_RETRY_CAP_S, 2 ** min(20, consecutive_failures + 2)))
 
 
+def admissible_cpus(fv: ForecastView, rules: ForecastRules) -> float:
+    """CPUs the forecast says jobs of ours can start on within ``max_pending_wait_s``: the most
+    predicted idle in that window; none when the scheduler itself expects a longer wait."""
+    if fv.expected_wait_s is not None and fv.expected_wait_s > rules.max_pending_wait_s:
+        return 0.0
+    if not fv.idle:
+        return 0.0
+    return max(0.0, max(fv.idle[: fv.window(rules.max_pending_wait_s)]))
+
+
+def idle_window_s(fv: ForecastView, cpus: int) -> float:
+    """How long, from now, the predicted idle capacity keeps room for one more job of ``cpus``."""
+    n = 0
+    for v in fv.idle:
+        if v < cpus:
+            break
+        n += 1
+    return n * fv.step_s
+
+
+def fits_time_limit(fv: ForecastView, lim: SpecLimits, rules: ForecastRules) -> float | None:
+    """A time limit fitted to the predicted idle window, within the spec's bounds (None: keep
+    the spec's own). A window that runs to the forecast's horizon asks for the spec's limit."""
+    if lim.max_time_limit_s is None:
+        return None
+    window = idle_window_s(fv, lim.cpus)
+    if window >= len(fv.idle) * fv.step_s:
+        return None
+    return float(min(lim.max_time_limit_s, max(rules.min_time_limit_s, window)))
+
+
+def fills_up(fv: ForecastView, cpus: int, horizon_s: float) -> bool:
+    """Even the forecast's upper bound leaves no room for a job of ``cpus`` within the horizon."""
+    hi = fv.hi or fv.idle
+    if not hi:
+        return False
+    return min(hi[: fv.window(horizon_s)]) < cpus
+
+
 def decide(limits: Limits, observed: Observed, now: float) -> list[Action]:
     """All actions for this tick, spec by spec, in the order they are to be applied."""
     actions: list[Action] = []
+    fv = observed.forecast
+    # Admission shares the predicted idle CPUs among the specs, less what their pending starts
+    # will take; ``budget`` is what is left as the specs are decided in order.
+    budget: list[float] | None = None
+    if fv is not None:
+        pending = 0.0
+        for lim in limits.specs:
+            obs = observed.specs.get(lim.name)
+            if obs is not None:
+                pending += lim.cpus * sum(1 for s in obs.servers if s.phase is Phase.STARTING)
+        budget = [admissible_cpus(fv, limits.rules) - pending]
     for lim in limits.specs:
         obs = observed.specs.get(lim.name)
         if obs is not None:
-            actions += _decide_spec(lim, obs, now, limits.time_limit_margin_s)
+            actions += _decide_spec(lim, obs, now, limits.time_limit_margin_s, fv, limits.rules, budget)
     if observed.adopting:
         actions = [a for a in actions if not isinstance(a, Start)]
     return actions
 
 
-def _decide_spec(lim: SpecLimits, obs: SpecObserved, now: float, margin: float) -> Iterable[Action]:
+def _pending_cap(lim: SpecLimits, rules: ForecastRules, n_starting: int, budget: list[float] | None) -> int:
+    """Most starts in flight at once: the backlog without a forecast; with one, what the forecast
+    admits (admission) and may grow beyond the backlog (pre-warm)."""
+    if budget is None:
+        return lim.backlog
+    room = n_starting + max(0, int(budget[0] // lim.cpus))
+    if rules.admission and rules.prewarm:
+        return max(rules.min_pending, room)
+    if rules.admission:
+        return max(rules.min_pending, min(lim.backlog, room))
+    if rules.prewarm:
+        return max(lim.backlog, room)
+    return lim.backlog
+
+
+def _decide_spec(
+    lim: SpecLimits,
+    obs: SpecObserved,
+    now: float,
+    margin: float,
+    fv: ForecastView | None = None,
+    rules: ForecastRules = ForecastRules(),
+    budget: list[float] | None = None,
+) -> Iterable[Action]:
     out: list[Action] = []
     held = obs.held
     if not held and obs.failures >= lim.max_start_failures:
@@ -264,8 +437,15 @@ def _decide_spec(lim: SpecLimits, obs: SpecObserved, now: float, margin: float) 
             wanted, reason = need, StartReason.DEMAND
     if unreplaced and len(unreplaced) >= wanted:
         wanted, reason = len(unreplaced), StartReason.REPLACE
-    n = min(wanted - n_starting, lim.backlog - n_starting, lim.max_servers - live)
+    cap = _pending_cap(lim, rules, n_starting, budget)
+    n = min(wanted - n_starting, cap - n_starting, lim.max_servers - live)
     backing_off = obs.failures > 0 and now < obs.last_failure_m + start_backoff_s(obs.failures)
+    if n > 0 and fv is not None and rules.cooldown and reason is StartReason.DEMAND:
+        # Hysteresis: just after an idle stop, only calls that waited upscale_delay_s start one.
+        recent_stop = obs.last_idle_stop_m is not None and now - obs.last_idle_stop_m < rules.cooldown_s
+        waited = obs.oldest_wait_m is not None and now - obs.oldest_wait_m >= rules.upscale_delay_s
+        if recent_stop and not waited:
+            n = 0
     if held:
         # One start at a time, after a back-off that grows to HOLD_RETRY_CAP_S; when it becomes
         # ready the spec is resumed (by the pool), when it fails the next try waits longer.
@@ -275,15 +455,28 @@ def _decide_spec(lim: SpecLimits, obs: SpecObserved, now: float, margin: float) 
             out.append(Start(lim.name, 1, StartReason.RETRY, target=live))
     elif n > 0 and not backing_off:
         replaces = tuple(unreplaced[:n]) if reason is StartReason.REPLACE else ()
+        if reason is StartReason.DEMAND and n > lim.backlog - n_starting:
+            reason = StartReason.PREWARM
+        time_limit = fits_time_limit(fv, lim, rules) if fv is not None and rules.fit_time_limit else None
         live += n
-        out.append(Start(lim.name, n, reason, target=live, replaces=replaces))
+        if budget is not None:
+            budget[0] -= n * lim.cpus
+        out.append(Start(lim.name, n, reason, target=live, replaces=replaces, time_limit_s=time_limit))
     if obs.waiting == 0:
+        timeout, why = lim.idle_timeout_s, StopReason.IDLE
+        if fv is not None:
+            if rules.cooldown and obs.last_demand_start_m is not None:
+                if now - obs.last_demand_start_m < rules.cooldown_s:
+                    return out  # hysteresis: no idle stop just after a demand start
+            polite = rules.polite and rules.polite_idle_s < timeout
+            if polite and fills_up(fv, lim.cpus, rules.polite_horizon_s):
+                timeout, why = rules.polite_idle_s, StopReason.POLITE
         # Longest idle first, never below min_servers.
         idle = [s for s in ready if s.outstanding == 0 and s.id not in drained_now]
         for s in sorted(idle, key=lambda s: s.idle_since_m):
-            if live <= lim.min_servers or now - s.idle_since_m < lim.idle_timeout_s:
+            if live <= lim.min_servers or now - s.idle_since_m < timeout:
                 break
             live -= 1
-            out.append(Stop(lim.name, s.id, StopReason.IDLE, target=live))
+            out.append(Stop(lim.name, s.id, why, target=live))
     return out
 

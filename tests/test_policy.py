@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from balancer.policy import (
     Drain,
+    ForecastView,
     GiveUp,
     Hold,
     Limits,
@@ -156,6 +157,7 @@ def test_a_draining_idle_server_is_not_also_stopped_as_idle():
 
 def test_specs_are_decided_independently_and_a_forecast_is_accepted():
     a, b = lim(name="a"), lim(name="b", min_servers=1)
-    obs = Observed({"a": SpecObserved(waiting=1), "b": SpecObserved()}, forecast={"idle_cpus": [4, 4]})
+    fv = ForecastView(900.0, (4.0, 4.0))
+    obs = Observed({"a": SpecObserved(waiting=1), "b": SpecObserved()}, forecast=fv)
     acts = decide(Limits((a, b)), obs, 0.0)
     assert [(x.spec, x.reason) for x in acts] == [("a", StartReason.DEMAND), ("b", StartReason.MIN_SERVERS)]
