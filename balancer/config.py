@@ -19,6 +19,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from .backends import SCHEDULERS, backend_class
+from .policy import ForecastRules, parse_time_limit
 
 
 class ConfigError(ValueError):
@@ -69,6 +70,26 @@ class ServerSpec:
 
 
 @dataclass(frozen=True)
+class ForecastSettings:
+    """The ``[forecast]`` table: collect the cluster's capacity, forecast it, scale by it.
+
+    The rule switches and thresholds (``admission``, ``max_pending_wait_s``, ``prewarm``, ...) sit in
+    the same table and become ``rules``; see ``policy.ForecastRules``."""
+
+    enabled: bool = True  # false: no collector, no forecast, demand-only scaling
+    history: str | None = None  # SQLite history; default ~/.local/share/umbridge-balancer/capacity.sqlite
+    retention_days: float = 400.0
+    collect_interval_s: float = 60.0
+    grid_s: float = 900.0
+    horizon_s: float = 48 * 3600.0
+    train_every_s: float = 86400.0
+    min_history_s: float = 2 * 86400.0  # less history than this: cold, no forecast
+    forecaster: str = "auto"  # "auto": the best backtest on the site's history, never worse than naive
+    partition: str | None = None  # SLURM partition whose capacity counts (default: all)
+    rules: ForecastRules = field(default_factory=ForecastRules)
+
+
+@dataclass(frozen=True)
 class BalancerConfig:
     host: str = "127.0.0.1"
     port: int = 4242
@@ -89,6 +110,11 @@ class BalancerConfig:
     servers: tuple[ServerSpec, ...] = ()
     # The [backend] table as the scheduler's ``Options`` dataclass (see backends/options.py).
     backend_options: Any = None
+    forecast: ForecastSettings = field(default_factory=ForecastSettings)
+
+    @property
+    def rules(self) -> ForecastRules:
+        return self.forecast.rules
 
     @property
     def max_body_bytes(self) -> int:
@@ -96,7 +122,7 @@ class BalancerConfig:
 
 
 _SPEC_KEYS = {f.name for f in fields(ServerSpec)} - {"options"}
-_TOP_KEYS = {f.name for f in fields(BalancerConfig)} - {"servers", "backend_options"}
+_TOP_KEYS = {f.name for f in fields(BalancerConfig)} - {"servers", "backend_options", "forecast"}
 _RES_KEYS = {f.name for f in fields(Resources)}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -130,6 +156,11 @@ def _parse_resources(key: str, raw: Any) -> Resources:
     time_limit = raw.get("time_limit")
     if time_limit is not None:
         time_limit = _typed(f"{key}.time_limit", time_limit, str, 'a time such as "01:00:00"')
+        try:
+            parse_time_limit(time_limit)
+        except ValueError:
+            msg = f'expected a time such as "01:00:00", got {time_limit!r}'
+            raise ConfigError(f"{key}.time_limit", msg) from None
     return Resources(cpus=cpus, memory=memory, gpus=gpus, time_limit=time_limit)
 
 
@@ -220,8 +251,8 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
     top = raw.get("balancer", {})
     _typed("balancer", top, dict, "a table")
     for k in raw:
-        if k not in ("balancer", "servers", "backend"):
-            raise ConfigError(k, "unknown section (known: balancer, servers, backend)")
+        if k not in ("balancer", "servers", "backend", "forecast"):
+            raise ConfigError(k, "unknown section (known: balancer, servers, backend, forecast)")
     for k in top:
         if k not in _TOP_KEYS:
             raise ConfigError(f"balancer.{k}", f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
@@ -269,7 +300,54 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
         registration_dir=values.get("registration_dir"),
         servers=specs,
         backend_options=_options(scheduler, "Options", backend, "backend"),
+        forecast=parse_forecast(raw.get("forecast", {})),
     )
+
+
+def _typed_fields(key: str, cls: type, raw: dict[str, Any], skip: set[str]) -> dict[str, Any]:
+    """Keys of ``raw`` checked against the dataclass ``cls``'s fields and their default's type."""
+    known = {f.name: f for f in fields(cls) if f.name not in skip}
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k not in known:
+            continue
+        default = getattr(cls(), k)
+        name = f"{key}.{k}"
+        if isinstance(default, bool):
+            out[k] = _typed(name, v, bool, "true or false")
+        elif isinstance(default, int):
+            out[k] = _positive(name, v, allow_zero=True, integer=True)
+        elif isinstance(default, float):
+            out[k] = float(_positive(name, v, allow_zero=True))
+        else:
+            out[k] = _typed(name, v, str, "a string")
+    return out
+
+
+_RULE_KEYS = {f.name for f in fields(ForecastRules)}
+_FORECAST_KEYS = {f.name for f in fields(ForecastSettings)} - {"rules"}
+
+
+def parse_forecast(raw: Any) -> ForecastSettings:
+    """The ``[forecast]`` table, rule keys included; every key typed, unknown keys refused."""
+    _typed("forecast", raw, dict, "a table")
+    for k in raw:
+        if k not in _RULE_KEYS and k not in _FORECAST_KEYS:
+            known = ", ".join(sorted(_FORECAST_KEYS | _RULE_KEYS))
+            raise ConfigError(f"forecast.{k}", f"unknown key (known: {known})")
+    rules = ForecastRules(**_typed_fields("forecast", ForecastRules, raw, set()))
+    top = _typed_fields("forecast", ForecastSettings, {k: v for k, v in raw.items() if k in _FORECAST_KEYS},
+                        {"rules", "history", "partition", "forecaster"})  # fmt: skip
+    for k in ("history", "partition", "forecaster"):
+        if k in raw:
+            top[k] = _typed(f"forecast.{k}", raw[k], str, "a string")
+    for k in ("collect_interval_s", "grid_s", "horizon_s", "train_every_s", "retention_days"):
+        if k in top and top[k] <= 0:
+            raise ConfigError(f"forecast.{k}", f"must be > 0, got {raw[k]!r}")
+    settings = ForecastSettings(rules=rules, **top)
+    if settings.horizon_s < settings.grid_s:
+        raise ConfigError("forecast.horizon_s", f"shorter than the grid ({settings.grid_s:g} s)")
+    return settings
 
 
 def load_config(path: str | os.PathLike[str], **overrides: Any) -> BalancerConfig:

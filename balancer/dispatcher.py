@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,6 +42,7 @@ class _Waiter:
     fut: asyncio.Future[Slot]
     seq: int
     model: str
+    since: float  # when it began to wait (the dispatcher's clock)
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Dispatcher:
     queues: dict[str, deque[_Waiter]] = field(default_factory=dict)
     # Live waiters per model, kept by count so the scaler's view costs O(1) with 100k queued.
     _waiting: dict[str, int] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
 
     # -- calls ---------------------------------------------------------------------------------
     def try_acquire(self, model: str) -> Slot | None:
@@ -72,9 +76,9 @@ class Dispatcher:
         others_wait = self._waiting.get(model, 0) > 0
         self._waiting[model] = self._waiting.get(model, 0) + 1
         if front:
-            q.appendleft(_Waiter(fut, -next(_seq), model))
+            q.appendleft(_Waiter(fut, -next(_seq), model, self.clock()))
         else:
-            q.append(_Waiter(fut, next(_seq), model))
+            q.append(_Waiter(fut, next(_seq), model, self.clock()))
         # A slot may be free already (e.g. a retried call at the front): hand it out at once. While
         # others wait there is none (a freed slot always goes to a waiter), so skip the O(servers) look.
         servers = self.by_model.get(model)
@@ -92,6 +96,16 @@ class Dispatcher:
     def waiting(self, model: str) -> int:
         """Calls waiting for ``model`` (O(1))."""
         return self._waiting.get(model, 0)
+
+    def oldest_wait(self, model: str) -> float | None:
+        """When the longest-waiting call for ``model`` began to wait; None when none waits. A retried
+        call put at the front counts from its re-queueing."""
+        q = self.queues.get(model)
+        if not q or not self._waiting.get(model):
+            return None
+        while q and q[0].fut.done():
+            q.popleft()
+        return min(w.since for w in itertools.islice(q, 2)) if q else None
 
     def gave_up(self, model: str) -> None:
         """A waiter's future was cancelled (its call was cancelled): it waits no more."""

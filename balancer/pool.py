@@ -144,7 +144,7 @@ class Pool:
         self.cfg = cfg
         self.bus = bus
         self.backend = backend
-        self.dispatcher = dispatcher or Dispatcher()
+        self.dispatcher = dispatcher or Dispatcher(clock=clock)
         self.clock = clock
         self.servers: dict[str, Server] = {}
         self.specs = {s.name: SpecRuntime(s, set(s.models), discovered=bool(s.models)) for s in cfg.servers}

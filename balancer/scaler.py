@@ -34,14 +34,17 @@ from .events import Ev, EventBus
 from .policy import (
     Action,
     Drain,
+    ForecastView,
     GiveUp,
     Hold,
     Limits,
     Observed,
     SpecObserved,
     Start,
+    StartReason,
     Stop,
     StopReason,
+    admissible_cpus,
     decide,
 )
 from .pool import Pool, Server, ServerState
@@ -71,6 +74,7 @@ class Scaler:
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
         policy: Callable[[Limits, Observed, float], list[Action]] = decide,
+        forecast: Callable[[], ForecastView | None] = lambda: None,
     ) -> None:
         self.pool = pool
         self.bus = bus
@@ -78,7 +82,11 @@ class Scaler:
         self.limits = limits
         self.interval_s = interval_s
         self.clock = clock
-        self.policy = policy  # the forecast-aware policy of the next issue plugs in here
+        self.policy = policy
+        self.forecast = forecast  # the forecast service's current view; None: demand only
+        self._observed: Observed | None = None  # this pass's inputs, journaled with its decisions
+        self._last_idle_stop: dict[str, float] = {}
+        self._last_demand_start: dict[str, float] = {}
         self.launch: LaunchSettings | None = None
         self.passes = 0
         self.error: str | None = None  # the last pass's error, None after a good pass
@@ -109,7 +117,8 @@ class Scaler:
         """One pass; never raises (an error is recorded and journaled instead)."""
         try:
             now = self.clock()
-            actions = self.policy(self.limits, self.observe(), now)
+            self._observed = self.observe()
+            actions = self.policy(self.limits, self._observed, now)
             for a in actions:
                 self.apply(a)
         except Exception as exc:
@@ -145,6 +154,10 @@ class Scaler:
             waiting = sum(disp.waiting(m) + meta.get(m, 0) for m in rt.models)
             if not rt.discovered:
                 waiting += unknown
+            oldest = None
+            if waiting:
+                since = [t for t in (disp.oldest_wait(m) for m in rt.models) if t is not None]
+                oldest = min(since) if since else None
             specs[name] = SpecObserved(
                 servers=by_spec[name],
                 waiting=waiting,
@@ -152,21 +165,29 @@ class Scaler:
                 last_failure_m=rt.last_failure_m,
                 last_failure=rt.last_failure,
                 held=rt.held,
+                oldest_wait_m=oldest,
+                last_idle_stop_m=self._last_idle_stop.get(name),
+                last_demand_start_m=self._last_demand_start.get(name),
             )
-        return Observed(specs, adopting=self.clock() < pool.adopt_until)
+        return Observed(specs, forecast=self.forecast(), adopting=self.clock() < pool.adopt_until)
 
     # -- actions ---------------------------------------------------------------------------------
     def apply(self, a: Action) -> None:
         pool = self.pool
         if isinstance(a, Start):
-            self._decision(a.spec, "start", a.reason.value, a.target, count=a.count)
+            extra = {"time_limit_s": a.time_limit_s} if a.time_limit_s is not None else {}
+            self._decision(a.spec, "start", a.reason.value, a.target, count=a.count, **extra)
+            if a.reason in (StartReason.DEMAND, StartReason.PREWARM):
+                self._last_demand_start[a.spec] = self.clock()
             for sid in a.replaces:
                 s = pool.servers.get(sid)
                 if s is not None:
                     s.replaced = True
             servers = [pool.add_server(a.spec, a.reason.value) for _ in range(a.count)]
-            pool.spawn(self._submit([self._launch(s) for s in servers]))
+            pool.spawn(self._submit([self._launch(s, a.time_limit_s) for s in servers]))
         elif isinstance(a, Stop):
+            if a.reason in (StopReason.IDLE, StopReason.POLITE):
+                self._last_idle_stop[a.spec] = self.clock()
             self._decision(a.spec, "stop", a.reason.value, a.target, server=a.server)
             s = pool.servers.get(a.server)
             if s is not None:
@@ -184,10 +205,22 @@ class Scaler:
             pool.hold(a.spec, a.failures, a.reason)
 
     def _decision(self, spec: str, action: str, reason: str, target: int, **fields: Any) -> None:
+        """Journal a decision with the policy inputs it was taken on: the spec's waiting calls and,
+        with a forecast, its source, the idle CPUs it predicts now and the CPUs it admits."""
         fields.setdefault("count", 1)
+        obs = self._observed
+        if obs is not None:
+            so = obs.specs.get(spec)
+            if so is not None:
+                fields["waiting"] = so.waiting
+            fv = obs.forecast
+            if fv is not None:
+                fields["forecast"] = fv.source
+                fields["idle_cpus"] = round(fv.idle[0], 3) if fv.idle else None
+                fields["admit_cpus"] = round(admissible_cpus(fv, self.limits.rules), 3)
         self.bus.emit(Ev.SCALE_DECISION, spec=spec, action=action, target=target, reason=reason, **fields)
 
-    def _launch(self, s: Server) -> Launch:
+    def _launch(self, s: Server, time_limit_s: float | None = None) -> Launch:
         ls = self.launch
         assert ls is not None, "Scaler.start() gives the launch settings"
         env = dict(s.spec.env)
@@ -204,7 +237,7 @@ class Scaler:
         )
         if ls.registration_dir is not None:
             env[ENV_REGISTRATION_DIR] = str(ls.registration_dir)
-        return Launch(s.id, s.spec, env, ls.log_dir)
+        return Launch(s.id, s.spec, env, ls.log_dir, time_limit_s)
 
     async def _submit(self, launches: list[Launch]) -> None:
         try:

@@ -41,6 +41,7 @@ class Launch:
     spec: ServerSpec
     env: dict[str, str]  # registration variables + the spec's own env
     log_dir: Path  # stdout/stderr of launcher and server go here, never into the cwd
+    time_limit_s: float | None = None  # fitted to the predicted idle window; None: the spec's own
 
 
 def launcher_argv(server_command: list[str], python: str | None = None) -> list[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import hashlib
 import logging
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..config import ConfigError, ServerSpec
+from ..policy import format_time_limit
 from .base import Backend, Launch, Submissions
 from .commands import run_command
 from .jobscript import JobScripts
@@ -186,6 +188,9 @@ class BatchBackend(JobScripts, Backend):
         if not launches:
             return
         spec, log_dir = launches[0].spec, launches[0].log_dir
+        if launches[0].time_limit_s is not None:  # one Start: one fitted limit for all its jobs
+            limit = format_time_limit(launches[0].time_limit_s)
+            spec = dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, time_limit=limit))
         ids = [x.server_id for x in launches]
         if self._closing:  # a start the scaler asked for just before shutdown
             for sid in ids:
