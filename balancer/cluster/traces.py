@@ -1,16 +1,26 @@
 """Cluster history rebuilt from job records: busy and idle CPUs on a grid from each job's start,
-end and size, so a site starts with months of history instead of none."""
+end and size, so a site starts with months of history instead of none.
+
+``load_series`` reads whatever a user points at (a capacity history, an SWF trace, ``sacct --json``)
+as one ``Series``, for the backtest, the simulator and ``balancer capacity import``."""
 
 from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..forecast.series import Series
-from .swf import SwfTrace
+from .swf import SwfTrace, TraceError, read_swf
 
 
-def idle_from_jobs(start: np.ndarray, end: np.ndarray, cpus: np.ndarray, total: float, t0: float,
-                   t1: float, step_s: float) -> Series:
+def idle_from_jobs(
+    start: np.ndarray, end: np.ndarray, cpus: np.ndarray, total: float, t0: float, t1: float, step_s: float
+) -> Series:
     """Mean idle CPUs per slot of ``[t0, t1)``: ``total`` less the CPU-seconds jobs ran in each slot.
 
     Jobs with an unknown start or end (NaN) are left out. Exact for partial overlaps: a job's
@@ -50,3 +60,120 @@ def swf_idle(trace: SwfTrace, step_s: float = 900.0) -> Series:
     t1 = float(np.nanmax(end))
     s = idle_from_jobs(start, end, trace.procs, trace.max_procs, t0, t1, step_s)
     return Series(s.start + trace.unix_start, step_s, s.values, s.total)
+
+
+def slurm_time(value: Any) -> float:
+    """Epoch seconds from a Slurm JSON time: a plain integer (22.05) or a ``{"set", "infinite",
+    "number"}`` object (23.11 on); NaN when unset, infinite or zero."""
+    if isinstance(value, dict):
+        if not value.get("set", True) or value.get("infinite"):
+            return np.nan
+        value = value.get("number")
+    if value is None or isinstance(value, bool):
+        return np.nan
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return np.nan
+    return v if v > 0 else np.nan
+
+
+def _job_cpus(job: dict[str, Any]) -> float:
+    """CPUs a job held: its allocated ``cpu`` TRES, else the CPUs it required."""
+    tres = job.get("tres")
+    if isinstance(tres, dict):
+        for t in tres.get("allocated") or ():
+            if isinstance(t, dict) and t.get("type") == "cpu":
+                n = slurm_time(t.get("count"))  # a count has the same plain-or-object shape
+                if np.isfinite(n):
+                    return n
+    req = job.get("required")
+    n = slurm_time(req.get("CPUs")) if isinstance(req, dict) else np.nan
+    return n if np.isfinite(n) else np.nan
+
+
+def sacct_idle(
+    doc: dict[str, Any], total_cpus: float, step_s: float = 900.0, partition: str | None = None
+) -> Series:
+    """Idle CPUs on a grid from ``sacct --json`` job records (each job's start, end and CPUs).
+
+    A job that started and has no end yet counts as running to the last time in the document."""
+    jobs = doc.get("jobs") if isinstance(doc, dict) else None
+    if not isinstance(jobs, list):
+        raise TraceError("sacct JSON without a 'jobs' list")
+    if not total_cpus or total_cpus <= 0:
+        raise TraceError("the cluster's CPU count is needed to rebuild idle CPUs from sacct (--cpus N)")
+    rows = []
+    for job in jobs:
+        if not isinstance(job, dict) or not isinstance(job.get("time"), dict):
+            continue
+        if partition is not None and job.get("partition") != partition:
+            continue
+        t = job["time"]
+        rows.append((slurm_time(t.get("start")), slurm_time(t.get("end")), _job_cpus(job)))
+    data = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+    start, end, cpus = data.T
+    known = np.concatenate([start, end])  # the grid spans what the jobs ran: before it, nothing is known
+    known = known[np.isfinite(known)]
+    if not np.isfinite(start).any():
+        raise TraceError("no job in the sacct JSON has a start time")
+    t1 = float(known.max())
+    end = np.where(np.isfinite(start) & ~np.isfinite(end), t1, end)
+    t0 = float(known.min())
+    t0 -= t0 % step_s
+    return idle_from_jobs(start, end, cpus, float(total_cpus), t0, max(t1, t0 + step_s), step_s)
+
+
+def load_series(path: str | Path, step_s: float = 900.0, total_cpus: float | None = None) -> Series:
+    """Idle CPUs from a capacity history (SQLite), an SWF trace or ``sacct --json`` output, told
+    apart by their content; ``TraceError`` with one line for anything else."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4096)
+    except OSError as exc:
+        raise TraceError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    if head.startswith(b"SQLite format 3\0"):
+        from .history import History  # imports sqlite3 only for a history
+
+        with History(p) as hist:
+            series = hist.series(step_s)
+        if series is None:
+            raise TraceError(f"{p}: the capacity history holds no samples")
+        return series
+    text = head
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(p, "rb") as fh:
+                text = fh.read(4096)
+        except (OSError, EOFError) as exc:
+            raise TraceError(f"{p}: not a readable gzip file: {exc}") from None
+    first = text.lstrip()[:1]
+    if first == b"{":
+        try:
+            opener = gzip.open if head[:2] == b"\x1f\x8b" else open
+            with opener(p, "rb") as fh:
+                doc = json.loads(fh.read())
+        except (OSError, EOFError, ValueError) as exc:
+            raise TraceError(f"{p}: not valid JSON: {exc}") from None
+        if total_cpus is None:
+            raise TraceError(f"{p}: sacct JSON does not give the cluster's size: pass its CPUs (--cpus N)")
+        try:
+            return sacct_idle(doc, total_cpus, step_s)
+        except TraceError as exc:
+            raise TraceError(f"{p}: {exc}") from None
+    if p.name.endswith((".swf", ".swf.gz")) or first == b";" or _looks_like_swf(text):
+        trace = read_swf(p)
+        if total_cpus:
+            trace = dataclasses.replace(trace, max_procs=int(total_cpus))
+        return swf_idle(trace, step_s)
+    raise TraceError(f"{p}: neither a capacity history, an SWF trace nor sacct JSON")
+
+
+def _looks_like_swf(text: bytes) -> bool:
+    line = text.decode("utf-8", "replace").strip().splitlines()[:1]
+    parts = line[0].split() if line else []
+    try:
+        return len(parts) == 18 and all(float(x) == float(x) for x in parts)
+    except ValueError:
+        return False
