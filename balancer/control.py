@@ -52,7 +52,7 @@ class Control:
     def token_ok(self, token: str) -> bool:
         return hmac.compare_digest(f"Bearer {token}".encode(), self._bearer)
 
-    def _authorized(self, request: Request) -> bool:
+    def authorized(self, request: Request) -> bool:
         if hmac.compare_digest(request.headers.get(b"authorization", b""), self._bearer):
             return True
         self.refused(request.path, request.remote)
@@ -85,7 +85,7 @@ class Control:
         return doc if isinstance(doc, dict) else {}
 
     async def register(self, request: Request) -> Reply:
-        if not self._authorized(request):
+        if not self.authorized(request):
             return error_reply(*_UNAUTHORIZED)
         return await self.register_doc(self._json(request))
 
@@ -177,7 +177,7 @@ class Control:
 
     async def _lease(self, request: Request, sid: str) -> Reply:
         """Long poll: answers at once when the server must stop, else after ``wait`` seconds."""
-        if not self._authorized(request):
+        if not self.authorized(request):
             return error_reply(*_UNAUTHORIZED)
         s = self.pool.servers.get(sid)
         if s is None and self.pool.adoptable(sid):
@@ -197,7 +197,7 @@ class Control:
         return json_reply({"stop": s.state in (ServerState.GONE, ServerState.STOPPING)})
 
     def _exited(self, request: Request, sid: str) -> Reply:
-        if not self._authorized(request):
+        if not self.authorized(request):
             return error_reply(*_UNAUTHORIZED)
         return self.exited_doc(sid, self._json(request))
 
@@ -212,7 +212,7 @@ class Control:
 
     async def resume_spec(self, request: Request) -> Reply:
         """``POST /api/specs/{spec}/resume``: the operator lets a held spec start servers at once."""
-        if not self._authorized(request):
+        if not self.authorized(request):
             return error_reply(*_UNAUTHORIZED)
         parts = request.path.split("/")
         spec = parts[3] if len(parts) == 5 and parts[4] == "resume" else ""
@@ -222,7 +222,7 @@ class Control:
 
     async def status(self, request: Request) -> Reply:
         """The pool, queues and scaler as JSON; token only: it lists the model servers' URLs."""
-        if not self._authorized(request):
+        if not self.authorized(request):
             return error_reply(*_UNAUTHORIZED)
         disp = self.pool.dispatcher
         return json_reply(

@@ -52,6 +52,9 @@ class Ev:
     SPEC_RESUMED: Final = "spec.resumed"  # a held spec starts servers again
     SCALE_DECISION: Final = "scale.decision"
     AUTH_REFUSED: Final = "auth.refused"
+    CAPACITY_SAMPLE: Final = "capacity.sample"  # the cluster's idle capacity, observed and as predicted
+    FORECAST_TRAINED: Final = "forecast.trained"  # a forecaster chosen and fitted (or why none)
+    FORECAST_CHANGED: Final = "forecast.changed"  # enabled/disabled, override set/cleared/expired
 
 
 EVENT_NAMES = frozenset(v for k, v in vars(Ev).items() if k.isupper())

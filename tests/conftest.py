@@ -1,6 +1,7 @@
 import contextlib
 import os
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,10 @@ from typing import Any
 import pytest
 
 from tests.helpers import BalancerProc, pid_alive
+
+# The capacity history outlives a run (by default in ~/.local/share): every balancer the tests start,
+# in-process or as a subprocess, keeps it in this session's own directory instead.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="ub-test-data-")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import sys
@@ -50,6 +51,16 @@ class FakeScheduler(Backend):
         self.closed = True
 
 
+def in_loop(test: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an ``async def`` test in a fresh event loop (pytest's fixtures pass through)."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
 async def until(pred: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
     """Wait on the event loop until ``pred()`` is truthy; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -86,6 +97,15 @@ class Harness:
         async with self.http.get(self.url + path, headers=headers) as r:
             return await r.json(content_type=None)
 
+    async def call(
+        self, method: str, path: str, body: Any = None, token: str | None = TOKEN
+    ) -> tuple[int, Any]:
+        """Any method; ``body`` bytes go as they are, anything else as JSON."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        kw: dict[str, Any] = {"data": body} if isinstance(body, bytes) else {"json": body}
+        async with self.http.request(method, self.url + path, headers=headers, **kw) as r:
+            return r.status, await r.json(content_type=None)
+
     async def evaluate(self, x: float, model: str = "forward") -> tuple[int, Any]:
         """What a client sends: an Evaluate call of ``model`` at ``[[x]]``, no token."""
         return await self.post("/Evaluate", {"name": model, "input": [[x]]}, token=None)
@@ -97,10 +117,14 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def running(
-    tmp_path: Path, servers: list[dict[str, Any]], clock: Callable[[], float] = time.monotonic, **raw: Any
+    tmp_path: Path,
+    servers: list[dict[str, Any]],
+    clock: Callable[[], float] = time.monotonic,
+    setup: Callable[[Balancer], None] | None = None,
+    **raw: Any,
 ) -> AsyncIterator[Harness]:
     """A started balancer (config from ``servers`` and the extra top-level ``raw`` tables); ``clock``
-    is the pool's and scaler's (a test can move it forward)."""
+    is the pool's and scaler's (a test can move it forward); ``setup`` runs before it starts."""
     top = {"port": 0, "scale_interval_s": 0.05}
     cfg = parse_config({"balancer": top, "servers": servers, **raw}, tmp_path)
     backend = FakeScheduler(cfg, tmp_path)
@@ -111,6 +135,8 @@ async def running(
     front = FrontServer(balancer.router(), HttpLimits(max_body=cfg.max_body_bytes))
     port = await front.listen("127.0.0.1", 0)
     url = f"http://127.0.0.1:{port}"
+    if setup is not None:
+        setup(balancer)
     await balancer.start(url)
     async with aiohttp.ClientSession() as http:
         h = Harness(balancer, backend, url, http, harness_events)
