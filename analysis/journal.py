@@ -31,7 +31,7 @@ SCHEMA_VERSION = 1
 
 #: Namespaces of events the metrics do not need (balancer.started, server.draining, scale.decision,
 #: auth.refused, and kinds added later); unknown ``call.*`` or other events are counted in a warning.
-_QUIET_NAMESPACES = ("balancer.", "server.", "spec.", "scale.", "auth.")
+_QUIET_NAMESPACES = ("balancer.", "server.", "spec.", "scale.", "auth.", "forecast.")
 _SERVER_EVENTS = frozenset({
     "server.requested", "server.started", "server.registered", "server.ready", "server.stopped",
     "server.failed",
@@ -58,6 +58,7 @@ def read_journal(path: Path, name: str, progress: bool | None = None) -> Run:
                           "bytes": array("d"), "service": array("d"), "cached": array("b")}
     fc: dict[str, Any] = {"call": array("q"), "m": array("d"), "status": array("d")}
     ec: dict[str, Any] = {"call": array("q"), "m": array("d")}  # requeued: ends an attempt
+    kc: dict[str, Any] = {"m": array("d"), "idle": array("d"), "predicted": array("d")}  # capacity
     servers: dict[str, dict[str, Any]] = {}
     unknown: dict[str, int] = {}
     bad = 0
@@ -117,6 +118,11 @@ def read_journal(path: Path, name: str, progress: bool | None = None) -> Run:
                     ec["m"].append(m)
                 elif ev in _SERVER_EVENTS:
                     _server_event(servers, ev, d, m)
+                elif ev == "capacity.sample":
+                    idle, pred = _f(d.get("idle_cpus")), _f(d.get("predicted_idle_cpus"))
+                    kc["m"].append(m)
+                    kc["idle"].append(idle)
+                    kc["predicted"].append(pred)
                 elif not (isinstance(ev, str) and ev.startswith(_QUIET_NAMESPACES)):
                     unknown[ev] = unknown.get(ev, 0) + 1
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError):
@@ -136,8 +142,12 @@ def read_journal(path: Path, name: str, progress: bool | None = None) -> Run:
     if m0 is None:
         raise AnalysisError(f"{path}: no readable journal events")
     warnings = _warnings(path, bad, bad_last_line, lineno, unknown, versions)
-    return _build(path, name, m0, t0 if t0 is not None else np.nan, m_last, rc, qc, dc, cc, fc, ec,
-                  servers, warnings)
+    run = _build(path, name, m0, t0 if t0 is not None else np.nan, m_last, rc, qc, dc, cc, fc, ec,
+                 servers, warnings)
+    cap = _frame(kc)
+    cap["m"] -= m0
+    run.capacity = cap
+    return run
 
 
 def _server_event(servers: dict[str, dict[str, Any]], ev: str, d: dict[str, Any], m: float) -> None:

@@ -86,6 +86,9 @@ class Run:
     warnings: list[str] = field(default_factory=list)
     #: Total busy server-seconds when tasks cannot be attributed to servers (old HyperQueue format).
     aggregate_busy: float | None = None
+    #: The balancer's capacity samples (journal only): relative time ``m``, observed ``idle`` CPUs and
+    #: the ``predicted`` idle CPUs the forecast in use had for that moment (NaN: none in use).
+    capacity: pd.DataFrame | None = None
 
     def summary(self) -> dict[str, Any]:
         """Summary metrics (see ``analysis.summary.METRICS``); None where a metric does not apply."""

@@ -40,6 +40,10 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("startup_p50_s", "start-up p50 [s]", "s"),
     ("utilisation", "utilisation", "pct"),
     ("idle_server_s", "idle server-seconds [s]", "s"),
+    ("capacity_samples", "capacity samples", "int"),
+    ("idle_cpus_mean", "idle CPUs, mean observed", "ratio"),
+    ("forecast_mae_cpus", "forecast error, MAE [CPUs]", "ratio"),
+    ("forecast_bias_cpus", "forecast bias, mean [CPUs]", "ratio"),
 )
 
 _FORMAT_NAMES = {"journal": "journal", "hq": "hq-export", "sacct": "sacct"}
@@ -98,9 +102,27 @@ def summarize(run: Run) -> dict[str, Any]:
         "utilisation": _num(util),
         "idle_server_s": _num(lifetime - busy),
     }
+    out.update(_forecast_error(run))
     for key in run.unavailable:
         out[key] = None
     return out
+
+
+def _forecast_error(run: Run) -> dict[str, Any]:
+    """Forecast error over the run: each capacity sample against what the forecast in use predicted
+    for that moment (predicted - observed, so a positive bias means the forecast was too hopeful)."""
+    cap = run.capacity
+    if cap is None or not len(cap):
+        return {"capacity_samples": None, "idle_cpus_mean": None, "forecast_mae_cpus": None,
+                "forecast_bias_cpus": None}  # fmt: skip
+    both = cap[np.isfinite(cap["predicted"]) & np.isfinite(cap["idle"])]
+    err = both["predicted"] - both["idle"]
+    return {
+        "capacity_samples": len(cap),
+        "idle_cpus_mean": _num(cap["idle"].mean()),
+        "forecast_mae_cpus": _num(err.abs().mean()) if len(both) else None,
+        "forecast_bias_cpus": _num(err.mean()) if len(both) else None,
+    }
 
 
 def _fmt(value: Any, kind: str) -> str:
