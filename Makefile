@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean sysdeps
+.PHONY: demo test lint bench clean sysdeps neuralprophet
 
 # python3-venv is not part of a minimal Debian; install it (as root) only when missing.
 sysdeps:
@@ -30,6 +30,17 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/overhead.py
+
+# NeuralProphet in its own environment, as it needs numpy<2 (see pyproject's neuralprophet extra);
+# torch 2.13.0 first: on this machine that is a local CPU wheel, where a bare `torch` would pull a
+# multi-GB CUDA build. Then its test runs there (it skips in .venv).
+NP_VENV ?= .venv-np
+neuralprophet: | sysdeps
+	test -x $(NP_VENV)/bin/python || $(PYTHON) -m venv $(NP_VENV)
+	$(NP_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(NP_VENV)/bin/python -m pip install -q --disable-pip-version-check -e ".[neuralprophet]" \
+	  torch==2.13.0 numpy==1.26.4 pandas==2.2.3 pytest pytest-timeout tomli-w
+	$(NP_VENV)/bin/python -m pytest -q tests/test_forecast.py
 
 clean:
 	rm -rf .balancer-runs .pytest_cache demo-run
