@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import datetime
 import gzip
 import json
 import math
+import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
+import psutil
 import pytest
 
+from balancer.backends.slurm import SlurmBackend, parse_slurm_time
+from balancer.cluster.cli import add_capacity_parser
+from balancer.cluster.collect import CollectError
+from balancer.cluster.collect_hq import HqBackendCollector, parse_allocations, parse_jobs, parse_workers
+from balancer.cluster.collect_local import LocalCollector
+from balancer.cluster.collect_slurm import SlurmCollector, gres_gpus, parse_node_gres, parse_sinfo
+from balancer.cluster.collectors import make_collector
 from balancer.cluster.history import History, default_history_path
 from balancer.cluster.sample import CapacitySample
 from balancer.cluster.swf import TraceError
 from balancer.cluster.traces import load_series, sacct_idle
+from balancer.config import parse_config
 from balancer.forecast.series import Series
+from tests.helpers import wait_until
+from tests.slurm.fixture import SlurmCluster
 
 STEP = 900.0
 T0 = (time.time() // 86400 - 10) * 86400  # a slot boundary ten days ago: inside the retention
@@ -207,3 +225,255 @@ def test_swf_import_into_history(tmp_path: Path):
     plain = tmp_path / "noext"  # found by its content
     plain.write_text("\n".join(lines[2:]) + "\n")
     assert len(load_series(plain, STEP).values) == 2
+
+
+# -- collectors ------------------------------------------------------------------------------------
+def _sinfo_cpus(slurm: SlurmCluster) -> list[float]:
+    """allocated/idle/other/total CPUs of the test cluster, as sinfo prints them."""
+    a_i_o_t = slurm.run(["sinfo", "-h", "-o", "%C"]).stdout.strip()
+    return [float(x) for x in a_i_o_t.split("/")]
+
+
+def _pending(slurm: SlurmCluster) -> tuple[int, float]:
+    cpus = slurm.run(["squeue", "-h", "-r", "-t", "PD", "-o", "%C"]).stdout.split()
+    return len(cpus), sum(float(c) for c in cpus)
+
+
+def test_slurm_collector_matches_sinfo_and_squeue(
+    slurm: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+    cfg = parse_config(
+        {
+            "balancer": {"scheduler": "slurm"},
+            "servers": [
+                {"name": "m", "command": ["true"], "resources": {"cpus": 1, "time_limit": "00:02:00"}}
+            ],
+        },
+        base_dir=tmp_path,
+    )
+    backend = SlurmBackend(cfg, tmp_path / "run")
+
+    async def main() -> None:
+        await backend.start()
+        try:
+            await check(make_collector(cfg, backend), backend.job_names["m"])
+        finally:
+            await backend.close()
+
+    async def check(collector: Any, our_name: str) -> None:
+        assert isinstance(collector, SlurmCollector) and collector.default_only
+        # An idle node: everything free, and the will-run test says a job of ours starts now.
+        (idle,) = await collector.sample()
+        assert (idle.partition, idle.total_cpus, idle.idle_cpus, idle.alloc_cpus) == ("debug", 2, 2, 0)
+        assert idle.pending_jobs == 0 and idle.our_pending == 0
+        assert idle.expected_wait_s is not None and idle.expected_wait_s < 5
+        # Other users' jobs take both CPUs; one more of theirs and one of ours wait.
+        running = [
+            slurm.sbatch("-J", "other", "-c", "1", "-t", "5", "--output=/dev/null", wrap="sleep 300")
+            for _ in range(2)
+        ]
+        for job in running:
+            slurm.wait_state(job, {"RUNNING"})
+        slurm.sbatch("-J", "other", "-c", "2", "-t", "3", "--output=/dev/null", wrap="sleep 300")
+        ours = slurm.sbatch("-J", our_name, "-c", "1", "-t", "2", "--output=/dev/null", wrap="sleep 300")
+        t0 = time.perf_counter()
+        (full,) = await collector.sample()
+        took = time.perf_counter() - t0
+        a, i, o, t = _sinfo_cpus(slurm)
+        assert (
+            (full.alloc_cpus, full.idle_cpus, full.other_cpus, full.total_cpus)
+            == (a, i, o, t)
+            == (2, 0, 0, 2)
+        )
+        assert (full.pending_jobs, full.pending_cpus) == _pending(slurm) == (2, 3)
+        assert full.our_pending == 1
+        print(f"slurm collector sample: {took * 1000:.0f} ms")
+        # The backfill scheduler's expected start of our job (squeue --start) becomes the wait.
+        start = wait_until(
+            lambda: parse_slurm_time(slurm.run(["squeue", "-h", "-j", ours, "-o", "%S"]).stdout),
+            timeout=60,
+            interval=0.25,
+            what="backfill's expected start of our job",
+        )
+        (known,) = await collector.sample()
+        assert known.expected_wait_s == pytest.approx(max(0.0, start - known.t), abs=1e-3)
+        assert 0 < known.expected_wait_s <= 600
+        # A partition filter, and a partition that does not exist.
+        (named,) = await SlurmCollector(partitions=["debug"]).sample()
+        assert (named.partition, named.total_cpus, named.pending_jobs) == ("debug", 2, 2)
+        with pytest.raises(CollectError, match="no partition"):
+            await SlurmCollector(partitions=["nosuch"]).sample()
+
+    asyncio.run(main())
+
+
+def test_slurm_collector_fails_in_one_line_without_a_cluster(tmp_path: Path):
+    env = {**os.environ, "SLURM_CONF": str(tmp_path / "none.conf"), "PATH": str(tmp_path)}
+    with pytest.raises(CollectError, match=r"^slurm: sinfo failed \(127\): .*cannot run"):
+        asyncio.run(SlurmCollector(env=env).sample())
+
+
+def test_gres_and_node_parsing():
+    assert gres_gpus("(null)") == 0
+    assert gres_gpus("gpu:a100:4(S:0-1),mps:100") == 4
+    assert gres_gpus("gpu:2(IDX:0,1),gpu:v100:1") == 3
+    parts, default = parse_sinfo("gpu*|4/60/0/64|2|gpu:a100:4(S:0-1)\ngpu*|0/32/32/64|2|gpu:a100:4\n")
+    assert default == "gpu"
+    p = parts["gpu"]
+    assert (p.alloc, p.idle, p.other, p.total, p.gpus) == (4, 92, 32, 128, 16)
+    parse_node_gres(
+        "gpu*|gpu:a100:4|gpu:a100:1(IDX:0)|mixed\ngpu*|gpu:a100:4|gpu:a100:0|drained\n"
+        "gpu*|gpu:a100:4|gpu:a100:4(IDX:0-3)|allocated\ngpu*|gpu:a100:4|gpu:a100:0|idle\n",
+        parts,
+    )
+    assert p.idle_gpus == 3 + 0 + 0 + 4
+
+
+def test_local_collector_follows_psutil():
+    c = LocalCollector()
+    (first,) = asyncio.run(c.sample())
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        proc = psutil.Process(burner.pid)
+        wait_until(lambda: sum(proc.cpu_times()[:2]) >= 0.5, 20, what="the burner to spin 0.5 s")
+        (second,) = asyncio.run(c.sample())
+    finally:
+        burner.kill()
+        burner.wait()
+    cpus = psutil.cpu_count()
+    for s in (first, second):
+        assert (s.source, s.partition, s.total_cpus) == ("local", "", cpus)
+        assert 0 <= s.idle_cpus <= cpus and s.alloc_cpus == pytest.approx(cpus - s.idle_cpus)
+        assert s.mem_used_frac == pytest.approx(psutil.virtual_memory().percent / 100, abs=0.05)
+        assert s.load == pytest.approx(os.getloadavg()[0] / cpus, abs=1.0)
+    assert second.idle_cpus <= cpus - 0.5, "a process spinning on one CPU left it idle"
+
+
+def test_hq_embedded_collector_sees_its_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("hyperqueue")
+    from balancer.backends import hyperqueue as hqb
+    from balancer.backends.base import ENV_SERVER_ID, Launch
+
+    monkeypatch.setattr(hqb, "launcher_argv", lambda command, python=None: list(command))
+    raw = {
+        "balancer": {"scheduler": "hyperqueue"},
+        "servers": [{"name": "m", "command": ["sleep", "60"]}],
+        "backend": {"workers": 1, "cpus_per_worker": 2, "poll_interval_s": 0.05},
+    }
+    cfg = parse_config(raw, base_dir=tmp_path)
+    be = hqb.HyperQueueBackend(cfg, tmp_path / "run")
+    started: set[str] = set()
+    be.bind(
+        type(
+            "Ev",
+            (),
+            {
+                "job_started": lambda self, sid, job, host: started.add(sid),
+                "job_ended": lambda self, *a: None,
+                "job_deadline": lambda self, *a: None,
+            },
+        )()
+    )
+
+    async def main() -> list[CapacitySample]:
+        await be.start()
+        try:
+            collector = make_collector(cfg, be)
+            assert isinstance(collector, HqBackendCollector)
+            got = await collector.sample()
+            launches = [
+                Launch(f"s{i}", cfg.servers[0], {ENV_SERVER_ID: f"s{i}"}, be.run_dir / "logs")
+                for i in range(3)
+            ]
+            await be.submit(launches)
+            await until_async(lambda: len(started) == 2)
+            return got + await collector.sample()
+        finally:
+            await be.close()
+
+    empty, busy = asyncio.run(main())
+    assert (empty.total_cpus, empty.idle_cpus, empty.pending_jobs, empty.workers) == (2, 2, 0, 1)
+    assert (busy.total_cpus, busy.idle_cpus, busy.alloc_cpus, busy.pending_jobs) == (2, 0, 2, 1)
+
+
+async def until_async(pred: Any, timeout: float = 20.0) -> None:
+    await asyncio.to_thread(wait_until, pred, timeout)
+
+
+def test_hq_json_parsing():
+    workers = [
+        {
+            "id": 1,
+            "configuration": {
+                "resources": {
+                    "resources": [
+                        {"name": "cpus", "kind": "groups", "groups": [[0, 1], [2, 3]]},
+                        {"name": "gpus/nvidia", "kind": "list", "values": [0, 1]},
+                    ]
+                }
+            },
+            "ended": None,
+        },
+        {
+            "id": 2,
+            "configuration": {
+                "resources": {"resources": [{"name": "cpus", "kind": "range", "start": 0, "end": 7}]}
+            },
+            "ended": None,
+        },
+        {
+            "id": 3,
+            "configuration": {"resources": {"resources": [{"name": "cpus", "kind": "list", "values": [0]}]}},
+            "ended": {"at": "2026-01-01T00:00:00Z"},
+        },
+    ]
+    assert parse_workers(workers) == (2, 12, 2)
+    jobs = [{"id": 1, "task_stats": {"running": 2, "waiting": 3}}, {"id": 2, "task_stats": {"running": 1}}]
+    assert parse_jobs(jobs) == (3, 3)
+    assert parse_allocations([{"status": "queued"}, {"status": "running"}, {"status": "queued"}]) == 2
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """As the balancer's own: a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _cli(argv: list[str]) -> int:
+    parser = _Parser(prog="balancer")
+    add_capacity_parser(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return int(args.func(args))
+
+
+def test_cli_import_show_collect_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    hist = tmp_path / "h.sqlite"
+    sacct = tmp_path / "sacct.json"
+    sacct.write_text(json.dumps({"jobs": [_job(T0, T0 + 2 * STEP, 3, False)]}))
+    assert _cli(["capacity", "import", str(sacct), "--history", str(hist), "--cpus", "4"]) == 0
+    assert "imported 2 slots" in capsys.readouterr().out
+    assert _cli(["capacity", "collect", "--history", str(hist), "--once"]) == 0
+    assert capsys.readouterr().out.startswith(datetime.datetime.now().isoformat()[:10])
+    assert _cli(["capacity", "show", "--history", str(hist)]) == 0
+    out = capsys.readouterr().out
+    assert "3 samples" in out and "sacct" in out and "local" in out
+    bad = [
+        (["capacity", "import", str(sacct), "--history", str(hist)], "--cpus N"),
+        (["capacity", "import", str(tmp_path / "missing.swf"), "--history", str(hist)], "cannot read"),
+        (["capacity", "import", str(hist), "--history", str(tmp_path / "x")], "already a capacity history"),
+        (["capacity", "show", "--history", str(tmp_path / "none.sqlite")], "no history"),
+        (["capacity", "show", "--history", str(sacct)], "not a capacity history"),
+        (["capacity", "import", str(sacct), "--grid", "0"], "must be > 0"),
+        (["capacity", "collect", "--scheduler", "pbs"], "invalid choice"),
+    ]
+    for argv, msg in bad:
+        assert _cli(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) <= 3, (argv, err)

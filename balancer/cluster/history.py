@@ -12,6 +12,7 @@ Methods are synchronous; async callers use ``asyncio.to_thread``. One lock seria
 from __future__ import annotations
 
 import math
+import operator
 import os
 import sqlite3
 import threading
@@ -26,6 +27,7 @@ from ..forecast.series import Series
 from .sample import CapacitySample
 
 COLUMNS = tuple(f.name for f in fields(CapacitySample))
+_ROW = operator.attrgetter(*COLUMNS)  # a sample as one row, in column order
 AUTO_PRUNE_S = 3600.0  # add() prunes at most this often
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS samples (
@@ -56,6 +58,10 @@ class History:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(samples)")}
+        for col in COLUMNS:  # a file written before a field was added to CapacitySample
+            if col not in have:
+                self._db.execute(f"ALTER TABLE samples ADD COLUMN {col} REAL")
         self._last_prune_m = -math.inf
 
     # -- writing -----------------------------------------------------------------------------------
@@ -63,7 +69,7 @@ class History:
         """Store collected samples (and, at most hourly, drop those past the retention)."""
         if not samples:
             return
-        rows = [tuple(getattr(s, c) for c in COLUMNS) for s in samples]
+        rows = list(map(_ROW, samples))
         marks = ",".join("?" * len(COLUMNS))
         with self._lock, self._db:
             self._db.executemany(f"INSERT INTO samples ({','.join(COLUMNS)}) VALUES ({marks})", rows)

@@ -30,6 +30,8 @@ class CapacitySample:
     expected_wait_s: float | None = None
     load: float | None = None  # local: 1-minute load average / CPUs
     mem_used_frac: float | None = None  # local: fraction of memory in use
+    workers: int | None = None  # hyperqueue: live workers
+    alloc_queues: int | None = None  # hyperqueue: allocation queues (our_pending: their queued allocations)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

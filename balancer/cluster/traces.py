@@ -124,36 +124,52 @@ def sacct_idle(
     return idle_from_jobs(start, end, cpus, float(total_cpus), t0, max(t1, t0 + step_s), step_s)
 
 
-def load_series(path: str | Path, step_s: float = 900.0, total_cpus: float | None = None) -> Series:
-    """Idle CPUs from a capacity history (SQLite), an SWF trace or ``sacct --json`` output, told
-    apart by their content; ``TraceError`` with one line for anything else."""
+def detect_format(path: str | Path) -> str:
+    """``"history"`` (SQLite), ``"sacct"`` (JSON) or ``"swf"``, from the file's content (gzip too)."""
     p = Path(path)
     try:
         with open(p, "rb") as fh:
             head = fh.read(4096)
+        if head.startswith(b"SQLite format 3\0"):
+            return "history"
+        text = head
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(p, "rb") as fh:
+                text = fh.read(4096)
     except OSError as exc:
         raise TraceError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    if head.startswith(b"SQLite format 3\0"):
-        from .history import History  # imports sqlite3 only for a history
+    except EOFError as exc:
+        raise TraceError(f"{p}: not a readable gzip file: {exc}") from None
+    first = text.lstrip()[:1]
+    if first == b"{":
+        return "sacct"
+    if p.name.endswith((".swf", ".swf.gz")) or first == b";" or _looks_like_swf(text):
+        return "swf"
+    raise TraceError(f"{p}: neither a capacity history, an SWF trace nor sacct JSON")
 
-        with History(p) as hist:
-            series = hist.series(step_s)
+
+def load_series(path: str | Path, step_s: float = 900.0, total_cpus: float | None = None) -> Series:
+    """Idle CPUs from a capacity history (SQLite), an SWF trace or ``sacct --json`` output, told
+    apart by their content; ``TraceError`` with one line for anything else."""
+    p = Path(path)
+    fmt = detect_format(p)
+    if fmt == "history":
+        import sqlite3
+
+        from .history import History  # sqlite3 only for a history
+
+        try:
+            with History(p) as hist:
+                series = hist.series(step_s)
+        except sqlite3.Error as exc:
+            raise TraceError(f"{p}: not a readable capacity history: {exc}") from None
         if series is None:
             raise TraceError(f"{p}: the capacity history holds no samples")
         return series
-    text = head
-    if head[:2] == b"\x1f\x8b":
+    if fmt == "sacct":
         try:
-            with gzip.open(p, "rb") as fh:
-                text = fh.read(4096)
-        except (OSError, EOFError) as exc:
-            raise TraceError(f"{p}: not a readable gzip file: {exc}") from None
-    first = text.lstrip()[:1]
-    if first == b"{":
-        try:
-            opener = gzip.open if head[:2] == b"\x1f\x8b" else open
-            with opener(p, "rb") as fh:
-                doc = json.loads(fh.read())
+            raw = p.read_bytes()
+            doc = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
         except (OSError, EOFError, ValueError) as exc:
             raise TraceError(f"{p}: not valid JSON: {exc}") from None
         if total_cpus is None:
@@ -162,12 +178,10 @@ def load_series(path: str | Path, step_s: float = 900.0, total_cpus: float | Non
             return sacct_idle(doc, total_cpus, step_s)
         except TraceError as exc:
             raise TraceError(f"{p}: {exc}") from None
-    if p.name.endswith((".swf", ".swf.gz")) or first == b";" or _looks_like_swf(text):
-        trace = read_swf(p)
-        if total_cpus:
-            trace = dataclasses.replace(trace, max_procs=int(total_cpus))
-        return swf_idle(trace, step_s)
-    raise TraceError(f"{p}: neither a capacity history, an SWF trace nor sacct JSON")
+    trace = read_swf(p)
+    if total_cpus:
+        trace = dataclasses.replace(trace, max_procs=int(total_cpus))
+    return swf_idle(trace, step_s)
 
 
 def _looks_like_swf(text: bytes) -> bool:

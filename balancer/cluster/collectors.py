@@ -1,0 +1,61 @@
+"""Which collector a run uses: the one of its scheduler, told what the backend knows (job names,
+our job size, the partition, the HQ server). Call after ``backend.start()``."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from .collect import CollectError, Collector
+from .collect_hq import HqBackendCollector, HqCollector
+from .collect_local import LocalCollector
+from .collect_slurm import SlurmCollector, TestJob
+from .sample import CapacitySample
+
+
+class _Unavailable:
+    """A collector that cannot work here; every sample says why (once per pass, in one line)."""
+
+    def __init__(self, source: str, why: str) -> None:
+        self.source = source
+        self.why = why
+
+    async def sample(self) -> list[CapacitySample]:
+        raise CollectError(f"{self.source}: {self.why}")
+
+
+def slurm_partitions(cfg: Any, backend: Any) -> tuple[str, ...]:
+    """``[forecast] partition``, else the partitions our specs submit to; () for the default one."""
+    if getattr(cfg.forecast, "partition", None):
+        return (cfg.forecast.partition,)
+    site = getattr(backend.opts, "partition", None)
+    parts = {getattr(s.options, "partition", None) or site for s in cfg.servers}
+    return tuple(sorted(p for p in parts if p))
+
+
+def make_collector(cfg: Any, backend: Any) -> Collector:
+    """The collector for ``cfg.scheduler`` ("local", "slurm", "hyperqueue")."""
+    if cfg.scheduler == "slurm":
+        spec = cfg.servers[0] if cfg.servers else None
+        res = spec.resources if spec is not None else None
+        test_job = TestJob(res.cpus, res.time_limit, res.gpus) if res is not None else None
+        partitions = slurm_partitions(cfg, backend)
+        return SlurmCollector(
+            partitions=partitions,
+            our_names=backend.job_names.values(),  # a live view: filled by backend.start()
+            test_job=test_job,
+            default_only=not partitions,
+            timeout_s=backend.opts.command_timeout_s,
+        )
+    if cfg.scheduler == "hyperqueue":
+        server = backend.server
+        if server.mode == "embedded":
+            return HqBackendCollector(backend)
+        hq_bin = server.hq_bin or shutil.which(backend.opts.hq)
+        if hq_bin is None or server.server_dir is None:
+            return _Unavailable(
+                "hyperqueue", f"listing workers needs the hq binary ({backend.opts.hq!r} is not on PATH)"
+            )
+        cpus = [r.cpus for r in backend.requests.values() if isinstance(r.cpus, int)]
+        return HqCollector(str(server.server_dir), hq_bin, float(min(cpus)) if cpus else 1.0)
+    return LocalCollector()
