@@ -255,9 +255,10 @@ def test_slurm_collector_matches_sinfo_and_squeue(
     backend = SlurmBackend(cfg, tmp_path / "run")
 
     async def main() -> None:
+        collector = make_collector(cfg, backend)  # before start: it follows the job names given then
         await backend.start()
         try:
-            await check(make_collector(cfg, backend), backend.job_names["m"])
+            await check(collector, backend.job_names["m"])
         finally:
             await backend.close()
 

@@ -43,6 +43,10 @@ def add_capacity_parser(sub: Any) -> None:
         "--partition", action="append", default=[], help="SLURM partition (repeatable; default all)"
     )
     q.add_argument("--server-dir", help="HyperQueue server directory (default $HQ_SERVER_DIR)")
+    q.add_argument(
+        "--cpus", type=int, help="SLURM: expected wait of a job of this many CPUs (sbatch --test-only)"
+    )
+    q.add_argument("--time-limit", help="SLURM: ... and this time limit (e.g. 01:00:00)")
     when = q.add_mutually_exclusive_group()
     when.add_argument("--once", action="store_true", help="one sample, then exit (the default)")
     when.add_argument("--interval", type=_positive, help="sample every S seconds until interrupted")
@@ -99,9 +103,12 @@ def _history(args: argparse.Namespace, must_exist: bool = False) -> History:
 # -- collect -----------------------------------------------------------------------------------------
 def _collector(args: argparse.Namespace) -> Collector:
     if args.scheduler == "slurm":
-        from .collect_slurm import SlurmCollector
+        from .collect_slurm import SlurmCollector, TestJob
 
-        return SlurmCollector(partitions=args.partition)
+        if args.cpus is not None and args.cpus < 1:
+            raise _Usage(f"--cpus must be >= 1, got {args.cpus}")
+        test_job = TestJob(args.cpus or 1, args.time_limit) if args.cpus or args.time_limit else None
+        return SlurmCollector(partitions=args.partition, test_job=test_job)
     if args.scheduler == "hyperqueue":
         import shutil
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..backends.commands import run_command
@@ -132,14 +132,14 @@ class SlurmCollector:
     def __init__(
         self,
         partitions: Sequence[str] = (),
-        our_names: Sequence[str] = (),
+        our_names: Collection[str] = (),
         test_job: TestJob | None = None,
         default_only: bool = False,
         timeout_s: float = COMMAND_TIMEOUT_S,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.partitions = tuple(partitions)
-        self.our_names = frozenset(our_names)
+        self.our_names = our_names  # may be a live view (the backend's job names, filled at its start)
         self.test_job = test_job
         self.default_only = default_only and not self.partitions
         self.timeout_s = timeout_s
@@ -165,7 +165,7 @@ class SlurmCollector:
         if not parts:
             which = ", ".join(self.partitions) or ("the default partition" if self.default_only else "any")
             raise CollectError(f"slurm: sinfo shows no partition ({which})")
-        parse_pending(squeue, parts, self.our_names)
+        parse_pending(squeue, parts, frozenset(self.our_names))
         if any(p.gpus for p in parts.values()):
             nodes = await self._run(
                 "sinfo", "-h", "-N", *where, "-O", "Partition:|,Gres:|,GresUsed:|,StateLong:"

@@ -1,5 +1,6 @@
 """Which collector a run uses: the one of its scheduler, told what the backend knows (job names,
-our job size, the partition, the HQ server). Call after ``backend.start()``."""
+our job size, the partition, the HQ server). Call after ``backend.start()`` for HyperQueue (the
+server's mode and directory are resolved there); SLURM's follows the job names whenever it is made."""
 
 from __future__ import annotations
 

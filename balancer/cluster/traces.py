@@ -161,7 +161,7 @@ def load_series(path: str | Path, step_s: float = 900.0, total_cpus: float | Non
         try:
             with History(p) as hist:
                 series = hist.series(step_s)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise TraceError(f"{p}: not a readable capacity history: {exc}") from None
         if series is None:
             raise TraceError(f"{p}: the capacity history holds no samples")
