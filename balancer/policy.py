@@ -432,7 +432,11 @@ def _decide_spec(
     if n_ready + n_starting < lim.min_servers:
         wanted = lim.min_servers - n_ready
     if obs.waiting > 0:
-        need = ceil(obs.waiting / lim.concurrency)
+        # Calls that a ready server's free slot is about to take (a metadata fetch in flight, a
+        # hand-off this very moment) are not unmet demand: without this a spec whose first server
+        # has just become ready starts a second one for the call that server is taking.
+        free = sum(max(0, lim.concurrency - s.outstanding) for s in ready if s.id not in drained_now)
+        need = ceil(max(0, obs.waiting - free) / lim.concurrency)
         if need > wanted:
             wanted, reason = need, StartReason.DEMAND
     if unreplaced and len(unreplaced) >= wanted:

@@ -103,7 +103,9 @@ def test_idle_stop_longest_idle_first_never_below_min():
     acts = run(idle, now=20, lim=lim(min_servers=1))
     assert acts == [Stop("m", "s2", StopReason.IDLE, target=2), Stop("m", "s1", StopReason.IDLE, target=1)]
     assert run([V("s1", idle_since_m=15.0), V("s2", outstanding=1)], now=20) == []  # not idle long enough
-    assert isinstance(run([V("s1"), V("s2", outstanding=1)], now=20, waiting=1)[0], Start)
+    # While calls wait, nothing is stopped for idleness (the free server is about to take the call).
+    assert run([V("s1"), V("s2", outstanding=1)], now=20, waiting=1) == []
+    assert isinstance(run([V("s1"), V("s2", outstanding=1)], now=20, waiting=2)[0], Start)
 
 
 def test_startup_timeout_gives_up_and_no_start_goes_out_in_the_same_tick():
@@ -161,3 +163,12 @@ def test_specs_are_decided_independently_and_a_forecast_is_accepted():
     obs = Observed({"a": SpecObserved(waiting=1), "b": SpecObserved()}, forecast=fv)
     acts = decide(Limits((a, b)), obs, 0.0)
     assert [(x.spec, x.reason) for x in acts] == [("a", StartReason.DEMAND), ("b", StartReason.MIN_SERVERS)]
+
+
+def test_calls_a_ready_server_is_taking_are_not_unmet_demand():
+    # The first server just became ready; the call waiting is about to be handed to it.
+    assert run(ready(1), waiting=1) == []
+    (a,) = run(ready(1), waiting=3)  # two more than its free slot
+    assert (a.count, a.reason) == (2, StartReason.DEMAND)
+    (a,) = run(ready(1, outstanding=1), waiting=1)  # busy: the call does need a server
+    assert a.count == 1
