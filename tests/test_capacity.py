@@ -23,7 +23,7 @@ import pytest
 from balancer.backends.slurm import SlurmBackend, parse_slurm_time
 from balancer.cluster.cli import add_capacity_parser
 from balancer.cluster.collect import CollectError
-from balancer.cluster.collect_hq import HqBackendCollector, parse_allocations, parse_jobs, parse_workers
+from balancer.cluster.collect_hq import parse_allocations, parse_jobs, parse_workers
 from balancer.cluster.collect_local import LocalCollector
 from balancer.cluster.collect_slurm import SlurmCollector, gres_gpus, parse_node_gres, parse_sinfo
 from balancer.cluster.collectors import make_collector
@@ -378,10 +378,11 @@ def test_hq_embedded_collector_sees_its_tasks(tmp_path: Path, monkeypatch: pytes
     )
 
     async def main() -> list[CapacitySample]:
+        collector = make_collector(cfg, be)  # as the app does: before the backend starts
+        with pytest.raises(CollectError, match="not started"):
+            await collector.sample()
         await be.start()
         try:
-            collector = make_collector(cfg, be)
-            assert isinstance(collector, HqBackendCollector)
             got = await collector.sample()
             launches = [
                 Launch(f"s{i}", cfg.servers[0], {ENV_SERVER_ID: f"s{i}"}, be.run_dir / "logs")

@@ -1,10 +1,12 @@
 """Which collector a run uses: the one of its scheduler, told what the backend knows (job names,
-our job size, the partition, the HQ server). Call after ``backend.start()`` for HyperQueue (the
-server's mode and directory are resolved there); SLURM's follows the job names whenever it is made."""
+our job size, the partition, the HQ server). It may be made before ``backend.start()``: SLURM's
+follows the job names as the backend gives them, HyperQueue's is chosen at its first sample, once
+the backend has resolved its server (embedded, or a server the ``hq`` binary can list)."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from .collect import CollectError, Collector
@@ -23,6 +25,20 @@ class _Unavailable:
 
     async def sample(self) -> list[CapacitySample]:
         raise CollectError(f"{self.source}: {self.why}")
+
+
+class _Deferred:
+    """A collector chosen at its first sample, when what decides it is known."""
+
+    def __init__(self, source: str, make: Callable[[], Collector]) -> None:
+        self.source = source
+        self._make = make
+        self._real: Collector | None = None
+
+    async def sample(self) -> list[CapacitySample]:
+        if self._real is None:
+            self._real = self._make()
+        return await self._real.sample()
 
 
 def slurm_partitions(cfg: Any, backend: Any) -> tuple[str, ...]:
@@ -49,14 +65,20 @@ def make_collector(cfg: Any, backend: Any) -> Collector:
             timeout_s=backend.opts.command_timeout_s,
         )
     if cfg.scheduler == "hyperqueue":
-        server = backend.server
-        if server.mode == "embedded":
-            return HqBackendCollector(backend)
-        hq_bin = server.hq_bin or shutil.which(backend.opts.hq)
-        if hq_bin is None or server.server_dir is None:
-            return _Unavailable(
-                "hyperqueue", f"listing workers needs the hq binary ({backend.opts.hq!r} is not on PATH)"
-            )
-        cpus = [r.cpus for r in backend.requests.values() if isinstance(r.cpus, int)]
-        return HqCollector(str(server.server_dir), hq_bin, float(min(cpus)) if cpus else 1.0)
+        return _Deferred("hyperqueue", lambda: _hq_collector(backend))
     return LocalCollector()
+
+
+def _hq_collector(backend: Any) -> Collector:
+    server = backend.server
+    if server.server_dir is None:  # not started (yet): ask again next time
+        raise CollectError("hyperqueue: the backend has not started its server yet")
+    if server.mode == "embedded":
+        return HqBackendCollector(backend)
+    hq_bin = server.hq_bin or shutil.which(backend.opts.hq)
+    if hq_bin is None:
+        return _Unavailable(
+            "hyperqueue", f"listing workers needs the hq binary ({backend.opts.hq!r} is not on PATH)"
+        )
+    cpus = [r.cpus for r in backend.requests.values() if isinstance(r.cpus, int)]
+    return HqCollector(str(server.server_dir), hq_bin, float(min(cpus)) if cpus else 1.0)
