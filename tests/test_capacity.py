@@ -9,6 +9,7 @@ import gzip
 import json
 import math
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 from balancer.backends.slurm import SlurmBackend, parse_slurm_time
 from balancer.cluster.cli import add_capacity_parser
 from balancer.cluster.collect import CollectError
-from balancer.cluster.collect_hq import parse_allocations, parse_jobs, parse_workers
+from balancer.cluster.collect_hq import HqCollector, parse_allocations, parse_jobs, parse_workers
 from balancer.cluster.collect_local import LocalCollector
 from balancer.cluster.collect_slurm import SlurmCollector, gres_gpus, parse_node_gres, parse_sinfo
 from balancer.cluster.collectors import make_collector
@@ -33,7 +34,7 @@ from balancer.cluster.swf import TraceError
 from balancer.cluster.traces import load_series, sacct_idle
 from balancer.config import parse_config
 from balancer.forecast.series import Series
-from tests.helpers import wait_until
+from tests.helpers import ROOT, wait_until
 from tests.slurm.fixture import SlurmCluster
 
 STEP = 900.0
@@ -484,3 +485,63 @@ def test_cli_import_show_collect_and_bad_input(tmp_path: Path, capsys: pytest.Ca
         assert _cli(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) <= 3, (argv, err)
+
+
+@pytest.mark.skipif(shutil.which("hq") is None, reason="the hq binary is not on PATH (HPC users download it)")
+def test_hq_binary_collector_lists_workers_and_tasks(tmp_path: Path):
+    hq = shutil.which("hq") or "hq"
+    d = str(tmp_path / "hq")
+    procs = [
+        subprocess.Popen(
+            [hq, "--server-dir", d, "server", "start"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    ]
+    try:
+        wait_until(
+            lambda: (
+                subprocess.run([hq, "--server-dir", d, "server", "info"], capture_output=True).returncode == 0
+            ),
+            30,
+            0.1,
+            "hq server",
+        )
+        procs.append(
+            subprocess.Popen(
+                [hq, "--server-dir", d, "worker", "start", "--cpus", "2"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        for _ in range(3):
+            subprocess.run(
+                [hq, "--server-dir", d, "submit", "--cpus", "1", "--", "sleep", "60"],
+                check=True,
+                capture_output=True,
+            )
+        collector = HqCollector(d, hq)
+
+        def full() -> CapacitySample | None:
+            (s,) = asyncio.run(collector.sample())
+            return s if s.pending_jobs == 1 and s.idle_cpus == 0 else None
+
+        s = wait_until(full, 30, 0.1, "two tasks running, one waiting")
+        assert (s.workers, s.total_cpus, s.alloc_cpus, s.alloc_queues, s.our_pending) == (1, 2, 2, 0, 0)
+    finally:
+        subprocess.run([hq, "--server-dir", d, "server", "stop"], capture_output=True, timeout=30)
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+KTH = ROOT.parent / "shared" / "data" / "traces" / "KTH-SP2-1996-2.1-cln.swf.gz"
+
+
+@pytest.mark.skipif(not KTH.exists(), reason=f"the KTH SP2 trace is not at {KTH}")
+def test_a_real_trace_survives_the_history_unchanged(tmp_path: Path):
+    direct = load_series(KTH, STEP)
+    with History(tmp_path / "kth.sqlite") as h:
+        assert h.import_series(direct, "swf") == np.isfinite(direct.values).sum()
+        back = h.series(STEP)
+    assert back is not None and back.total == direct.total == 100
+    assert abs(back.start - direct.start) < STEP  # the history's grid is epoch-aligned
+    np.testing.assert_allclose(back.values, direct.values)
