@@ -93,6 +93,9 @@ def test_series_means_per_slot_sums_partitions_and_marks_gaps(tmp_path: Path):
         h.add([sample(T0 + 20, 9, source="swf")])
         both = h.series(STEP, partition="p")
         assert both is not None and both.values[0] == pytest.approx((4 + 9) / 2)
+        named = h.series(STEP, source=("slurm", "swf"), partition="p")
+        assert named is not None and named.values[0] == both.values[0]
+        assert h.series(STEP, source=["swf"]) is not None and h.series(STEP, source=()) is None
 
 
 def test_retention_prunes_collected_samples_only(tmp_path: Path):

@@ -112,15 +112,18 @@ class History:
 
     # -- reading -----------------------------------------------------------------------------------
     def _where(
-        self, source: str | None, partition: str | None, since: float | None, until: float | None
+        self,
+        source: str | Sequence[str] | None,
+        partition: str | None,
+        since: float | None,
+        until: float | None,
     ) -> tuple[str, list[object]]:
         conds, args = ["idle_cpus IS NOT NULL"], []
-        for cond, value in (
-            ("source = ?", source),
-            ("partition = ?", partition),
-            ("t >= ?", since),
-            ("t < ?", until),
-        ):
+        if source is not None:
+            names = [source] if isinstance(source, str) else list(source)
+            conds.append(f"source IN ({','.join('?' * len(names))})")
+            args.extend(names)
+        for cond, value in (("partition = ?", partition), ("t >= ?", since), ("t < ?", until)):
             if value is not None:
                 conds.append(cond)
                 args.append(value)
@@ -129,7 +132,7 @@ class History:
     def series(
         self,
         step_s: float = 900.0,
-        source: str | None = None,
+        source: str | Sequence[str] | None = None,
         partition: str | None = None,
         since: float | None = None,
         until: float | None = None,
@@ -137,8 +140,10 @@ class History:
         """Idle CPUs per slot of an epoch-aligned grid: the mean of the samples in each slot, summed
         over partitions; NaN where nothing was observed; None when nothing matches.
 
-        With ``source`` None, sources are taken as views of one cluster (an imported trace continued
-        by live samples): where several cover a slot, their mean. ``total`` is the latest total."""
+        ``source`` is one name or several: sources are taken as views of one cluster (an imported
+        trace continued by live samples), so where several cover a slot, their mean; None takes all
+        (a history shared by runs on different schedulers needs the names). ``total`` is the
+        latest sample's total."""
         if step_s <= 0:
             raise ValueError("step_s must be positive")
         where, args = self._where(source, partition, since, until)
