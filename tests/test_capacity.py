@@ -26,7 +26,7 @@ from balancer.cluster.cli import add_capacity_parser
 from balancer.cluster.collect import CollectError
 from balancer.cluster.collect_hq import HqCollector, parse_allocations, parse_jobs, parse_workers
 from balancer.cluster.collect_local import LocalCollector
-from balancer.cluster.collect_slurm import SlurmCollector, gres_gpus, parse_node_gres, parse_sinfo
+from balancer.cluster.collect_slurm import ProbeJob, SlurmCollector, gres_gpus, parse_node_gres, parse_sinfo
 from balancer.cluster.collectors import make_collector
 from balancer.cluster.history import History, default_history_path
 from balancer.cluster.sample import CapacitySample
@@ -548,3 +548,28 @@ def test_a_real_trace_survives_the_history_unchanged(tmp_path: Path):
     assert back is not None and back.total == direct.total == 100
     assert abs(back.start - direct.start) < STEP  # the history's grid is epoch-aligned
     np.testing.assert_allclose(back.values, direct.values)
+
+
+def test_make_collector_takes_partition_and_job_size_from_the_config(tmp_path: Path):
+    raw: dict[str, Any] = {
+        "balancer": {"scheduler": "slurm"},
+        "backend": {"account": "acc"},
+        "servers": [
+            {
+                "name": "m",
+                "command": ["true"],
+                "partition": "p1",
+                "qos": "q",
+                "resources": {"cpus": 4, "time_limit": "1:00:00"},
+            }
+        ],
+    }
+    cfg = parse_config(raw, base_dir=tmp_path)
+    c = make_collector(cfg, SlurmBackend(cfg, tmp_path / "run"))
+    assert isinstance(c, SlurmCollector) and c.partitions == ("p1",) and not c.default_only
+    assert c.test_job == ProbeJob(4, "1:00:00", 0, ("--account=acc", "--qos=q"))
+    raw["forecast"] = {"partition": "big"}
+    cfg = parse_config(raw, base_dir=tmp_path)
+    assert make_collector(cfg, SlurmBackend(cfg, tmp_path / "run")).partitions == ("big",)
+    local = parse_config({"servers": [{"name": "m", "command": ["true"]}]}, base_dir=tmp_path)
+    assert isinstance(make_collector(local, None), LocalCollector)

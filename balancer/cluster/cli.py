@@ -103,11 +103,11 @@ def _history(args: argparse.Namespace, must_exist: bool = False) -> History:
 # -- collect -----------------------------------------------------------------------------------------
 def _collector(args: argparse.Namespace) -> Collector:
     if args.scheduler == "slurm":
-        from .collect_slurm import SlurmCollector, TestJob
+        from .collect_slurm import ProbeJob, SlurmCollector
 
         if args.cpus is not None and args.cpus < 1:
             raise _Usage(f"--cpus must be >= 1, got {args.cpus}")
-        test_job = TestJob(args.cpus or 1, args.time_limit) if args.cpus or args.time_limit else None
+        test_job = ProbeJob(args.cpus or 1, args.time_limit) if args.cpus or args.time_limit else None
         return SlurmCollector(partitions=args.partition, test_job=test_job)
     if args.scheduler == "hyperqueue":
         import shutil

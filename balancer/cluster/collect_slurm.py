@@ -30,12 +30,13 @@ _TEST_ONLY_START = re.compile(r"to start at (\S+)")
 
 
 @dataclass(frozen=True)
-class TestJob:
+class ProbeJob:
     """The size of one of our jobs, for ``sbatch --test-only``."""
 
     cpus: int = 1
     time_limit: str | None = None  # SLURM syntax; None: the partition's default
     gpus: int = 0
+    args: tuple[str, ...] = ()  # e.g. --account=..., --qos=...: they change where and when it may run
 
 
 @dataclass
@@ -133,7 +134,7 @@ class SlurmCollector:
         self,
         partitions: Sequence[str] = (),
         our_names: Collection[str] = (),
-        test_job: TestJob | None = None,
+        test_job: ProbeJob | None = None,
         default_only: bool = False,
         timeout_s: float = COMMAND_TIMEOUT_S,
         env: Mapping[str, str] | None = None,
@@ -201,6 +202,6 @@ class SlurmCollector:
             argv.append(f"--time={job.time_limit}")
         if job.gpus:
             argv.append(f"--gpus={job.gpus}")
-        rc, out, err = await run_command([*argv, "--wrap", "true"], self.timeout_s, self.env)
+        rc, out, err = await run_command([*argv, *job.args, "--wrap", "true"], self.timeout_s, self.env)
         m = _TEST_ONLY_START.search(err + out) if rc == 0 else None
         return parse_slurm_time(m.group(1)) if m else None  # refused (too big, ...): no estimate

@@ -12,7 +12,7 @@ from typing import Any
 from .collect import CollectError, Collector
 from .collect_hq import HqBackendCollector, HqCollector
 from .collect_local import LocalCollector
-from .collect_slurm import SlurmCollector, TestJob
+from .collect_slurm import ProbeJob, SlurmCollector
 from .sample import CapacitySample
 
 
@@ -50,12 +50,24 @@ def slurm_partitions(cfg: Any, backend: Any) -> tuple[str, ...]:
     return tuple(sorted(p for p in parts if p))
 
 
+def _test_job(cfg: Any, backend: Any) -> ProbeJob | None:
+    """The first spec's job size, account and QoS, for ``sbatch --test-only``."""
+    if not cfg.servers:
+        return None
+    spec = cfg.servers[0]
+    res = spec.resources
+    args = []
+    for key in ("account", "qos"):
+        value = getattr(spec.options, key, None) or getattr(backend.opts, key, None)
+        if value:
+            args.append(f"--{key}={value}")
+    return ProbeJob(res.cpus, res.time_limit, res.gpus, tuple(args))
+
+
 def make_collector(cfg: Any, backend: Any) -> Collector:
     """The collector for ``cfg.scheduler`` ("local", "slurm", "hyperqueue")."""
     if cfg.scheduler == "slurm":
-        spec = cfg.servers[0] if cfg.servers else None
-        res = spec.resources if spec is not None else None
-        test_job = TestJob(res.cpus, res.time_limit, res.gpus) if res is not None else None
+        test_job = _test_job(cfg, backend)
         partitions = slurm_partitions(cfg, backend)
         return SlurmCollector(
             partitions=partitions,
