@@ -62,9 +62,9 @@ def swf_idle(trace: SwfTrace, step_s: float = 900.0) -> Series:
     return Series(s.start + trace.unix_start, step_s, s.values, s.total)
 
 
-def slurm_time(value: Any) -> float:
-    """Epoch seconds from a Slurm JSON time: a plain integer (22.05) or a ``{"set", "infinite",
-    "number"}`` object (23.11 on); NaN when unset, infinite or zero."""
+def slurm_number(value: Any) -> float:
+    """A Slurm JSON number (epoch seconds, a count): a plain integer (22.05) or a ``{"set",
+    "infinite", "number"}`` object (23.11 on); NaN when unset, infinite or zero."""
     if isinstance(value, dict):
         if not value.get("set", True) or value.get("infinite"):
             return np.nan
@@ -84,11 +84,11 @@ def _job_cpus(job: dict[str, Any]) -> float:
     if isinstance(tres, dict):
         for t in tres.get("allocated") or ():
             if isinstance(t, dict) and t.get("type") == "cpu":
-                n = slurm_time(t.get("count"))  # a count has the same plain-or-object shape
+                n = slurm_number(t.get("count"))
                 if np.isfinite(n):
                     return n
     req = job.get("required")
-    n = slurm_time(req.get("CPUs")) if isinstance(req, dict) else np.nan
+    n = slurm_number(req.get("CPUs")) if isinstance(req, dict) else np.nan
     return n if np.isfinite(n) else np.nan
 
 
@@ -110,7 +110,7 @@ def sacct_idle(
         if partition is not None and job.get("partition") != partition:
             continue
         t = job["time"]
-        rows.append((slurm_time(t.get("start")), slurm_time(t.get("end")), _job_cpus(job)))
+        rows.append((slurm_number(t.get("start")), slurm_number(t.get("end")), _job_cpus(job)))
     data = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
     start, end, cpus = data.T
     known = np.concatenate([start, end])  # the grid spans what the jobs ran: before it, nothing is known
