@@ -181,6 +181,14 @@ def test_sacct_idle_rebuilds_busy_cpus(new_format: bool):
     assert s.values[1] == pytest.approx(exp1)
 
 
+def test_sacct_idle_from_a_real_sacct_document():
+    s = load_series(
+        ROOT / "tests" / "data" / "sacct_2205.json", 1.0, total_cpus=2
+    )  # Slurm 22.05's own output
+    assert s.start == 1_700_000_001 and s.total == 2
+    np.testing.assert_array_equal(s.values, [1, 1, 1, 1, 0, 2])  # 1 job, 1 job, 2 jobs, none; one never ran
+
+
 def test_sacct_import_into_history_and_bad_input(tmp_path: Path):
     path = tmp_path / "sacct.json"
     path.write_text(json.dumps({"jobs": [_job(T0, T0 + 2 * STEP, 3, True)]}))
