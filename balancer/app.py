@@ -8,6 +8,8 @@ by the caller (``cli``) and handed in, so tests can hand in a fake one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,8 @@ from .control import Control
 from .dispatcher import NoServerError
 from .events import Ev, EventBus
 from .filereg import FileRegistration
+from .forecast.api import ForecastApi
+from .forecast.service import ForecastService
 from .frontend import Reply, Request, Router
 from .policy import Limits, StopReason
 from .pool import Pool
@@ -28,6 +32,7 @@ from .probe import Probe
 from .scaler import LaunchSettings, Scaler
 
 STOP_WAIT_S = 5.0  # after the stop of every server, how long to wait for their jobs to end
+FIRST_FORECAST_S = 10.0  # at start, how long the first scaling pass waits for a first forecast
 
 
 class Balancer:
@@ -49,8 +54,24 @@ class Balancer:
         self.pool = Pool(cfg, bus, backend, clock=clock, state_dir=run_dir)
         backend.bind(self.pool)
         self.calls = Calls(self.pool, bus, self.probe, cfg.max_body_mb)
-        self.scaler = Scaler(self.pool, bus, backend, Limits.from_config(cfg), cfg.scale_interval_s, clock)
+        fc = cfg.forecast
+        self.history = _history(fc) if fc.collect else None
+        self.forecast = ForecastService(fc, bus, self.history)
+        self.forecast.sources = (cfg.scheduler, "swf", "sacct")
+        self.monitor: Any = None
+        self._first: asyncio.Future[None] | None = None
+        if fc.collect:
+            from .cluster.collectors import make_collector
+            from .cluster.monitor import CapacityMonitor
+
+            collector = make_collector(cfg, backend)
+            self.monitor = CapacityMonitor(collector, self.history, self.forecast, bus, fc.collect_interval_s)
+        limits = Limits.from_config(cfg)
+        self.scaler = Scaler(
+            self.pool, bus, backend, limits, cfg.scale_interval_s, clock, forecast=self.forecast.view
+        )
         self.control = Control(self.pool, bus, self.probe, token, cfg.lease_s, self._status_extra)
+        self.forecast_api = ForecastApi(self.forecast, self.control.authorized)
         self.url = f"http://{cfg.host}:{cfg.port}"
         self.files: FileRegistration | None = None
         if cfg.registration == "file":
@@ -58,7 +79,11 @@ class Balancer:
             self.files = FileRegistration(reg_dir, self.control, bus, cfg.lease_s)
 
     def _status_extra(self) -> dict[str, Any]:
-        return {"inflight": self.calls.inflight, "scaler": self.scaler.status()}
+        fc = self.forecast.status()
+        forecast = {k: fc[k] for k in ("enabled", "state", "in_use", "model", "override")}
+        if self.monitor is not None:
+            forecast["collector"] = self.monitor.status()
+        return {"inflight": self.calls.inflight, "scaler": self.scaler.status(), "forecast": forecast}
 
     async def start(self, url: str) -> None:
         """Start the backend (a ConfigError here leaves nothing to clean up), then the scaler."""
@@ -70,6 +95,13 @@ class Balancer:
             reg_dir = self.files.dir
         url = self.cfg.advertise_url or url
         launch = LaunchSettings(url, self.token, self.cfg.lease_s, self.run_dir / "logs", reg_dir)
+        if self.monitor is not None:
+            # A first sample and a first training before the first scaling pass, so a balancer that
+            # starts on a full cluster with a trained history never floods the queue in its first
+            # second; bounded, the rest goes on in the background.
+            self._first = asyncio.ensure_future(self._first_forecast())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._first), FIRST_FORECAST_S)
         self.scaler.start(launch)
 
     async def shutdown(self, reason: str) -> None:
@@ -82,6 +114,13 @@ class Balancer:
         for model in list(pool.dispatcher.queues):
             pool.dispatcher.fail_waiters(model, NoServerError("the balancer is shutting down"))
         await self.scaler.stop()
+        if self.monitor is not None:
+            if self._first is not None:
+                self._first.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._first
+            await self.monitor.stop()
+            await self.forecast.stop()
         for s in pool.live():
             pool.stop(s, StopReason.SHUTDOWN.value, fallback=False)
         await pool.wait_for(lambda: not pool.servers, STOP_WAIT_S, stop_on_close=False)  # gone ones leave
@@ -90,7 +129,16 @@ class Balancer:
         await self.backend.close()
         pool.cancel_tasks()
         await self.probe.close()
+        if self.history is not None:
+            self.history.close()
         self.bus.emit(Ev.BALANCER_STOPPED)
+
+    async def _first_forecast(self) -> None:
+        assert self.monitor is not None
+        await self.monitor.sample_once()
+        await self.forecast.train_once()
+        self.monitor.start(first_done=True)
+        self.forecast.start(first_done=True)
 
     def router(self) -> Router:
         calls, control = self.calls, self.control
@@ -106,7 +154,18 @@ class Balancer:
         r.add_prefix("POST", "/api/servers/", control.servers)
         r.add_prefix("POST", "/api/specs/", control.resume_spec)
         r.add("GET", "/api/status", control.status)
+        r.add("GET", "/api/forecast", self.forecast_api.get)
+        r.add("PUT", "/api/forecast", self.forecast_api.put)
+        r.add("DELETE", "/api/forecast", self.forecast_api.delete)
         return r
+
+
+def _history(fc: Any) -> Any:
+    """The capacity history (SQLite, outlives the run) at the configured or the default path."""
+    from .cluster.history import History, default_history_path
+
+    path = Path(fc.history).expanduser() if fc.history else default_history_path()
+    return History(path, retention_s=fc.retention_days * 86400.0)
 
 
 def _bind(fn: Any, op: str) -> Any:

@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .backends import backend_class
 from .config import SCHEDULERS, BalancerConfig, ConfigError, load_config, parse_config
@@ -87,6 +88,7 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
         journal.close()
         return 2
     url = f"http://{cfg.host}:{port}"
+    (run_dir / "url").write_text(url + "\n")  # for the operator CLI (balancer forecast ...)
     try:
         await balancer.start(url)
     except ConfigError as exc:
@@ -160,8 +162,24 @@ def main(argv: list[str] | None = None) -> int:
         add_subcommands = None
     if add_subcommands is not None:
         add_subcommands(sub)
+    _add_cluster_commands(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
+
+
+def _add_cluster_commands(sub: Any) -> None:
+    """``balancer forecast ...``, ``balancer capacity ...`` and ``balancer simulate``."""
+    from .forecast.cli import add_forecast_parser
+
+    add_forecast_parser(sub)
+    with contextlib.suppress(ImportError):
+        from .cluster.cli import add_capacity_parser
+
+        add_capacity_parser(sub)
+    with contextlib.suppress(ImportError):
+        from .sim.cli import add_simulate_parser
+
+        add_simulate_parser(sub)
 
 
 def load_balancer_main(argv: list[str] | None = None) -> int:

@@ -76,7 +76,8 @@ class ForecastSettings:
     The rule switches and thresholds (``admission``, ``max_pending_wait_s``, ``prewarm``, ...) sit in
     the same table and become ``rules``; see ``policy.ForecastRules``."""
 
-    enabled: bool = True  # false: no collector, no forecast, demand-only scaling
+    enabled: bool = True  # false: demand-only scaling until switched on (API/CLI)
+    collect: bool = True  # sample the cluster's capacity into the history (false: no sinfo/squeue)
     history: str | None = None  # SQLite history; default ~/.local/share/umbridge-balancer/capacity.sqlite
     retention_days: float = 400.0
     collect_interval_s: float = 60.0
@@ -85,7 +86,7 @@ class ForecastSettings:
     train_every_s: float = 86400.0
     min_history_s: float = 2 * 86400.0  # less history than this: cold, no forecast
     forecaster: str = "auto"  # "auto": the best backtest on the site's history, never worse than naive
-    partition: str | None = None  # SLURM partition whose capacity counts (default: all)
+    partition: str | None = None  # SLURM partition whose capacity counts (default: the specs' own)
     rules: ForecastRules = field(default_factory=ForecastRules)
 
 

@@ -24,11 +24,12 @@ def start_balancer(tmp_path: Path) -> Iterator[Any]:
         servers: list[dict[str, Any]],
         env: dict[str, str] | None = None,
         backend: dict[str, Any] | None = None,
+        tables: dict[str, Any] | None = None,
         **kw: Any,
     ) -> BalancerProc:
         d = tmp_path / f"b{len(procs)}"
         d.mkdir()
-        b = BalancerProc(d, servers, env=env, backend=backend, **kw)
+        b = BalancerProc(d, servers, env=env, backend=backend, tables=tables, **kw)
         procs.append(b)
         return b
 

@@ -60,6 +60,7 @@ class BalancerProc:
         servers: list[dict[str, Any]],
         env: dict[str, str] | None = None,
         backend: dict[str, Any] | None = None,
+        tables: dict[str, Any] | None = None,
         **balancer: Any,
     ) -> None:
         self.run_dir = tmp / "run"
@@ -67,6 +68,7 @@ class BalancerProc:
         cfg: dict[str, Any] = {"balancer": {"port": 0, "run_dir": str(self.run_dir), **balancer}}
         if backend:
             cfg["backend"] = backend
+        cfg.update(tables or {})  # other top-level tables, e.g. [forecast]
         cfg["servers"] = servers
         self.config = tmp / "balancer.toml"
         self.config.write_text(tomli_w.dumps(cfg))

@@ -41,8 +41,8 @@ class CapacityMonitor:
         self._pruned = 0.0
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="capacity-monitor")
+    def start(self, first_done: bool = False) -> None:
+        self._task = asyncio.create_task(self._loop(first_done), name="capacity-monitor")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -50,7 +50,9 @@ class CapacityMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _loop(self) -> None:
+    async def _loop(self, first_done: bool) -> None:
+        if first_done:
+            await asyncio.sleep(self.interval_s)
         while True:
             await self.sample_once()
             await asyncio.sleep(self.interval_s)

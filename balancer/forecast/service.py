@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..cluster.sample import CapacitySample
 from ..events import Ev, EventBus
 from ..policy import ForecastView
-from .series import Prediction, Series
+from .series import DAY_S, Prediction, Series
 
 MAX_OVERRIDE_S = 30 * 86400.0  # an override forgotten by its owner ends within a month
+BACKTEST_ORIGINS = 14  # daily origins over the last two weeks of the site's history
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ class ForecastService:
         self.latest_t = 0.0
         self._task: asyncio.Task[None] | None = None
         self._retrain = asyncio.Event()
+        # The history is shared by every run of its owner: train on this scheduler's samples and
+        # on imported traces, never on a local demo's samples mixed into a cluster's.
+        self.sources: tuple[str, ...] | None = None
 
     # -- what the scaler sees -------------------------------------------------------------------
     def view(self) -> ForecastView | None:
@@ -186,8 +191,8 @@ class ForecastService:
         }
 
     # -- training -------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="forecast-training")
+    def start(self, first_done: bool = False) -> None:
+        self._task = asyncio.create_task(self._loop(first_done), name="forecast-training")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -198,7 +203,10 @@ class ForecastService:
     def retrain(self) -> None:
         self._retrain.set()
 
-    async def _loop(self) -> None:
+    async def _loop(self, first_done: bool) -> None:
+        if first_done:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._retrain.wait(), self.settings.train_every_s)
         while True:
             await self.train_once()
             self._retrain.clear()
@@ -212,7 +220,7 @@ class ForecastService:
             return None
         try:
             series = await asyncio.to_thread(
-                self.history.series, self.settings.grid_s, None, self.settings.partition or None
+                self.history.series, self.settings.grid_s, self.sources, self.settings.partition or None
             )
             tr, why = await asyncio.to_thread(train, series, self.settings, self.wall())
         except Exception as exc:  # a broken history or model must not end the balancer
@@ -248,14 +256,17 @@ def train(series: Series | None, settings: Any, now: float) -> tuple[Trained | N
         return None, (f"cold: {span / 3600:.1f} h of history, forecasts start at "
                       f"{settings.min_history_s / 3600:g} h")  # fmt: skip
     horizon = max(1, int(settings.horizon_s // series.step_s))
-    rows: list[dict[str, Any]] = []
-    name = settings.forecaster
-    mae = baseline = None
-    results = bt.backtest_for_choice(series, horizon)
-    rows = [r.as_dict() for r in results]
+    # Auto: the built-in models compete (extras are used when named, once a backtest shows they win).
+    names = list(models.BUILTIN) if settings.forecaster == "auto" else [models.BASELINE, settings.forecaster]
+    names = list(dict.fromkeys(names))
+    try:
+        day, week = series.slots_per(DAY_S), series.slots_per(7 * DAY_S)
+        results = bt.backtest(series, names, horizon, origins=BACKTEST_ORIGINS, every=day, min_train=week)
+    except ValueError:  # less than a week plus the horizon: nothing to compare, the baseline it is
+        results = []
+    rows = [_finite(asdict(r)) for r in results]
     by_name = {r.name: r for r in results}
-    if name == "auto":
-        name = bt.choose(results)
+    name = bt.choose(results) if settings.forecaster == "auto" else settings.forecaster
     base = by_name.get(models.BASELINE)
     baseline = base.mae if base else None
     mae = by_name[name].mae if name in by_name else None
@@ -265,3 +276,8 @@ def train(series: Series | None, settings: Any, now: float) -> tuple[Trained | N
     lag = max(0, int((now - series.end) // series.step_s))
     pred = model.predict(horizon + lag + 1)
     return Trained(name, pred, now, span, rows, mae, baseline), "ok"
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe: NaN and infinities become None."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
