@@ -93,8 +93,10 @@ def _one(series: Series, name: str, horizon: int, slots: list[int], max_train: i
         try:
             model.fit(train)
             p = model.predict(horizon)
-        except ValueError as exc:
+        except ValueError as exc:  # too little history: the model's own words
             return BacktestResult(name, None, None, 0, 0, 0.0, error=str(exc))
+        except Exception as exc:  # an optional library failing on this data fails this model only
+            return BacktestResult(name, None, None, 0, 0, 0.0, error=f"{type(exc).__name__}: {exc}")
         spent += time.perf_counter() - t0
         actual = series.values[o : o + horizon]
         ok = np.isfinite(actual)
@@ -239,7 +241,7 @@ def backtest_main(args: argparse.Namespace) -> int:
                     "horizon_s": horizon_s,
                     "baseline": BASELINE,
                     "chosen": choose(results),
-                    "results": [asdict(r) for r in results],
+                    "results": [_finite(asdict(r)) for r in results],
                 },
                 indent=2,
             )
@@ -247,6 +249,11 @@ def backtest_main(args: argparse.Namespace) -> int:
     else:
         print(format_table({label: results}))
     return 0
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    """NaN and infinity as null: JSON has neither."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
 
 
 def _fail(message: str) -> int:
