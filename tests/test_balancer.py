@@ -241,7 +241,7 @@ def test_idle_servers_stop_down_to_min(start_balancer):
                 min_servers=1,
                 max_servers=3,
                 idle_timeout_s=0.5,
-                env={"TEST_DELAY": "200"},
+                env={"TEST_DELAY": "500"},  # 12 calls: 6 s on one server, longer than a loaded start
             )
         ]
     )
