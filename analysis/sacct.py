@@ -18,23 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from balancer.cluster.traces import slurm_number
+
 from .errors import AnalysisError
 from .model import INTERVAL_COLUMNS, Run, empty_frame, finish_calls, finish_servers
 
 _OK = {"COMPLETED", "CANCELLED"}  # the reference cancels a server's job once its call is answered
 _UNFINISHED = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING"}
-
-
-def _time(value: Any) -> float:
-    """Epoch seconds from an integer or a Slurm ``{"set", "infinite", "number"}`` object; NaN if unset."""
-    if isinstance(value, dict):
-        if not value.get("set", True) or value.get("infinite"):
-            return np.nan
-        value = value.get("number")
-    if value is None or isinstance(value, bool):
-        return np.nan
-    v = float(value)
-    return v if v > 0 else np.nan
 
 
 def _cpu(time: dict[str, Any]) -> float:
@@ -69,10 +59,10 @@ def read_sacct(path: Path, name: str, doc: dict[str, Any]) -> Run:
     for job in jobs:
         try:
             t = job["time"]
-            submission = _time(t.get("submission"))
+            submission = slurm_number(t.get("submission"))
             if np.isnan(submission):
                 raise ValueError("no submission time")
-            start, end = _time(t.get("start")), _time(t.get("end"))
+            start, end = slurm_number(t.get("start")), slurm_number(t.get("end"))
             steps = job.get("steps") or []
             cpu = sum(_cpu(s.get("time", {})) for s in steps) if steps else _cpu(t)
             state = _state(job)
