@@ -104,7 +104,7 @@ class ForecastRules:
     min_pending: int = 1
     prewarm: bool = True
     fit_time_limit: bool = True
-    min_time_limit_s: float = 900.0
+    min_time_limit_s: float = 3600.0
     polite: bool = True
     polite_horizon_s: float = 3600.0
     polite_idle_s: float = 10.0
@@ -423,6 +423,30 @@ def _decide_spec(
             drained_now.add(s.id)
             live -= 1
     n_ready = len(ready) - len(drained_now)
+    ahead: list[str] = []
+    if fv is not None and rules.prewarm:
+        # Replace ahead: a server whose job ends within the pending window, and that has no
+        # successor yet, no longer counts toward max_servers, so the next start queues its
+        # successor (and names it in ``replaces``) while it still serves. Servers a pre-warm burst
+        # started together otherwise expire together and leave the pool empty for as long as their
+        # successors queue (measured in the simulator).
+        lead = margin + rules.max_pending_wait_s
+        for s in ready:
+            if s.id not in drained_now and not s.replaced and s.deadline_m is not None:
+                if s.deadline_m - now <= lead:
+                    ahead.append(s.id)
+        live -= len(ahead)
+        # Their successors never serve beside them beyond max_servers: once enough are ready, the
+        # replaced servers drain, nearest time limit first.
+        over = n_ready - lim.max_servers
+        if over > 0:
+            done = [s for s in ready if s.replaced and s.id not in drained_now]
+            for s in sorted(done, key=lambda s: s.deadline_m or 0.0)[:over]:
+                out.append(Drain(lim.name, s.id))
+                draining.append(s)
+                drained_now.add(s.id)
+                n_ready -= 1
+                live -= 1
     for s in draining:
         if s.outstanding == 0:
             out.append(Stop(lim.name, s.id, StopReason.TIME_LIMIT, target=live))
@@ -459,6 +483,8 @@ def _decide_spec(
             out.append(Start(lim.name, 1, StartReason.RETRY, target=live))
     elif n > 0 and not backing_off:
         replaces = tuple(unreplaced[:n]) if reason is StartReason.REPLACE else ()
+        if ahead:
+            replaces = (*replaces, *ahead[: n - len(replaces)])
         if reason is StartReason.DEMAND and n > lim.backlog - n_starting:
             reason = StartReason.PREWARM
         time_limit = fits_time_limit(fv, lim, rules) if fv is not None and rules.fit_time_limit else None
