@@ -1,0 +1,94 @@
+"""What each simulated policy is told about the cluster's idle capacity, as a ``ForecastView``.
+
+Both sources describe the same quantity, the CPUs the *rest* of the cluster leaves free, less what
+our running jobs hold (the live balancer knows its own allocations); index 0 is what a collector
+observes now. ``Learned`` is the live path: a forecaster from ``balancer.forecast.models`` trained on
+the history the simulated collector has seen, retrained once a virtual day. ``Oracle`` reads the
+future from the replay without our jobs, so it bounds what any forecaster could achieve.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..forecast.models import make
+from ..forecast.series import DAY_S, Series
+from ..policy import ForecastView
+from .cluster import Cluster
+
+HISTORY_SLOTS_DAYS = 56  # the forecaster sees the last 8 weeks: weekly seasons and then some
+
+
+class Oracle:
+    """The future idle capacity exactly as the replay without our jobs had it."""
+
+    source = "oracle"
+
+    def __init__(self, others_idle: np.ndarray, step_s: float, horizon: int) -> None:
+        self.truth = others_idle
+        self.step_s = step_s
+        self.horizon = horizon
+
+    def view(self, c: Cluster, now: float) -> ForecastView:
+        k = int((now - c.t0) // self.step_s)
+        future = self.truth[k + 1 : k + self.horizon]
+        idle = (float(c.free), *np.maximum(0.0, future - c.ours_busy).tolist())
+        return ForecastView(self.step_s, idle, idle, idle, source="oracle")
+
+
+class Learned:
+    """A named forecaster, fit on the collector's history and retrained every ``retrain_s``."""
+
+    source = "forecast"
+
+    def __init__(
+        self, name: str, step_s: float, horizon: int, epoch: float, total: float, retrain_s: float = DAY_S
+    ) -> None:
+        self.name = name
+        self.step_s = step_s
+        self.horizon = horizon
+        self.epoch = epoch  # the trace's Unix start: seasons align with real days and weeks
+        self.total = total
+        self.retrain_s = retrain_s
+        self._next_train = -np.inf
+        self._k0 = 0  # slot of the prediction's first value
+        self._mean: np.ndarray | None = None
+        self._lo: np.ndarray | None = None
+        self._hi: np.ndarray | None = None
+        self.made: list[tuple[float, np.ndarray]] = []  # (start, the next retrain_s predicted): plots
+
+    def _train(self, c: Cluster, now: float) -> None:
+        self._next_train = now + self.retrain_s
+        hist = c.others_idle_series(now)
+        k = len(hist)
+        keep = int(HISTORY_SLOTS_DAYS * DAY_S // self.step_s)
+        first = max(0, k - keep)
+        series = Series(self.epoch + c.t0 + first * self.step_s, self.step_s, hist[first:], self.total)
+        model = make(self.name)
+        try:
+            model.fit(series)  # type: ignore[attr-defined]
+            p = model.predict(self.horizon + int(self.retrain_s // self.step_s) + 1)  # type: ignore[attr-defined]
+        except ValueError:
+            self._mean = None  # too little history: no forecast, demand only (as live)
+            return
+        self._k0 = k
+        self._mean = np.clip(np.asarray(p.mean, dtype=np.float64), 0.0, self.total)
+        self._lo = None if p.lo is None else np.asarray(p.lo, dtype=np.float64)
+        self._hi = None if p.hi is None else np.asarray(p.hi, dtype=np.float64)
+        day = int(self.retrain_s // self.step_s)
+        self.made.append((c.t0 + k * self.step_s, self._mean[:day].copy()))
+
+    def view(self, c: Cluster, now: float) -> ForecastView | None:
+        if now >= self._next_train:
+            self._train(c, now)
+        if self._mean is None:
+            return None
+        off = int((now - c.t0) // self.step_s) - self._k0
+
+        def part(a: np.ndarray | None) -> tuple[float, ...]:
+            if a is None:
+                return ()
+            fut = np.maximum(0.0, a[off + 1 : off + self.horizon] - c.ours_busy)
+            return (float(c.free), *fut.tolist())
+
+        return ForecastView(self.step_s, part(self._mean), part(self._lo), part(self._hi), source=self.name)
