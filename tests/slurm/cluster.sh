@@ -185,7 +185,7 @@ JobCompLoc=$LOGS/jobcomp.txt
 MpiDefault=none
 MailProg=/bin/true
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
+SchedulerParameters=batch_sched_delay=0,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 Epilog=/bin/true
