@@ -28,9 +28,19 @@ class Oracle:
         self.truth = others_idle
         self.step_s = step_s
         self.horizon = horizon
+        self._key: tuple[int, int, int] | None = None
+        self._view = ForecastView(step_s, ())
 
     def view(self, c: Cluster, now: float) -> ForecastView:
         k = int((now - c.t0) // self.step_s)
+        key = (k, c.free, c.ours_busy)
+        if key == self._key:
+            return self._view  # unchanged since the last tick: ticks are many, changes few
+        self._key = key
+        self._view = self._make(c, k)
+        return self._view
+
+    def _make(self, c: Cluster, k: int) -> ForecastView:
         future = self.truth[k + 1 : k + self.horizon]
         idle = (float(c.free), *np.maximum(0.0, future - c.ours_busy).tolist())
         return ForecastView(self.step_s, idle, idle, idle, source="oracle")
@@ -56,6 +66,8 @@ class Learned:
         self._lo: np.ndarray | None = None
         self._hi: np.ndarray | None = None
         self.made: list[tuple[float, np.ndarray]] = []  # (start, the next retrain_s predicted): plots
+        self._key: tuple[int, int, int, int] | None = None
+        self._view: ForecastView | None = None
 
     def _train(self, c: Cluster, now: float) -> None:
         self._next_train = now + self.retrain_s
@@ -84,6 +96,10 @@ class Learned:
         if self._mean is None:
             return None
         off = int((now - c.t0) // self.step_s) - self._k0
+        key = (off, self._k0, c.free, c.ours_busy)
+        if key == self._key:
+            return self._view
+        self._key = key
 
         def part(a: np.ndarray | None) -> tuple[float, ...]:
             if a is None:
@@ -91,4 +107,7 @@ class Learned:
             fut = np.maximum(0.0, a[off + 1 : off + self.horizon] - c.ours_busy)
             return (float(c.free), *fut.tolist())
 
-        return ForecastView(self.step_s, part(self._mean), part(self._lo), part(self._hi), source=self.name)
+        self._view = ForecastView(
+            self.step_s, part(self._mean), part(self._lo), part(self._hi), source=self.name
+        )
+        return self._view

@@ -80,7 +80,7 @@ def plot(results: Sequence[Result], path: str, start: float, step_s: float) -> N
     fig, axes = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
     ax_idle, ax_pool, ax_wait = axes
     h = 1 / 3600.0
-    first = results[0]
+    first = max(results, key=lambda r: 0 if r.actual_idle is None else len(r.actual_idle))
     if first.actual_idle is not None and len(first.actual_idle):
         k0 = int(start // step_s)
         t = (np.arange(len(first.actual_idle)) + k0) * step_s - start

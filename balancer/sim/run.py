@@ -236,6 +236,7 @@ class _Sim:
             "serving": [],
         }
         self.n_ids = 0
+        self._last_view: tuple[ForecastView | None, float, ForecastView | None] = (None, 0.0, None)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -270,7 +271,11 @@ class _Sim:
                     next_tick = t  # a call has to wait: the scaler runs at once
             else:
                 self._tick(limits, source, t)
-                next_tick = t + cfg.tick_s
+                # No call and no server: nothing for the policy to decide (min_servers is 0) until
+                # a call arrives, which runs the scaler at once. A year-long trickle of calls
+                # would otherwise tick a million times for nothing.
+                quiet = not self.queue and not self.servers
+                next_tick = math.inf if quiet else t + cfg.tick_s
         # The campaign is over (or given up): the balancer shuts its pool down.
         for s in list(self.servers.values()):
             self._remove(s, self.c.now)
@@ -346,7 +351,9 @@ class _Sim:
         if view is not None and self.cfg.scheduler_estimate:
             # Live, the collector asks the scheduler (``sbatch --test-only``) for a job of ours.
             wait = self.c.expected_wait(self.cfg.cpus, self.cfg.time_limit_s)
-            view = replace(view, expected_wait_s=wait)
+            if self._last_view[0] is not view or self._last_view[1] != wait:
+                self._last_view = (view, wait, replace(view, expected_wait_s=wait))
+            view = self._last_view[2]
         oldest = self.queued_at[self.queue[0]] if self.queue else None
         obs = SpecObserved(
             servers=tuple(self.servers.values()),
