@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..events import Ev, EventBus
+from .collect import CollectError  # already phrased for the user: shown as it is
 
 ERROR_REPEAT_S = 60.0
 PRUNE_EVERY_S = 3600.0
@@ -70,7 +71,7 @@ class CapacityMonitor:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._failed(f"{type(exc).__name__}: {exc}" if not _plain(exc) else str(exc), t)
+            self._failed(str(exc) if isinstance(exc, CollectError) else f"{type(exc).__name__}: {exc}", t)
             return []
         self.error = None
         self.samples += 1
@@ -101,7 +102,3 @@ class CapacityMonitor:
         source = getattr(self.collector, "source", None)
         return {"source": source, "samples": self.samples, "error": self.error}
 
-
-def _plain(exc: Exception) -> bool:
-    """Errors already phrased for the user (the collectors' CollectError) are shown as they are."""
-    return type(exc).__name__ == "CollectError"

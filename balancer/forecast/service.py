@@ -72,16 +72,32 @@ class ForecastService:
         self.latest_t = 0.0
         self._task: asyncio.Task[None] | None = None
         self._retrain = asyncio.Event()
+        self._view: ForecastView | None = None
+        self._view_key: Any = None
         # The history is shared by every run of its owner: train on this scheduler's samples and
         # on imported traces, never on a local demo's samples mixed into a cluster's.
         self.sources: tuple[str, ...] | None = None
 
     # -- what the scaler sees -------------------------------------------------------------------
     def view(self) -> ForecastView | None:
-        """The forecast from now on, or None (disabled, cold, stale): then the policy is demand-only."""
+        """The forecast from now on, or None (disabled, cold, stale): then the policy is demand-only.
+
+        The scaler asks on every pass (up to every 10 ms under load); the view only changes with
+        the grid slot, a new sample, a training or a switch, so it is built once per such change."""
         if not self.enabled:
             return None
         now = self.wall()
+        tr = self.trained
+        slot = int(now // self.settings.grid_s)
+        self._live_override(now)  # an expired override ends (and is journaled) before the cache
+        key = (slot, self.latest_t, tr and tr.trained_at, self.override, self.observed_idle(now) is None)
+        if self._view_key == key:
+            return self._view
+        self._view = self._build_view(now)
+        self._view_key = key
+        return self._view
+
+    def _build_view(self, now: float) -> ForecastView | None:
         step = self.settings.grid_s
         n = max(1, int(self.settings.horizon_s // step))
         ov = self._live_override(now)
