@@ -15,7 +15,7 @@ sysdeps:
 $(STAMP): pyproject.toml | sysdeps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -U pip
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,analysis,hyperqueue]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,analysis,hyperqueue,notify]"
 	touch $@
 
 demo: $(STAMP)

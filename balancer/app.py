@@ -26,6 +26,7 @@ from .filereg import FileRegistration
 from .forecast.api import ForecastApi
 from .forecast.service import ForecastService
 from .frontend import Reply, Request, Router
+from .metrics import Metrics
 from .policy import Limits, StopReason
 from .pool import Pool
 from .probe import Probe
@@ -72,6 +73,8 @@ class Balancer:
         )
         self.control = Control(self.pool, bus, self.probe, token, cfg.lease_s, self._status_extra)
         self.forecast_api = ForecastApi(self.forecast, self.control.authorized)
+        self.metrics = Metrics(self.pool, lambda: self.calls.inflight, self.forecast)
+        bus.subscribe(self.metrics)
         self.url = f"http://{cfg.host}:{cfg.port}"
         self.files: FileRegistration | None = None
         if cfg.registration == "file":
@@ -154,6 +157,7 @@ class Balancer:
         r.add_prefix("POST", "/api/servers/", control.servers)
         r.add_prefix("POST", "/api/specs/", control.resume_spec)
         r.add("GET", "/api/status", control.status)
+        r.add("GET", "/metrics", lambda req: self.metrics.endpoint(req, control.authorized))
         r.add("GET", "/api/forecast", self.forecast_api.get)
         r.add("PUT", "/api/forecast", self.forecast_api.put)
         r.add("DELETE", "/api/forecast", self.forecast_api.delete)
