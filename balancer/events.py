@@ -51,10 +51,14 @@ class Ev:
     SPEC_HELD: Final = "spec.held"
     SPEC_RESUMED: Final = "spec.resumed"  # a held spec starts servers again
     SCALE_DECISION: Final = "scale.decision"
+    OPERATOR_ACTION: Final = "operator.action"  # an operator's change (drain, stop, scale, pause, resume)
     AUTH_REFUSED: Final = "auth.refused"
+    PEER_REFUSED: Final = "peer.refused"  # a connection from another user (or host) to the client port
     CAPACITY_SAMPLE: Final = "capacity.sample"  # the cluster's idle capacity, observed and as predicted
     FORECAST_TRAINED: Final = "forecast.trained"  # a forecaster chosen and fitted (or why none)
     FORECAST_CHANGED: Final = "forecast.changed"  # enabled/disabled, override set/cleared/expired
+    NOTIFY_SENT: Final = "notify.sent"  # a notification delivered to one target (apprise URL)
+    NOTIFY_FAILED: Final = "notify.failed"  # ... or not, with the error; calls never wait for either
 
 
 EVENT_NAMES = frozenset(v for k, v in vars(Ev).items() if k.isupper())

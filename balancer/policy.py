@@ -191,6 +191,7 @@ class SpecObserved:
     last_failure_m: float = 0.0
     last_failure: str = ""  # why the last start failed
     held: bool = False
+    paused: bool = False  # the operator paused it: no start of any kind until resumed
     oldest_wait_m: float | None = None  # when the longest-waiting call of this spec began to wait
     last_idle_stop_m: float | None = None  # the spec's last stop for idleness
     last_demand_start_m: float | None = None  # the spec's last start for demand
@@ -474,7 +475,9 @@ def _decide_spec(
         waited = obs.oldest_wait_m is not None and now - obs.oldest_wait_m >= rules.upscale_delay_s
         if recent_stop and not waited:
             n = 0
-    if held:
+    if obs.paused:
+        pass  # paused by the operator: its calls wait, its running servers serve, nothing starts
+    elif held:
         # One start at a time, after a back-off that grows to HOLD_RETRY_CAP_S; when it becomes
         # ready the spec is resumed (by the pool), when it fails the next try waits longer.
         due = now >= obs.last_failure_m + hold_retry_s(obs.failures)

@@ -18,6 +18,7 @@ import contextlib
 import enum
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ LEASE_STOP_GRACE_S = GRACE_S / 2
 # After a restart, new servers wait this long for the launchers of the old ones to register again
 # (they retry every second while the balancer is away).
 ADOPT_WINDOW_S = 5.0
+# State changes kept for a newly opened dashboard (its server timeline and failures): a few per
+# server, so the last hundreds of servers.
+RECENT_TRANSITIONS = 1000
 
 
 def _read_int(path: Path) -> int:
@@ -107,8 +111,12 @@ class Server:
     deadline_wall: float | None = None  # Unix time its job will be killed
     deadline_m: float | None = None  # the same on the monotonic clock, for the policy
     replaced: bool = False
+    drain_reason: str | None = None  # why the operator drained it (the policy's drains leave it None)
     lease_waiter: asyncio.Future[None] | None = None
     upstream: Upstream | None = None  # keep-alive connections, set when the server is ready
+    calls: int = 0  # calls it answered (for the dashboard: two additions per call, no event)
+    busy_s: float = 0.0  # summed dispatch-to-answer time of those calls
+    ready_m: float | None = None  # when it became ready: its utilisation's denominator starts
 
     @property
     def phase(self) -> Phase:
@@ -127,6 +135,7 @@ class SpecRuntime:
     last_failure: str = ""
     held: bool = False
     held_reason: str = ""
+    paused: bool = False  # the operator paused it: no starts until resumed
 
 
 class Pool:
@@ -163,6 +172,9 @@ class Pool:
         self._adopted: set[str] = set()
         self.adopt_until = clock() + ADOPT_WINDOW_S if first > 1 else 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Recent state changes (rare, never per call), so a dashboard opened late still shows them.
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_TRANSITIONS)
+        self.gone_calls = 0  # calls answered by servers no longer in ``servers``
 
     # -- the state machine -----------------------------------------------------------------------
     def transition(self, s: Server, to: ServerState, reason: str | None = None, **fields: Any) -> bool:
@@ -177,6 +189,7 @@ class Pool:
             fields["reason"] = reason
         if to is S.GONE:
             del self.servers[s.id]  # late reports about it find nothing and are dropped
+            self.gone_calls += s.calls
             failed = was is not S.STOPPING
             self.bus.emit(Ev.SERVER_FAILED if failed else Ev.SERVER_STOPPED, server=s.id, **fields)
             if s.upstream is not None:
@@ -185,11 +198,12 @@ class Pool:
                 self._start_failed(self.specs[s.spec.name], reason or "")
         else:
             self.bus.emit(_ENTER_EVENT[to], server=s.id, **fields)
+        self._note(s, to, reason, failed=to is S.GONE and was is not S.STOPPING)
         if to is S.STOPPING or to is S.GONE:
             if s.lease_waiter is not None and not s.lease_waiter.done():
                 s.lease_waiter.set_result(None)
         elif to is S.READY:
-            s.idle_since_m = self.clock()
+            s.idle_since_m = s.ready_m = self.clock()
             self.dispatcher.add(s)
         if was is S.READY:
             # Its models may have no server left and none to come (held spec, shutdown): the calls
@@ -199,6 +213,12 @@ class Pool:
                     self.dispatcher.fail_waiters(m, NoServerError(self.unservable_reason(m)))
         self.changed()
         return True
+
+    def _note(self, s: Server, to: ServerState, reason: str | None, failed: bool = False) -> None:
+        self.recent.append(
+            {"t": time.time(), "server": s.id, "spec": s.spec.name, "state": to.value,
+             "reason": reason, "failed": failed}
+        )  # fmt: skip
 
     def _start_failed(self, rt: SpecRuntime, reason: str) -> None:
         rt.failures += 1
@@ -214,6 +234,7 @@ class Pool:
         s = Server(f"s{n}", rt.spec, self.clock(), concurrency=rt.spec.concurrency)
         self.servers[s.id] = s
         self.bus.emit(Ev.SERVER_REQUESTED, server=s.id, spec=spec, reason=reason)
+        self._note(s, S.REQUESTED, reason)
         self.changed()
         return s
 
@@ -237,6 +258,7 @@ class Pool:
         s = Server(server_id, rt.spec, self.clock(), concurrency=rt.spec.concurrency)
         self.servers[server_id] = s
         self.bus.emit(Ev.SERVER_ADOPTED, server=server_id, spec=spec, job=doc.get("job"), url=doc.get("url"))
+        self._note(s, S.REQUESTED, "adopted after a restart")
         self.changed()
         return s
 
@@ -302,6 +324,25 @@ class Pool:
             return False
         rt.held, rt.held_reason, rt.failures = False, "", 0
         self.bus.emit(Ev.SPEC_RESUMED, spec=spec, reason=reason)
+        self.changed()
+        return True
+
+    def drain(self, s: Server, reason: str) -> bool:
+        """Take no new calls on ``s``; the scaler stops it once its calls are done. No replacement
+        is forced (demand and ``min_servers`` start one as usual)."""
+        if not self.transition(s, S.DRAINING, reason):
+            return False
+        s.drain_reason, s.replaced = reason, True
+        self.changed()
+        return True
+
+    def pause(self, spec: str, paused: bool) -> bool:
+        """Start no servers of ``spec`` (True) or start them again (False); returns whether it changed.
+        Running servers keep serving and waiting calls keep waiting: a pause loses no call."""
+        rt = self.specs[spec]
+        if rt.paused == paused:
+            return False
+        rt.paused = paused
         self.changed()
         return True
 

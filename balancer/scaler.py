@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ from .pool import Pool, Server, ServerState
 
 MIN_GAP_S = 0.01  # however many calls queue, at most one pass per 10 ms
 ERROR_REPEAT_S = 60.0  # the same error is journaled again after this long
+RECENT_DECISIONS = 100  # kept for a newly opened dashboard
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class Scaler:
         self.errors = 0
         self._error_journaled: tuple[str, float] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_DECISIONS)  # decisions, newest last
 
     def start(self, launch: LaunchSettings) -> None:
         self.launch = launch
@@ -165,6 +168,7 @@ class Scaler:
                 last_failure_m=rt.last_failure_m,
                 last_failure=rt.last_failure,
                 held=rt.held,
+                paused=rt.paused,
                 oldest_wait_m=oldest,
                 last_idle_stop_m=self._last_idle_stop.get(name),
                 last_demand_start_m=self._last_demand_start.get(name),
@@ -188,10 +192,12 @@ class Scaler:
         elif isinstance(a, Stop):
             if a.reason in (StopReason.IDLE, StopReason.POLITE):
                 self._last_idle_stop[a.spec] = self.clock()
-            self._decision(a.spec, "stop", a.reason.value, a.target, server=a.server)
             s = pool.servers.get(a.server)
+            # A server the operator drained stops for that reason, not the policy's time limit.
+            reason = s.drain_reason if s is not None and s.drain_reason else a.reason.value
+            self._decision(a.spec, "stop", reason, a.target, server=a.server)
             if s is not None:
-                pool.stop(s, a.reason.value)
+                pool.stop(s, reason)
         elif isinstance(a, GiveUp):
             self._decision(a.spec, "stop", "startup_timeout", a.target, server=a.server)
             s = pool.servers.get(a.server)
@@ -218,6 +224,9 @@ class Scaler:
                 fields["forecast"] = fv.source
                 fields["idle_cpus"] = round(fv.idle[0], 3) if fv.idle else None
                 fields["admit_cpus"] = round(admissible_cpus(fv, self.limits.rules), 3)
+        self.recent.append(
+            {"t": time.time(), "spec": spec, "action": action, "target": target, "reason": reason, **fields}
+        )
         self.bus.emit(Ev.SCALE_DECISION, spec=spec, action=action, target=target, reason=reason, **fields)
 
     def _launch(self, s: Server, time_limit_s: float | None = None) -> Launch:

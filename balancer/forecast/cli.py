@@ -9,19 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    pass
+from ..apiclient import EXIT_USAGE, CliError, call, target, target_args
 
 
 def add_forecast_parser(sub: Any) -> None:
@@ -34,10 +26,10 @@ def add_forecast_parser(sub: Any) -> None:
         ("clear", "drop the override"),
     ):
         q = fsub.add_parser(name, help=help_)
-        _target_args(q)
+        target_args(q)
         q.set_defaults(func=_run, action=name)
     q = fsub.add_parser("override", help="set the idle capacity by hand until an expiry")
-    _target_args(q)
+    target_args(q)
     q.add_argument("--idle-cpus", type=float, required=True, help="idle CPUs to assume (0: cluster full)")
     q.add_argument("--idle-gpus", type=float, help="idle GPUs to assume")
     q.add_argument("--for", dest="duration", required=True, help="how long: seconds or 30m, 2h, 1d")
@@ -48,12 +40,6 @@ def add_forecast_parser(sub: Any) -> None:
     except ImportError:
         return
     add_backtest_parser(fsub)
-
-
-def _target_args(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--run-dir", help="the balancer's run directory (default: newest in .balancer-runs)")
-    q.add_argument("--url", help="the balancer's URL (token from UMBRIDGE_BALANCER_TOKEN or the run dir)")
-    q.add_argument("--json", action="store_true", help="print the API's JSON answer")
 
 
 def parse_duration(text: str) -> float:
@@ -70,53 +56,13 @@ def parse_duration(text: str) -> float:
     return value
 
 
-def _target(args: argparse.Namespace) -> tuple[str, str]:
-    run_dir = Path(args.run_dir) if args.run_dir else _newest_run_dir()
-    token = os.environ.get("UMBRIDGE_BALANCER_TOKEN", "")
-    url = args.url
-    if run_dir is not None:
-        try:
-            url = url or (run_dir / "url").read_text().strip()
-            token = token or (run_dir / "token").read_text().strip()
-        except OSError as exc:
-            raise CliError(f"cannot read the balancer's {Path(exc.filename).name} in {run_dir}: "
-                           f"{exc.strerror}") from None  # fmt: skip
-    if not url:
-        raise CliError("no balancer found: give --run-dir or --url")
-    if not token:
-        raise CliError("no token: set UMBRIDGE_BALANCER_TOKEN or give --run-dir")
-    return url.rstrip("/"), token
-
-
-def _newest_run_dir() -> Path | None:
-    root = Path(".balancer-runs")
-    dirs = [d for d in root.glob("*") if (d / "url").is_file()] if root.is_dir() else []
-    return max(dirs, key=lambda d: (d / "url").stat().st_mtime) if dirs else None
-
-
 def request(url: str, token: str, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{url}/api/forecast", data=data, method=method)
-    req.add_header("Authorization", f"Bearer {token}")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            msg = json.loads(exc.read()).get("message", exc.reason)
-        except (ValueError, AttributeError):
-            msg = exc.reason
-        raise CliError(f"the balancer refused: {exc.code} {msg}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise CliError(f"cannot reach the balancer at {url}: {reason}") from None
+    return call(url, token, method, "/api/forecast", body)
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        url, token = _target(args)
+        url, token = target(args)
         action = args.action
         if action == "status":
             doc = request(url, token, "GET")
