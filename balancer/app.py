@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
+from .access import PeerGate
 from .backends.base import Backend
 from .calls import Calls, shmem_unsupported, test_shmem
 from .config import BalancerConfig
@@ -27,6 +28,7 @@ from .forecast.api import ForecastApi
 from .forecast.service import ForecastService
 from .frontend import Reply, Request, Router
 from .metrics import Metrics
+from .peer import user_uids
 from .policy import Limits, StopReason
 from .pool import Pool
 from .probe import Probe
@@ -73,6 +75,8 @@ class Balancer:
         )
         self.control = Control(self.pool, bus, self.probe, token, cfg.lease_s, self._status_extra)
         self.forecast_api = ForecastApi(self.forecast, self.control.authorized)
+        users = user_uids(cfg.allow_users).values()
+        self.gate = PeerGate(bus, (*cfg.allow_uids, *users), cfg.allow_remote)  # the client port's
         self.metrics = Metrics(self.pool, lambda: self.calls.inflight, self.forecast)
         bus.subscribe(self.metrics)
         self.url = f"http://{cfg.host}:{cfg.port}"
@@ -88,15 +92,16 @@ class Balancer:
             forecast["collector"] = self.monitor.status()
         return {"inflight": self.calls.inflight, "scaler": self.scaler.status(), "forecast": forecast}
 
-    async def start(self, url: str) -> None:
-        """Start the backend (a ConfigError here leaves nothing to clean up), then the scaler."""
+    async def start(self, url: str, control_url: str | None = None) -> None:
+        """Start the backend (a ConfigError here leaves nothing to clean up), then the scaler.
+        Launchers are told ``advertise_url``, else the control listener's ``control_url``."""
         self.url = url
         await self.backend.start()
         reg_dir = None
         if self.files is not None:  # registration through files: the directory is there first
             await self.files.start()
             reg_dir = self.files.dir
-        url = self.cfg.advertise_url or url
+        url = self.cfg.advertise_url or control_url or url
         launch = LaunchSettings(url, self.token, self.cfg.lease_s, self.run_dir / "logs", reg_dir)
         if self.monitor is not None:
             # A first sample and a first training before the first scaling pass, so a balancer that
@@ -132,6 +137,7 @@ class Balancer:
         await self.backend.close()
         pool.cancel_tasks()
         await self.probe.close()
+        self.gate.close()
         if self.history is not None:
             self.history.close()
         self.bus.emit(Ev.BALANCER_STOPPED)
@@ -143,7 +149,16 @@ class Balancer:
         self.monitor.start(first_done=True)
         self.forecast.start(first_done=True)
 
-    def router(self) -> Router:
+    def control_router(self) -> Router:
+        """The launchers' API on its own listener (``control_host``: where compute nodes reach it),
+        token only; the client port does not serve it."""
+        r = Router()
+        r.add("POST", "/api/servers/register", self.control.register)
+        r.add_prefix("POST", "/api/servers/", self.control.servers)  # lease, exited
+        return r
+
+    def client_router(self) -> Router:
+        """UM-Bridge and the operator's routes, on the owner-only client port (``host``)."""
         calls, control = self.calls, self.control
         r = Router()
         r.add("GET", "/Info", calls.info)
@@ -153,8 +168,6 @@ class Balancer:
         for op in protocol.META_OPS:
             r.add("POST", f"/{op}", _bind(calls.metadata, op))
         r.add("POST", "/TestShMem", test_shmem)
-        r.add("POST", "/api/servers/register", control.register)
-        r.add_prefix("POST", "/api/servers/", control.servers)
         r.add_prefix("POST", "/api/specs/", control.resume_spec)
         r.add("GET", "/api/status", control.status)
         r.add("GET", "/metrics", lambda req: self.metrics.endpoint(req, control.authorized))

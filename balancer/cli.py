@@ -12,10 +12,12 @@ import os
 import resource
 import secrets
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .backends import backend_class
 from .config import SCHEDULERS, BalancerConfig, ConfigError, load_config, parse_config
@@ -80,20 +82,28 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     soft = raise_fd_limit()
     # Leave descriptors for upstream connections, logs and subprocesses: never let clients exhaust them.
     limits = HttpLimits(max_body=cfg.max_body_bytes, max_connections=max(64, min(16384, soft // 2)))
-    front = FrontServer(balancer.router(), limits)
+    front = FrontServer(balancer.client_router(), limits, admit=balancer.gate)  # owner-only
+    control = FrontServer(balancer.control_router(), limits)  # the launchers', token only
+    where = f"{cfg.host}:{cfg.port}"
     try:
         port = await front.listen(cfg.host, cfg.port)
+        where = f"{cfg.control_host}:{cfg.control_port or 'any'} (control)"
+        control_port = await _listen_control(control, cfg, run_dir)
     except OSError as exc:
-        print(f"balancer: error: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}", file=sys.stderr)
+        print(f"balancer: error: cannot listen on {where}: {exc.strerror}", file=sys.stderr)
+        await front.close()
         journal.close()
         return 2
     url = f"http://{cfg.host}:{port}"
+    control_url = _http_url(cfg.control_host, control_port)
     (run_dir / "url").write_text(url + "\n")  # for the operator CLI (balancer forecast ...)
+    (run_dir / "control_url").write_text(control_url + "\n")  # a restart listens there again
     try:
-        await balancer.start(url)
+        await balancer.start(url, control_url)
     except ConfigError as exc:
         print(f"balancer: {exc}", file=sys.stderr)
         await front.close()
+        await control.close()
         journal.close()
         return 2
     bus.emit(
@@ -101,13 +111,18 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
         url=url,
         host=cfg.host,
         port=port,
+        control_url=control_url,
         scheduler=cfg.scheduler,
         pid=os.getpid(),
         config=config_path,
         run_dir=str(run_dir),
         specs=[s.name for s in cfg.servers],
     )
-    print(f"balancer: serving UM-Bridge on {url} (scheduler {cfg.scheduler}, run dir {run_dir})", flush=True)
+    print(
+        f"balancer: serving UM-Bridge on {url} (owner only), launchers' control API on {control_url} "
+        f"(scheduler {cfg.scheduler}, run dir {run_dir})",
+        flush=True,
+    )
     stop = asyncio.Event()
     reason = ["signal"]
     loop = asyncio.get_running_loop()
@@ -117,11 +132,34 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     print(f"balancer: {reason[0]}: stopping (grace {cfg.shutdown_grace_s:g} s)", flush=True)
     # Stop accepting connections, let in-flight calls finish, then stop the servers.
     await front.stop_listening()
-    await balancer.shutdown(reason[0])
+    await balancer.shutdown(reason[0])  # launchers hear "stop" and report exits on the control port
     await front.close()
+    await control.close()
     journal.close()
     print("balancer: stopped", flush=True)
     return 0
+
+
+async def _listen_control(control: Any, cfg: BalancerConfig, run_dir: Path) -> int:
+    """The control listener on ``control_host``. Port 0 takes the port this run directory had
+    (``control_url``): after a restart the launchers, who know that URL, find it again; if it is
+    taken now, a free one (those launchers are then lost to it)."""
+    port = cfg.control_port
+    if port == 0:
+        with contextlib.suppress(OSError, ValueError):
+            port = urlsplit((run_dir / "control_url").read_text().strip()).port or 0
+        with contextlib.suppress(OSError):
+            return int(await control.listen(cfg.control_host, port))
+        port = 0
+    return int(await control.listen(cfg.control_host, port))
+
+
+def _http_url(host: str, port: int) -> str:
+    """A URL for ``host``; a wildcard address (every interface) becomes this machine's name, which
+    launchers on other nodes can reach."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _serve_main(args: argparse.Namespace) -> int:

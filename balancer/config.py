@@ -108,6 +108,14 @@ class BalancerConfig:
     # registration_dir, for compute nodes that cannot reach the login node (filereg.py).
     registration: str = "http"
     registration_dir: str | None = None  # default RUN_DIR/registration
+    # The launchers' control API (register, lease, exited) listens here, apart from the client
+    # port; port 0: a free one, or the one this run directory had before a restart.
+    control_host: str = "127.0.0.1"
+    control_port: int = 0
+    # Owner-only client port (access.py): other users' UIDs let in; clients on other hosts let in.
+    allow_uids: tuple[int, ...] = ()
+    allow_users: tuple[str, ...] = ()
+    allow_remote: bool = False
     servers: tuple[ServerSpec, ...] = ()
     # The [backend] table as the scheduler's ``Options`` dataclass (see backends/options.py).
     backend_options: Any = None
@@ -268,6 +276,12 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
     for k in ("journal", "run_dir", "advertise_url", "registration_dir"):
         if values.get(k) is not None:
             _typed(f"balancer.{k}", values[k], str, "a string")
+    control_host = _typed("balancer.control_host", values.get("control_host", "127.0.0.1"), str, "an address")
+    control_port = _typed("balancer.control_port", values.get("control_port", 0), int, "a port number")
+    if not 0 <= control_port <= 65535:
+        raise ConfigError("balancer.control_port", f"must be within 0..65535, got {control_port}")
+    allow_uids, allow_users = _allowed(values)
+    allow_remote = _typed("balancer.allow_remote", values.get("allow_remote", False), bool, "true or false")
     registration = values.get("registration", "http")
     if registration not in ("http", "file"):
         raise ConfigError("balancer.registration", f'expected "http" or "file", got {registration!r}')
@@ -299,10 +313,33 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
         advertise_url=values.get("advertise_url"),
         registration=registration,
         registration_dir=values.get("registration_dir"),
+        control_host=control_host,
+        control_port=control_port,
+        allow_uids=allow_uids,
+        allow_users=allow_users,
+        allow_remote=allow_remote,
         servers=specs,
         backend_options=_options(scheduler, "Options", backend, "backend"),
         forecast=parse_forecast(raw.get("forecast", {})),
     )
+
+
+def _allowed(values: dict[str, Any]) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """``allow_uids`` and ``allow_users``; a user name this machine does not know is an error
+    now, not a silently closed door later."""
+    from .peer import user_uids
+
+    uids = values.get("allow_uids", [])
+    if not (isinstance(uids, list) and all(type(u) is int and u >= 0 for u in uids)):
+        raise ConfigError("balancer.allow_uids", f"expected a list of user ids, got {uids!r}")
+    users = values.get("allow_users", [])
+    if not (isinstance(users, list) and all(isinstance(u, str) and u for u in users)):
+        raise ConfigError("balancer.allow_users", f"expected a list of user names, got {users!r}")
+    try:
+        user_uids(users)
+    except KeyError as exc:
+        raise ConfigError("balancer.allow_users", f"no such user: {exc.args[0]!r}") from None
+    return tuple(uids), tuple(users)
 
 
 def _typed_fields(key: str, cls: type, raw: dict[str, Any], skip: set[str]) -> dict[str, Any]:

@@ -114,12 +114,19 @@ class Router:
         return None
 
 
+# Asked once per new connection: None serves it, a Reply refuses it (access.PeerGate).
+Admit = Callable[[asyncio.BaseTransport], "Reply | None"]
+
+
 class FrontServer:
     """Owns the listening socket and the open connections, for a graceful shutdown."""
 
-    def __init__(self, router: Router, limits: HttpLimits) -> None:
+    def __init__(self, router: Router, limits: HttpLimits, admit: Admit | None = None) -> None:
         self.router = router
         self.limits = limits
+        # Asked once per new connection (access.PeerGate): a Reply refuses it, every request on it
+        # gets that answer instead of a handler's, then the connection closes.
+        self.admit = admit
         self.conns: set[HttpProtocol] = set()
         self.closing = False
         self.server: asyncio.base_events.Server | None = None
@@ -188,6 +195,7 @@ class HttpProtocol(SharedBufferProtocol):
         "message_bytes",
         "message_start",
         "parser",
+        "refusal",
         "remote",
         "transport",
     )
@@ -213,6 +221,7 @@ class HttpProtocol(SharedBufferProtocol):
         self.message_start = 0.0
         self.message_bytes = 0
         self.remote: str | None = None
+        self.refusal: Reply | None = None  # set by FrontServer.admit: this connection is refused
         self.last_active = time.monotonic()
 
     # -- connection -----------------------------------------------------------------------------
@@ -225,6 +234,8 @@ class HttpProtocol(SharedBufferProtocol):
             self._write(error_reply("ServiceUnavailable", "too many open connections", 503), keep_alive=False)
             return
         self.front.conns.add(self)
+        if self.front.admit is not None:
+            self.refusal = self.front.admit(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # A call in progress finishes (its server slot is released); only the answer is dropped.
@@ -355,7 +366,9 @@ class HttpProtocol(SharedBufferProtocol):
     async def _handle(self, req: Request) -> None:
         handler = self.front.router.resolve(req.method, req.path)
         try:
-            if handler is None:
+            if self.refusal is not None:  # no handler runs; the connection ends with this answer
+                reply, req.keep_alive = self.refusal, False
+            elif handler is None:
                 path = req.path if len(req.path) <= 200 else req.path[:200] + "..."  # never echo a huge path
                 reply = error_reply("NotFound", f"no route {req.method.decode(errors='replace')} {path}", 404)
             else:

@@ -80,6 +80,12 @@ class Harness:
     url: str
     http: aiohttp.ClientSession
     events: list[dict[str, Any]] = field(default_factory=list)
+    control_url: str = ""  # the launchers' listener
+
+    def _base(self, path: str) -> str:
+        """The harness plays launchers over the control listener: their routes go there."""
+        launcher = path == "/api/servers/register" or path.endswith(("/lease", "/exited"))
+        return self.control_url if launcher and path.startswith("/api/servers/") else self.url
 
     def of(self, ev: str, **match: Any) -> list[dict[str, Any]]:
         return [e for e in self.events if e["ev"] == ev and all(e.get(k) == v for k, v in match.items())]
@@ -89,7 +95,7 @@ class Harness:
 
     async def post(self, path: str, doc: Any, token: str | None = TOKEN) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self.http.post(self.url + path, json=doc, headers=headers) as r:
+        async with self.http.post(self._base(path) + path, json=doc, headers=headers) as r:
             return r.status, await r.json(content_type=None)
 
     async def get(self, path: str, token: str | None = TOKEN) -> Any:
@@ -103,7 +109,7 @@ class Harness:
         """Any method; ``body`` bytes go as they are, anything else as JSON."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         kw: dict[str, Any] = {"data": body} if isinstance(body, bytes) else {"json": body}
-        async with self.http.request(method, self.url + path, headers=headers, **kw) as r:
+        async with self.http.request(method, self._base(path) + path, headers=headers, **kw) as r:
             return r.status, await r.json(content_type=None)
 
     async def evaluate(self, x: float, model: str = "forward") -> tuple[int, Any]:
@@ -132,20 +138,24 @@ async def running(
     balancer = Balancer(cfg, bus, tmp_path, TOKEN, backend, clock=clock)
     harness_events: list[dict[str, Any]] = []
     bus.subscribe(harness_events.append)
-    front = FrontServer(balancer.router(), HttpLimits(max_body=cfg.max_body_bytes))
+    limits = HttpLimits(max_body=cfg.max_body_bytes)
+    front = FrontServer(balancer.client_router(), limits, admit=balancer.gate)
+    control = FrontServer(balancer.control_router(), limits)
     port = await front.listen("127.0.0.1", 0)
     url = f"http://127.0.0.1:{port}"
+    control_url = f"http://127.0.0.1:{await control.listen('127.0.0.1', 0)}"
     if setup is not None:
         setup(balancer)
-    await balancer.start(url)
+    await balancer.start(url, control_url)
     async with aiohttp.ClientSession() as http:
-        h = Harness(balancer, backend, url, http, harness_events)
+        h = Harness(balancer, backend, url, http, harness_events, control_url)
         try:
             yield h
         finally:
             await front.stop_listening()
             await balancer.shutdown("test over")
             await front.close()
+            await control.close()
 
 
 def free_port() -> int:

@@ -1,0 +1,106 @@
+"""Owner-only client port: a connection from another Unix user's process is refused.
+
+A login node is shared: anyone on it can reach 127.0.0.1:4242 and, without this, run the owner's
+models on the owner's allocation. ``PeerGate`` is the frontend's ``admit`` hook: once per new
+connection it asks the kernel for the UID behind the peer's socket (``peer.py``) and answers
+every request on a refused connection with a 403 UM-Bridge error, so no handler (no model) runs.
+
+- The owner is the balancer's effective UID; ``allow_uids``/``allow_users`` add others.
+- A peer with no socket on this machine (a client on a compute node) has no UID the kernel can
+  tell: refused unless ``allow_remote = true``.
+- A loopback peer whose socket cannot be found (it closed already, or the lookup failed) is
+  refused too: the check fails closed.
+
+Refusals are journaled (``peer.refused``) at most once per ``LOG_S`` with their count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Iterable
+
+from .events import Ev, EventBus
+from .frontend import Reply, error_reply
+from .peer import PeerLookup
+
+LOG_S = 5.0
+log = logging.getLogger(__name__)
+
+
+def _loopback(host: str) -> bool:
+    return host.startswith(("127.", "::ffff:127.")) or host == "::1"
+
+
+def _forbidden(message: str) -> Reply:
+    return error_reply("Forbidden", message, 403)
+
+
+class PeerGate:
+    """``__call__(transport)``: None to serve the connection, or the reply every request gets."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        allow_uids: Iterable[int] = (),
+        allow_remote: bool = False,
+        lookup: PeerLookup | None = None,
+    ) -> None:
+        self.bus = bus
+        self.owner = os.geteuid()
+        self.allowed = frozenset({self.owner, *allow_uids})
+        self.allow_remote = allow_remote
+        self.lookup = lookup or PeerLookup()
+        self._refused = 0  # refusals not yet journaled
+        self._last: tuple[int | None, str | None, str] = (None, None, "")
+        self._logged_m = -LOG_S
+        self._flush: asyncio.TimerHandle | None = None
+
+    def __call__(self, transport: asyncio.BaseTransport) -> Reply | None:
+        local = transport.get_extra_info("sockname")
+        peer = transport.get_extra_info("peername")
+        if not isinstance(peer, tuple) or not isinstance(local, tuple):
+            return None  # not TCP (a Unix socket in a test): the file's mode guards it
+        try:
+            uid = self.lookup.peer_uid(local[:2], peer[:2])
+        except OSError as exc:
+            log.warning("peer lookup failed: %s", exc)
+            uid, why = None, f"its user could not be determined ({exc.strerror or exc})"
+        else:
+            why = "its user could not be determined"
+        if uid is not None:
+            if uid in self.allowed:
+                return None
+            why = f"uid {uid} is not the owner's (allow it with allow_uids or allow_users)"
+        elif not _loopback(str(peer[0])):
+            if self.allow_remote:
+                return None
+            why = "a connection from another host (allow it with allow_remote = true)"
+        self._note(uid, peer[0], why)
+        return _forbidden(f"this balancer serves its owner only: {why}")
+
+    def _note(self, uid: int | None, remote: str, why: str) -> None:
+        """Journal at most once per LOG_S, with the count since the last line: a user hammering
+        the port fills no disk."""
+        self._refused += 1
+        self._last = (uid, remote, why)
+        wait = self._logged_m + LOG_S - time.monotonic()
+        if wait <= 0:
+            self._log()
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(wait, self._log)
+
+    def _log(self) -> None:
+        self._flush = None
+        if self._refused:
+            uid, remote, why = self._last
+            self.bus.emit(Ev.PEER_REFUSED, uid=uid, remote=remote, reason=why, count=self._refused)
+            self._refused, self._logged_m = 0, time.monotonic()
+
+    def close(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._log()
+        self.lookup.close()
