@@ -15,6 +15,7 @@ from typing import Any
 from .apiclient import EXIT_USAGE, CliError, call, target, target_args
 
 STATES = ("requested", "starting", "registered", "ready", "draining", "stopping")
+STARTING = ("requested", "starting", "registered")  # one column on the status screen
 
 
 def add_operator_parsers(sub: Any) -> None:
@@ -127,12 +128,15 @@ def format_status(doc: dict[str, Any], url: str) -> str:
     lines = [
         f"balancer {url}, up {_dur(calls.get('uptime_s'))}, {doc.get('inflight', 0)} calls in flight",
         f"calls: {calls.get('completed', 0)} completed, {calls.get('failed', 0)} failed, "
-        f"{calls.get('per_s', 0):g}/s over the last minute",
+        f"{calls.get('per_s', 0):.1f}/s over the last minute; "
+        f"{calls.get('server_failures', 0)} server failures",
     ]
-    rows = [["SPEC", "STATE", *[s.upper() for s in STATES], "MIN", "MAX", "BACKLOG", "MODELS"]]
+    rows = [["SPEC", "STATE", "READY", "STARTING", "DRAINING", "STOPPING", "MIN", "MAX", "BACKLOG", "MODELS"]]
     for name, sp in doc.get("specs", {}).items():
         state = "held" if sp["held"] else "paused" if sp["paused"] else "running"
-        counts = [str(sp["servers"].get(s, 0)) for s in STATES]
+        n = sp["servers"]
+        counts = [str(n.get("ready", 0)), str(sum(n.get(s, 0) for s in STARTING))]
+        counts += [str(n.get("draining", 0)), str(n.get("stopping", 0))]
         limits = [str(sp["min_servers"]), str(sp["max_servers"]), str(sp["backlog"])]
         rows.append([name, state, *counts, *limits, ",".join(sp["models"]) or "?"])
     lines += ["", _table(rows)]

@@ -31,11 +31,12 @@ class CallStats:
 
     A bus subscriber that costs an int compare and an increment per event."""
 
-    __slots__ = ("_ring", "_sec", "completed", "failed", "started", "started_m")
+    __slots__ = ("_ring", "_sec", "completed", "failed", "server_failures", "started", "started_m")
 
     def __init__(self) -> None:
         self.completed = 0
         self.failed = 0
+        self.server_failures = 0
         self.started = time.time()
         self.started_m = time.monotonic()
         self._ring = [0] * RATE_WINDOW_S
@@ -48,6 +49,8 @@ class CallStats:
         elif ev == Ev.CALL_FAILED:
             self.failed += 1
         else:
+            if ev == Ev.SERVER_FAILED:
+                self.server_failures += 1
             return
         sec = int(e["m"])
         if sec != self._sec:
@@ -72,6 +75,7 @@ class CallStats:
         return {
             "completed": self.completed,
             "failed": self.failed,
+            "server_failures": self.server_failures,
             "per_s": self.rate(time.monotonic()),
             "uptime_s": round(time.time() - self.started, 1),
         }
