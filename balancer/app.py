@@ -21,6 +21,7 @@ from .backends.base import Backend
 from .calls import Calls, shmem_unsupported, test_shmem
 from .config import BalancerConfig
 from .control import Control
+from .dashboard import Dashboard, Feed
 from .dispatcher import NoServerError
 from .events import Ev, EventBus
 from .filereg import FileRegistration
@@ -79,6 +80,9 @@ class Balancer:
         self.gate = PeerGate(bus, (*cfg.allow_uids, *users), cfg.allow_remote)  # the client port's
         self.metrics = Metrics(self.pool, lambda: self.calls.inflight, self.forecast)
         bus.subscribe(self.metrics)
+        # The dashboard's feed subscribes to the bus only while a tab is open.
+        feed = Feed(self.pool, bus, self.scaler, self.forecast, self.monitor, lambda: self.calls.inflight)
+        self.dashboard = Dashboard(feed)
         self.url = f"http://{cfg.host}:{cfg.port}"
         self.files: FileRegistration | None = None
         if cfg.registration == "file":
@@ -90,7 +94,12 @@ class Balancer:
         forecast = {k: fc[k] for k in ("enabled", "state", "in_use", "model", "override")}
         if self.monitor is not None:
             forecast["collector"] = self.monitor.status()
-        return {"inflight": self.calls.inflight, "scaler": self.scaler.status(), "forecast": forecast}
+        return {
+            "inflight": self.calls.inflight,
+            "scaler": self.scaler.status(),
+            "forecast": forecast,
+            "dashboard": self.dashboard.feed.status(),
+        }
 
     async def start(self, url: str, control_url: str | None = None) -> None:
         """Start the backend (a ConfigError here leaves nothing to clean up), then the scaler.
@@ -174,6 +183,8 @@ class Balancer:
         r.add("GET", "/api/forecast", self.forecast_api.get)
         r.add("PUT", "/api/forecast", self.forecast_api.put)
         r.add("DELETE", "/api/forecast", self.forecast_api.delete)
+        for method, path, handler, prefix in self.dashboard.routes():  # read-only: no token
+            (r.add_prefix if prefix else r.add)(method, path, handler)
         return r
 
 

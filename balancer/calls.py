@@ -324,6 +324,8 @@ class Calls:
                 raise
             t1 = time.monotonic()
             disp.release(s, t1)
+            s.calls += 1  # type: ignore[attr-defined]
+            s.busy_s += t1 - t0  # type: ignore[attr-defined]
             emit(Ev.CALL_COMPLETED, call=call, server=s.id, status=status, bytes=len(data), service_s=t1 - t0)  # type: ignore[attr-defined]
             return status, _pass_headers(raw), data
 

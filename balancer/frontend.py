@@ -69,7 +69,49 @@ class Request:
         self.remote = remote
 
 
-Handler = Callable[[Request], Awaitable[Reply]]
+class StreamOut:
+    """What a ``Stream`` writes through: its connection, without the protocol's internals."""
+
+    __slots__ = ("_proto",)
+
+    def __init__(self, proto: HttpProtocol) -> None:
+        self._proto = proto
+
+    def write(self, data: bytes) -> bool:
+        """Queue ``data``; False once the connection is gone."""
+        t = self._proto.transport
+        if t is None or t.is_closing():
+            return False
+        t.write(data)
+        return True
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the peer: a slow reader's backlog."""
+        t = self._proto.transport
+        return t.get_write_buffer_size() if t is not None else 0
+
+    def close(self) -> None:
+        """End the stream now, dropping any backlog (a reader too slow to keep up)."""
+        t = self._proto.transport
+        if t is not None:
+            t.abort()
+
+
+class Stream:
+    """A handler's answer that goes on (server-sent events): the frontend writes the status line and
+    headers without Content-Length, hands ``open`` the connection and calls ``closed`` when the peer
+    leaves or the server closes it. The connection is not reused; requests after it are dropped."""
+
+    headers = b"Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+
+    def open(self, out: StreamOut) -> None:
+        raise NotImplementedError
+
+    def closed(self) -> None:
+        """The connection is gone; called once."""
+
+
+Handler = Callable[[Request], Awaitable["Reply | Stream"]]
 
 
 def json_reply(obj: object, status: int = 200) -> Reply:
@@ -186,6 +228,7 @@ class HttpProtocol(SharedBufferProtocol):
         "_limit_reply",
         "_pending",
         "_size",
+        "_stream",
         "_task",
         "_too_large",
         "_url",
@@ -223,6 +266,7 @@ class HttpProtocol(SharedBufferProtocol):
         self.remote: str | None = None
         self.refusal: Reply | None = None  # set by FrontServer.admit: this connection is refused
         self.last_active = time.monotonic()
+        self._stream: Stream | None = None  # this connection became an event stream
 
     # -- connection -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -241,9 +285,12 @@ class HttpProtocol(SharedBufferProtocol):
         # A call in progress finishes (its server slot is released); only the answer is dropped.
         self.front.conns.discard(self)
         self.transport = None
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.closed()
 
     def idle(self) -> bool:
-        return self._task is None and not self._pending
+        return self._task is None and not self._pending and self._stream is None
 
     def close(self) -> None:
         if self.transport is not None:
@@ -377,6 +424,9 @@ class HttpProtocol(SharedBufferProtocol):
             reply = error_reply("InternalError", f"{type(exc).__name__}: {exc}", 500)
         keep_alive = req.keep_alive and not self.front.closing
         self._task = None
+        if isinstance(reply, Stream):
+            self._open_stream(reply)
+            return
         if self.transport is not None:
             self._write(reply, keep_alive)
             self.last_active = time.monotonic()
@@ -384,6 +434,19 @@ class HttpProtocol(SharedBufferProtocol):
                 self._next()
             elif self._final is not None and keep_alive and not self._pending:
                 self._write(self._final, keep_alive=False)
+
+    def _open_stream(self, stream: Stream) -> None:
+        """Status line and headers, then the stream owns the connection until either side ends it.
+        Reading goes on (a peer's close is seen at once) but what arrives is ignored."""
+        t = self.transport
+        if t is None:
+            stream.closed()
+            return
+        self._done_reading = True
+        self._pending.clear()
+        self._stream = stream
+        t.write(b"HTTP/1.1 200 OK\r\n%sConnection: close\r\n\r\n" % stream.headers)
+        stream.open(StreamOut(self))
 
     def _write(self, reply: Reply, keep_alive: bool) -> None:
         status, headers, body = reply

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from .collect import CollectError  # already phrased for the user: shown as it i
 
 ERROR_REPEAT_S = 60.0
 PRUNE_EVERY_S = 3600.0
+RECENT_SAMPLES = 720  # journaled samples kept for a newly opened dashboard (12 h at one a minute)
 
 
 class CapacityMonitor:
@@ -41,6 +43,7 @@ class CapacityMonitor:
         self._error_logged: tuple[str, float] | None = None
         self._pruned = 0.0
         self._task: asyncio.Task[None] | None = None
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_SAMPLES)
 
     def start(self, first_done: bool = False) -> None:
         self._task = asyncio.create_task(self._loop(first_done), name="capacity-monitor")
@@ -88,6 +91,7 @@ class CapacityMonitor:
         waits = [s.expected_wait_s for s in samples if s.expected_wait_s is not None]
         if waits:
             fields["expected_wait_s"] = min(waits)
+        self.recent.append({"t": t, **fields})
         self.bus.emit(Ev.CAPACITY_SAMPLE, **fields)
         return samples
 

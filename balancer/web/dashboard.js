@@ -1,0 +1,452 @@
+// UM-Bridge balancer dashboard: one EventSource, a snapshot first, then one message a second.
+// Plain JS, no build step; charts by uPlot (vendored). Nothing here polls the balancer.
+"use strict";
+
+const WINDOW_S = 300; // calls and latency charts: at most the last five minutes
+const SPANS = [60, 120, 300, 600]; // a chart spans the shortest of these that holds its data
+const CAPACITY_PAST_S = 6 * 3600; // capacity chart: six hours back ...
+const CAPACITY_AHEAD_S = 2 * 3600; // ... and two hours of forecast ahead
+const MAX_LOG = 100;
+
+const S = {
+  now: Date.now() / 1000, // the balancer's clock, as of its last message
+  series: [], // [t, answered, failed, p50 s, p90 s, service p50 s, waiting]
+  servers: [],
+  queues: {},
+  totals: { calls: 0, inflight: 0 },
+  window: { p50: null, p90: null },
+  timeline: new Map(), // server -> {spec, segs: [[t, state, failed]]}
+  decisions: [],
+  failures: [],
+  failureCount: 0,
+  capacity: [],
+  forecast: null,
+};
+
+const $ = (id) => document.getElementById(id);
+
+// -- formatting ------------------------------------------------------------------------------
+function hms(t) {
+  return new Date(t * 1000).toLocaleTimeString([], { hour12: false });
+}
+function ms(sec) {
+  if (sec === null || sec === undefined) return "-";
+  const v = sec * 1000;
+  if (v >= 10000) return (v / 1000).toFixed(1) + " s";
+  if (v >= 100) return v.toFixed(0) + " ms";
+  if (v >= 10) return v.toFixed(1) + " ms";
+  return v.toFixed(2) + " ms";
+}
+function duration(s) {
+  if (s === null || s === undefined) return "-";
+  if (s < 0) return "past";
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = Math.floor(s % 60);
+  if (h) return `${h} h ${String(m).padStart(2, "0")} min`;
+  if (m) return `${m} min ${String(sec).padStart(2, "0")} s`;
+  return `${sec} s`;
+}
+function hm(t) {
+  return new Date(t * 1000).toLocaleTimeString([], { hour12: false, hour: "2-digit", minute: "2-digit" });
+}
+function span(age, max) {
+  for (const s of SPANS) if (s >= age && s <= max) return s;
+  return max;
+}
+function spanText(s) {
+  return s < 120 ? `last ${s} s` : `last ${s / 60} min`;
+}
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+// -- charts ----------------------------------------------------------------------------------
+function chartSize(box) {
+  return { width: Math.max(100, box.clientWidth), height: Math.max(60, box.clientHeight - 26) };
+}
+// x ranges are set by the page (a fixed span ending now), not fitted to the data.
+const ranges = {};
+function makeChart(boxId, series, axes, scales) {
+  const box = $(boxId);
+  ranges[boxId] = [S.now - 60, S.now];
+  const opts = {
+    ...chartSize(box),
+    cursor: { drag: { x: false, y: false } },
+    scales: { x: { time: true, range: () => ranges[boxId] }, ...scales },
+    series: [{}, ...series],
+    axes,
+    legend: { live: false },
+  };
+  const u = new uPlot(opts, [[], ...series.map(() => [])], box);
+  new ResizeObserver(() => u.setSize(chartSize(box))).observe(box);
+  return u;
+}
+const axisFont = "11px system-ui, sans-serif";
+const xAxis = { font: axisFont, size: 22, gap: 2, space: 70, values: (u, splits) => splits.map((t) => hms(t)) };
+const xAxisHM = { ...xAxis, values: (u, splits) => splits.map((t) => hm(t)) };
+function yAxis(label, scale, side) {
+  return { scale, label, labelSize: 16, labelFont: axisFont, font: axisFont, size: 42, side: side || 3,
+    grid: { show: side !== 1 } };
+}
+
+let rateChart, latChart, capChart;
+function initCharts() {
+  rateChart = makeChart(
+    "c-rate",
+    [
+      { label: "answered/s", stroke: "#2f855a", width: 1.5, fill: "rgba(47,133,90,0.12)", scale: "rate" },
+      { label: "failed/s", stroke: "#d64545", width: 1.5, scale: "rate" },
+      { label: "waiting", stroke: "#dd8a1e", width: 1.5, dash: [4, 3], scale: "wait" },
+    ],
+    [xAxis, yAxis("calls/s", "rate"), yAxis("waiting calls", "wait", 1)],
+    { rate: { range: (u, lo, hi) => [0, Math.max(1, hi * 1.1)] },
+      wait: { range: (u, lo, hi) => [0, Math.max(1, hi * 1.1)] } },
+  );
+  latChart = makeChart(
+    "c-lat",
+    [
+      { label: "p50", stroke: "#2b6cb0", width: 1.5, scale: "ms", spanGaps: false },
+      { label: "p90", stroke: "#c05621", width: 1.5, scale: "ms", spanGaps: false },
+      { label: "service p50", stroke: "#718096", width: 1, dash: [3, 3], scale: "ms", spanGaps: false },
+    ],
+    [xAxis, yAxis("latency (ms)", "ms")],
+    { ms: { range: (u, lo, hi) => [0, Math.max(1, (hi || 1) * 1.1)] } },
+  );
+  capChart = makeChart(
+    "c-cap",
+    [
+      { label: "observed idle", stroke: "#2f855a", width: 1.5, points: { show: true, size: 4 }, scale: "cpu", spanGaps: true },
+      { label: "predicted then", stroke: "#805ad5", width: 1, dash: [4, 3], scale: "cpu", spanGaps: true },
+      { label: "forecast ahead", stroke: "#805ad5", width: 1.5, scale: "cpu", spanGaps: true },
+    ],
+    [xAxisHM, yAxis("idle CPUs", "cpu")],
+    { cpu: { range: (u, lo, hi) => [0, Math.max(1, (hi || 1) * 1.15)] } },
+  );
+}
+
+function drawRateAndLatency(now) {
+  const first = S.series.length ? S.series[0][0] : now;
+  const w = span(now - first, WINDOW_S);
+  const lo = now - w;
+  ranges["c-rate"] = ranges["c-lat"] = [lo, now];
+  $("rate-span").textContent = spanText(w);
+  $("lat-span").textContent = spanText(w);
+  const pts = S.series.filter((p) => p[0] > lo);
+  const x = pts.map((p) => p[0]);
+  rateChart.setData([x, pts.map((p) => p[1]), pts.map((p) => p[2]), pts.map((p) => p[6])]);
+  const toMs = (v) => (v === null || v === undefined ? null : v * 1000);
+  latChart.setData([x, pts.map((p) => toMs(p[3])), pts.map((p) => toMs(p[4])), pts.map((p) => toMs(p[5]))]);
+}
+
+function drawCapacity(now) {
+  const lo = now - CAPACITY_PAST_S;
+  const rows = new Map(); // t -> [observed, predicted then, ahead]
+  const row = (t) => {
+    if (!rows.has(t)) rows.set(t, [null, null, null]);
+    return rows.get(t);
+  };
+  for (const c of S.capacity) {
+    if (c.t < lo) continue;
+    const r = row(Math.round(c.t));
+    r[0] = c.idle_cpus;
+    if (c.predicted_idle_cpus !== undefined) r[1] = c.predicted_idle_cpus;
+  }
+  const p = S.forecast && S.forecast.prediction;
+  if (p && S.forecast.in_use) {
+    const first = Math.max(0, Math.floor((now - p.start) / p.step_s));
+    for (let i = first; i < p.mean.length; i++) {
+      const t = p.start + i * p.step_s;
+      if (t > now + CAPACITY_AHEAD_S) break;
+      row(Math.round(Math.max(t, now)))[2] = p.mean[i];
+    }
+  }
+  const ts = [...rows.keys()].sort((a, b) => a - b);
+  const ahead = ts.length && ts[ts.length - 1] > now + 60 ? ts[ts.length - 1] : now + 300;
+  ranges["c-cap"] = [Math.min(now - 3600, ts.length ? ts[0] : now), ahead];  capChart.setData([ts, ts.map((t) => rows.get(t)[0]), ts.map((t) => rows.get(t)[1]), ts.map((t) => rows.get(t)[2])]);
+  const f = S.forecast;
+  let text = "forecast: not available";
+  if (f) {
+    text = `forecast: ${f.state}` + (f.model ? `, model ${f.model}` : "") +
+      (f.observed_idle_cpus !== null && f.observed_idle_cpus !== undefined ? `; idle now ${f.observed_idle_cpus} CPUs` : "") +
+      (f.collector && f.collector.source ? `; collector ${f.collector.source}, ${f.collector.samples} samples` : "");
+  }
+  $("fc-status").textContent = text;
+  $("fc-status").title = text;
+}
+
+// -- servers, queues, timeline ---------------------------------------------------------------
+function drawServers() {
+  const body = $("servers").tBodies[0];
+  body.replaceChildren();
+  const order = { ready: 0, draining: 1, registered: 2, starting: 3, requested: 4, stopping: 5 };
+  const rows = [...S.servers].sort((a, b) => (order[a.state] ?? 9) - (order[b.state] ?? 9) || a.id.localeCompare(b.id, undefined, { numeric: true }));
+  for (const s of rows) {
+    const tr = el("tr");
+    tr.dataset.server = s.id;
+    tr.dataset.state = s.state;
+    tr.append(el("td", "", s.id), el("td", "", s.spec));
+    const st = el("td");
+    st.append(el("span", `state st-${s.state}`, s.state));
+    tr.append(st, el("td", "", s.job ?? "-"), el("td", "", s.host ?? "-"));
+    tr.append(el("td", "num", s.left_s === null ? "no limit" : duration(s.left_s)));
+    tr.append(el("td", "num calls", String(s.calls)));
+    tr.append(el("td", "num", `${s.busy} / ${s.slots}`));
+    const ut = el("td", "num");
+    if (s.util === null || s.util === undefined) {
+      ut.textContent = "-";
+    } else {
+      const bar = el("span", "bar");
+      const fill = el("span");
+      fill.style.width = `${Math.round(s.util * 100)}%`;
+      bar.append(fill);
+      ut.append(bar, document.createTextNode(` ${(s.util * 100).toFixed(0)} %`));
+    }
+    tr.append(ut);
+    body.append(tr);
+  }
+  $("servers-empty").hidden = rows.length > 0;
+  const counts = {};
+  for (const s of S.servers) counts[s.state] = (counts[s.state] || 0) + 1;
+  $("servers-sum").textContent = Object.keys(counts).length
+    ? "(" + Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(", ") + ")"
+    : "";
+}
+
+function drawQueues() {
+  const body = $("queues").tBodies[0];
+  body.replaceChildren();
+  const models = Object.keys(S.queues).sort();
+  if (!models.length) {
+    const tr = el("tr");
+    tr.append(el("td", "empty", "no model known yet"));
+    body.append(tr);
+  }
+  for (const m of models) {
+    const n = S.queues[m];
+    const tr = el("tr");
+    tr.append(el("td", "", m), el("td", "num " + (n ? "q-wait" : "q-zero"), `${n} waiting`));
+    body.append(tr);
+  }
+}
+
+function addTransition(r) {
+  let s = S.timeline.get(r.server);
+  if (!s) {
+    s = { spec: r.spec, segs: [] };
+    S.timeline.set(r.server, s);
+  }
+  if (r.spec) s.spec = r.spec;
+  const last = s.segs[s.segs.length - 1];
+  if (last && last[1] === r.state && !r.failed) return;
+  s.segs.push([r.t, r.state, !!r.failed]);
+}
+
+const STATE_COLOURS = {};
+function stateColour(state) {
+  if (!STATE_COLOURS[state]) {
+    const v = getComputedStyle(document.documentElement).getPropertyValue(`--${state}`).trim();
+    STATE_COLOURS[state] = v || "#999";
+  }
+  return STATE_COLOURS[state];
+}
+
+function drawTimeline(now) {
+  const c = $("timeline");
+  const dpr = window.devicePixelRatio || 1;
+  const w = c.clientWidth, h = c.clientHeight;
+  if (c.width !== Math.round(w * dpr) || c.height !== Math.round(h * dpr)) {
+    c.width = Math.round(w * dpr);
+    c.height = Math.round(h * dpr);
+  }
+  const g = c.getContext("2d");
+  g.setTransform(dpr, 0, 0, dpr, 0, 0);
+  g.clearRect(0, 0, w, h);
+  const left = 92, right = 8, axisH = 16, rowH = 13;
+  let first = now;
+  for (const s of S.timeline.values()) if (s.segs.length) first = Math.min(first, s.segs[0][0]);
+  const width = span(now - first, 600);
+  $("timeline-span").textContent = spanText(width);
+  const lo = now - width;
+  const xOf = (t) => left + ((Math.max(t, lo) - lo) / width) * (w - left - right);
+  // Servers seen in the window, live ones and the newest first.
+  const shown = [...S.timeline.entries()]
+    .filter(([, s]) => {
+      const last = s.segs[s.segs.length - 1];
+      return last && (last[1] !== "gone" || last[0] > lo);
+    })
+    .sort((a, b) => b[1].segs[0][0] - a[1].segs[0][0]);
+  const maxRows = Math.max(1, Math.floor((h - axisH) / rowH));
+  g.font = "11px system-ui, sans-serif";
+  g.textBaseline = "middle";
+  shown.slice(0, maxRows).forEach(([id, s], i) => {
+    const y = i * rowH;
+    g.fillStyle = "#1d2733";
+    g.fillText(`${id} ${s.spec || ""}`.slice(0, 14), 2, y + rowH / 2);
+    s.segs.forEach(([t, state, failed], k) => {
+      const end = k + 1 < s.segs.length ? s.segs[k + 1][0] : now;
+      if (state === "gone") {
+        if (t > lo) {
+          g.fillStyle = failed ? stateColour("failed") : stateColour("gone");
+          g.fillRect(xOf(t) - 1, y + 1, 3, rowH - 2);
+        }
+        return;
+      }
+      if (end < lo) return;
+      g.fillStyle = stateColour(state);
+      g.fillRect(xOf(t), y + 2, Math.max(1, xOf(end) - xOf(t)), rowH - 4);
+    });
+  });
+  if (!shown.length) {
+    g.fillStyle = "#677487";
+    g.fillText(`no server in the ${spanText(width)}`, left + 4, 10);
+  }
+  if (shown.length > maxRows) {
+    g.fillStyle = "#677487";
+    g.fillText(`+${shown.length - maxRows} more`, 2, h - axisH - 4);
+  }
+  // Time axis: minutes before now.
+  g.strokeStyle = "#dde3ea";
+  g.fillStyle = "#677487";
+  g.textAlign = "center";
+  const step = width / 5;
+  for (let k = 5; k >= 0; k--) {
+    const ago = k * step;
+    const x = xOf(now - ago);
+    g.beginPath();
+    g.moveTo(x, 0);
+    g.lineTo(x, h - axisH);
+    g.stroke();
+    const label = !ago ? "now" : ago < 120 ? `-${ago} s` : `-${ago / 60} min`;
+    g.fillText(label, Math.min(Math.max(x, left + 14), w - 16), h - axisH / 2);
+  }
+  g.textAlign = "start";
+}
+
+// -- logs ------------------------------------------------------------------------------------
+function decisionText(d) {
+  const n = d.count && d.count > 1 ? `${d.count} x ` : "";
+  let t = `${n}${d.spec}${d.server ? " " + d.server : ""}: ${d.reason}`;
+  const why = [];
+  if (d.waiting !== undefined) why.push(`${d.waiting} waiting`);
+  if (d.target !== undefined) why.push(`target ${d.target}`);
+  if (d.idle_cpus !== undefined && d.idle_cpus !== null) why.push(`idle ${d.idle_cpus} CPUs`);
+  if (d.time_limit_s !== undefined) why.push(`limit ${duration(d.time_limit_s)}`);
+  if (why.length) t += ` (${why.join(", ")})`;
+  return t;
+}
+function drawLogs() {
+  const dl = $("decisions");
+  dl.replaceChildren();
+  for (const d of [...S.decisions].reverse()) {
+    const li = el("li");
+    li.append(el("time", "", hms(d.t)), el("span", d.action, d.action + " "), document.createTextNode(decisionText(d)));
+    li.title = li.textContent;
+    dl.append(li);
+  }
+  if (!S.decisions.length) dl.append(el("li", "empty", "none yet"));
+  const fl = $("failures");
+  fl.replaceChildren();
+  for (const f of [...S.failures].reverse()) {
+    const li = el("li");
+    li.append(el("time", "", hms(f.t)), document.createTextNode(`${f.what}: ${f.reason ?? ""}`));
+    li.title = li.textContent;
+    fl.append(li);
+  }
+  if (!S.failures.length) fl.append(el("li", "empty", "none"));
+}
+
+function drawTiles() {
+  $("t-calls").textContent = S.totals.calls.toLocaleString("en-US");
+  const last = S.series.slice(-10);
+  const rate = last.length ? last.reduce((a, p) => a + p[1], 0) / last.length : 0;
+  $("t-rate").textContent = rate >= 100 ? rate.toFixed(0) : rate.toFixed(1);
+  $("t-inflight").textContent = String(S.totals.inflight);
+  $("t-waiting").textContent = String(Object.values(S.queues).reduce((a, b) => a + b, 0));
+  $("t-p50").textContent = ms(S.window.p50);
+  $("t-p90").textContent = ms(S.window.p90);
+  const ready = S.servers.filter((s) => s.state === "ready").length;
+  $("t-servers").textContent = `${ready} / ${S.servers.length}`;
+  $("t-failures").textContent = String(S.failureCount);
+  $("t-failures").parentElement.classList.toggle("bad", S.failureCount > 0);
+}
+
+// -- messages --------------------------------------------------------------------------------
+function trim(list) {
+  if (list.length > MAX_LOG) list.splice(0, list.length - MAX_LOG);
+}
+function onSnapshot(m) {
+  S.series = m.series;
+  S.servers = m.servers;
+  S.queues = m.queues;
+  S.totals = m.totals;
+  S.window = { p50: null, p90: null };
+  S.timeline = new Map();
+  for (const r of m.timeline) addTransition(r);
+  S.decisions = m.decisions;
+  S.failures = m.failures;
+  S.failureCount = m.failures.length;
+  S.capacity = m.capacity;
+  S.forecast = m.forecast;
+  render(m.t, true);
+}
+function onTick(m) {
+  S.series.push(m.point);
+  if (S.series.length > WINDOW_S) S.series.splice(0, S.series.length - WINDOW_S);
+  S.servers = m.servers;
+  S.queues = m.queues;
+  S.totals = m.totals;
+  S.window = m.window;
+  let logs = false, cap = false;
+  for (const e of m.events) {
+    if (e.kind === "server") addTransition(e);
+    else if (e.kind === "decision") { S.decisions.push(e); logs = true; }
+    else if (e.kind === "failure") { S.failures.push(e); S.failureCount += 1; logs = true; }
+    else if (e.kind === "capacity") { S.capacity.push(e); cap = true; }
+    else if (e.kind === "balancer.stopping") {
+      S.failures.push({ t: e.t, what: "balancer stopping", reason: e.reason });
+      logs = true;
+    }
+  }
+  trim(S.decisions);
+  trim(S.failures);
+  if (m.forecast !== undefined) { S.forecast = m.forecast; cap = true; }
+  render(m.t, logs, cap);
+}
+function render(now, logs, cap) {
+  S.now = now;
+  $("clock").textContent = `updated ${hms(now)}`;
+  drawTiles();
+  drawRateAndLatency(now);
+  drawServers();
+  drawQueues();
+  drawTimeline(now);
+  if (logs !== false) drawLogs();
+  if (cap !== false || logs === true) drawCapacity(now);
+}
+
+function connect() {
+  const es = new EventSource("/dashboard/events");
+  const conn = $("conn");
+  es.onopen = () => {
+    conn.textContent = "live";
+    conn.className = "conn conn-live";
+  };
+  es.onerror = () => {
+    // EventSource reconnects by itself (the stream's retry: 2 s); a snapshot follows.
+    conn.textContent = "reconnecting";
+    conn.className = "conn conn-wait";
+  };
+  es.onmessage = (ev) => {
+    const m = JSON.parse(ev.data);
+    if (m.type === "snapshot") onSnapshot(m);
+    else if (m.type === "tick") onTick(m);
+  };
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  initCharts();
+  drawLogs();
+  connect();
+});

@@ -1,0 +1,191 @@
+"""The dashboard: its files, its event stream (in process), and the page in headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import requests
+import umbridge
+
+from balancer.dashboard import MAX_BACKLOG, Tab
+from balancer.events import Ev
+from tests.browser import chromium, new_page  # noqa: F401 - the fixture
+from tests.fakes import running, until
+from tests.helpers import test_model_spec, wait_until
+
+SPEC = {"name": "t", "command": ["true"], "models": ["forward"]}
+
+
+async def _messages(resp: aiohttp.ClientResponse) -> Any:
+    """The JSON messages of an event stream, one by one (comments and ``retry`` skipped)."""
+    async for line in resp.content:
+        if line.startswith(b"data: "):
+            yield json.loads(line[6:])
+
+
+def test_page_and_files_are_served_from_memory_with_a_strict_policy(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(tmp_path, [SPEC]) as h:
+            async with h.http.get(h.url + "/dashboard") as r:
+                assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
+                assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+                assert r.headers["Cache-Control"] == "no-cache"
+                page = await r.text()
+            # Everything the page loads is ours, from this origin: nothing from a CDN.
+            assert "http://" not in page and "https://" not in page
+            for name, ctype in (
+                ("dashboard.js", "text/javascript"),
+                ("dashboard.css", "text/css"),
+                ("vendor/uPlot.iife.min.js", "text/javascript"),
+                ("vendor/uPlot.min.css", "text/css"),
+                ("favicon.svg", "image/svg+xml"),
+            ):
+                async with h.http.get(f"{h.url}/dashboard/{name}") as r:
+                    assert r.status == 200 and r.headers["Content-Type"].startswith(ctype), name
+                    assert "Content-Security-Policy" in r.headers
+            for bad in ("nope.js", "../app.py", "..%2Fapp.py"):
+                async with h.http.get(f"{h.url}/dashboard/{bad}") as r:
+                    assert r.status == 404, bad
+
+    asyncio.run(main())
+
+
+def test_feed_subscribes_only_while_a_tab_is_open_and_coalesces_calls_into_ticks(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(tmp_path, [SPEC]) as h:
+            bus, feed = h.balancer.bus, h.balancer.dashboard.feed
+            idle_subs = len(bus._subs)
+            assert not feed.status()["subscribed"]
+            tabs = [await h.http.get(h.url + "/dashboard/events") for _ in range(2)]
+            try:
+                assert tabs[0].headers["Content-Type"] == "text/event-stream"
+                streams = [_messages(t) for t in tabs]
+                first = [await s.__anext__() for s in streams]
+                assert [m["type"] for m in first] == ["snapshot", "snapshot"]
+                assert {"servers", "queues", "decisions", "failures", "timeline", "forecast"} <= set(first[0])
+                # Two tabs, one subscriber.
+                assert len(bus._subs) == idle_subs + 1 and feed.status()["tabs"] == 2
+                # 50 answered calls become per-second counts and a latency, not 50 messages.
+                for call in range(1, 51):
+                    bus.emit(Ev.CALL_RECEIVED, call=call, op="Evaluate", model="forward", bytes=10)
+                    bus.emit(Ev.CALL_COMPLETED, call=call, server="s1", status=200, bytes=10, service_s=0.002)
+                bus.emit(Ev.CALL_RECEIVED, call=51, op="Evaluate", model="forward", bytes=10)
+                bus.emit(Ev.CALL_FAILED, call=51, status=503, reason="ServiceUnavailable: test")
+                seen, failed, ticks = 0, 0, 0
+                while seen < 50 or not failed:
+                    m = await asyncio.wait_for(streams[0].__anext__(), 5)
+                    assert m["type"] == "tick"
+                    ticks += 1
+                    seen += m["point"][1]
+                    failed += m["point"][2]
+                    assert m["window"]["p50"] is None or m["window"]["p50"] < 0.1
+                assert (seen, failed) == (50, 1) and ticks <= 3
+            finally:
+                for t in tabs:
+                    t.close()
+            await until(lambda: feed.status()["tabs"] == 0, 5, "tabs gone")
+            assert len(bus._subs) == idle_subs and not feed.status()["subscribed"]
+            assert feed._timer is None and not feed._open
+            # A tab left open does not hold up the shutdown (the harness shuts down now).
+            await h.http.get(h.url + "/dashboard/events")
+            await until(lambda: feed.status()["tabs"] == 1, 5, "tab open")
+
+    asyncio.run(main())
+
+
+def test_a_tab_that_reads_too_slowly_is_closed() -> None:
+    class Out:
+        def __init__(self) -> None:
+            self.backlog, self.closed, self.data = 0, False, b""
+
+        def write(self, data: bytes) -> bool:
+            self.data += data
+            return True
+
+        def buffered(self) -> int:
+            return self.backlog
+
+        def close(self) -> None:
+            self.closed = True
+
+    class NoFeed:
+        def join(self, tab: Tab) -> None: ...
+        def leave(self, tab: Tab) -> None: ...
+
+    tab = Tab(NoFeed())  # type: ignore[arg-type]
+    out = Out()
+    tab.open(out)  # type: ignore[arg-type]
+    tab.send(b"data: 1\n\n")
+    assert out.data.endswith(b"data: 1\n\n") and not out.closed
+    out.backlog = MAX_BACKLOG + 1
+    tab.send(b"data: 2\n\n")
+    assert out.closed and b"data: 2" not in out.data
+
+
+def _load(url: str, stop: threading.Event, errors: list[BaseException]) -> None:
+    try:
+        model = umbridge.HTTPModel(url, "forward")
+        x = 0.0
+        while not stop.is_set():
+            assert model([[x]]) == [[2 * x]]
+            x += 1
+    except BaseException as exc:  # reported by the test
+        errors.append(exc)
+
+
+def _status(b: Any) -> dict[str, Any]:
+    r = requests.get(b.url + "/api/status", headers={"Authorization": f"Bearer {b.token()}"}, timeout=5)
+    r.raise_for_status()
+    return r.json()
+
+
+def _number(page: Any, selector: str) -> float:
+    return float(page.inner_text(selector).replace(",", "").split()[0])
+
+
+def test_dashboard_in_headless_chromium(start_balancer: Any, chromium: Any) -> None:  # noqa: F811
+    # The page's policy forbids eval, so the waits read the page through Playwright's locators
+    # (its own isolated world), never page.wait_for_function.
+    spec = test_model_spec(min_servers=1, max_servers=2, env={"TEST_DELAY": "20"})
+    b = start_balancer([spec])
+    page = new_page(chromium)
+    page.goto(b.url + "/dashboard")
+    ready = page.locator("#servers tr[data-state=ready]")
+    ready.first.wait_for()
+    assert page.inner_text("#conn") == "live"
+    before = _number(page, "#t-calls")
+    stop, errors = threading.Event(), []
+    load = [threading.Thread(target=_load, args=(b.url, stop, errors)) for _ in range(4)]
+    for t in load:
+        t.start()
+    try:
+        # The counters rise while the load runs; the waiting calls start a second server.
+        wait_until(lambda: _number(page, "#t-calls") >= before + 100, 30, what="calls counter")
+        ready.nth(1).wait_for()
+        wait_until(lambda: all(float(c) > 0 for c in page.locator("#servers td.calls").all_inner_texts()), 30)
+        wait_until(lambda: page.inner_text("#t-p50").endswith("ms"), 10, what="latency tile")
+        page.locator("#decisions li:not(.empty)").nth(1).wait_for()
+        shot = b.run_dir / "dashboard.png"
+        page.screenshot(path=str(shot))
+    finally:
+        stop.set()
+        for t in load:
+            t.join(30)
+    assert not errors, errors
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("DASHBOARD_SCREENSHOT"):  # e.g. docs/dashboard.png, for the README
+        shutil.copyfile(shot, os.environ["DASHBOARD_SCREENSHOT"])
+    assert _status(b)["dashboard"]["tabs"] == 1
+    bad = [m for m in page.console if m[0] == "error"]
+    assert not bad and not page.errors, (bad, page.errors)
+    # A closed tab costs nothing: the feed leaves the bus, nothing is left behind, no error.
+    page.context.close()
+    wait_until(lambda: _status(b)["dashboard"] == {"tabs": 0, "opened": 1, "subscribed": False}, 10)
+    assert not b.events("balancer.error")
