@@ -29,6 +29,7 @@ from .forecast.api import ForecastApi
 from .forecast.service import ForecastService
 from .frontend import Reply, Request, Router
 from .metrics import Metrics
+from .notify import Notifier
 from .peer import user_uids
 from .policy import Limits, StopReason
 from .pool import Pool
@@ -80,6 +81,10 @@ class Balancer:
         self.gate = PeerGate(bus, (*cfg.allow_uids, *users), cfg.allow_remote)  # the client port's
         self.metrics = Metrics(self.pool, lambda: self.calls.inflight, self.forecast)
         bus.subscribe(self.metrics)
+        self.notifier: Notifier | None = None
+        if cfg.notify.urls:
+            self.notifier = Notifier(cfg.notify, bus)
+            bus.subscribe(self.notifier)
         # The dashboard's feed subscribes to the bus only while a tab is open.
         feed = Feed(self.pool, bus, self.scaler, self.forecast, self.monitor, lambda: self.calls.inflight)
         self.dashboard = Dashboard(feed)
@@ -149,6 +154,8 @@ class Balancer:
         self.gate.close()
         if self.history is not None:
             self.history.close()
+        if self.notifier is not None:  # pending notices and the run summary, bounded wait
+            await self.notifier.close()
         self.bus.emit(Ev.BALANCER_STOPPED)
 
     async def _first_forecast(self) -> None:

@@ -90,6 +90,24 @@ class ForecastSettings:
     rules: ForecastRules = field(default_factory=ForecastRules)
 
 
+NOTIFY_KINDS = ("spec_held", "server_failures", "spec_lost", "run_finished", "forecast_window")
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """The ``[notify]`` table: where to send (apprise URLs) and which kinds of notice (notify.py)."""
+
+    urls: tuple[str, ...] = ()  # apprise URLs: mailto://, json://, slack://, matrix://, ...
+    on: tuple[str, ...] = ("spec_held", "server_failures", "spec_lost", "run_finished")
+    failure_threshold: int = 3  # server failures within failure_window_s before a notice
+    failure_window_s: float = 300.0
+    coalesce_s: float = 30.0  # a notice waits this long for more of its kind, then goes as one message
+    min_interval_s: float = 300.0  # at most one message per kind this often; the rest is counted in
+    title_prefix: str = "umbridge-balancer"
+    window_cpus: int = 1  # forecast_window: the predicted idle CPUs rise to at least this many
+    shutdown_wait_s: float = 5.0  # shutdown waits at most this long for the last messages
+
+
 @dataclass(frozen=True)
 class BalancerConfig:
     host: str = "127.0.0.1"
@@ -120,6 +138,7 @@ class BalancerConfig:
     # The [backend] table as the scheduler's ``Options`` dataclass (see backends/options.py).
     backend_options: Any = None
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     @property
     def rules(self) -> ForecastRules:
@@ -131,7 +150,7 @@ class BalancerConfig:
 
 
 _SPEC_KEYS = {f.name for f in fields(ServerSpec)} - {"options"}
-_TOP_KEYS = {f.name for f in fields(BalancerConfig)} - {"servers", "backend_options", "forecast"}
+_TOP_KEYS = {f.name for f in fields(BalancerConfig)} - {"servers", "backend_options", "forecast", "notify"}
 _RES_KEYS = {f.name for f in fields(Resources)}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -260,8 +279,8 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
     top = raw.get("balancer", {})
     _typed("balancer", top, dict, "a table")
     for k in raw:
-        if k not in ("balancer", "servers", "backend", "forecast"):
-            raise ConfigError(k, "unknown section (known: balancer, servers, backend, forecast)")
+        if k not in ("balancer", "servers", "backend", "forecast", "notify"):
+            raise ConfigError(k, "unknown section (known: balancer, servers, backend, forecast, notify)")
     for k in top:
         if k not in _TOP_KEYS:
             raise ConfigError(f"balancer.{k}", f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
@@ -321,6 +340,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
         servers=specs,
         backend_options=_options(scheduler, "Options", backend, "backend"),
         forecast=parse_forecast(raw.get("forecast", {})),
+        notify=parse_notify(raw.get("notify", {})),
     )
 
 
@@ -386,6 +406,50 @@ def parse_forecast(raw: Any) -> ForecastSettings:
     if settings.horizon_s < settings.grid_s:
         raise ConfigError("forecast.horizon_s", f"shorter than the grid ({settings.grid_s:g} s)")
     return settings
+
+
+def parse_notify(raw: Any) -> NotifySettings:
+    """The ``[notify]`` table; each URL is checked by apprise itself, which must be installed."""
+    _typed("notify", raw, dict, "a table")
+    known = {f.name for f in fields(NotifySettings)}
+    for k in raw:
+        if k not in known:
+            raise ConfigError(f"notify.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+    top = _typed_fields("notify", NotifySettings, raw, {"urls", "on", "title_prefix"})
+    if "title_prefix" in raw:
+        top["title_prefix"] = _typed("notify.title_prefix", raw["title_prefix"], str, "a string")
+    on = raw.get("on", list(NotifySettings.on))
+    if not (isinstance(on, list) and all(isinstance(k, str) for k in on)):
+        raise ConfigError("notify.on", f"expected a list of notice kinds, got {on!r}")
+    for k in on:
+        if k not in NOTIFY_KINDS:
+            raise ConfigError("notify.on", f"unknown kind {k!r} (known: {', '.join(NOTIFY_KINDS)})")
+    urls = raw.get("urls", [])
+    if not (isinstance(urls, list) and all(isinstance(u, str) and u for u in urls)):
+        raise ConfigError("notify.urls", "expected a list of apprise URLs (strings)")
+    if urls:
+        _check_apprise_urls(urls)
+    for k in ("failure_threshold", "failure_window_s"):
+        if k in top and top[k] <= 0:
+            raise ConfigError(f"notify.{k}", f"must be > 0, got {raw[k]!r}")
+    return NotifySettings(urls=tuple(urls), on=tuple(dict.fromkeys(on)), **top)
+
+
+def _check_apprise_urls(urls: list[str]) -> None:
+    try:
+        import apprise
+    except ImportError:
+        msg = "sending notifications needs apprise: install umbridge-balancer[notify]"
+        raise ConfigError("notify.urls", msg) from None
+    import logging
+
+    for i, url in enumerate(urls):
+        with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
+            plugin = apprise.Apprise.instantiate(url)
+        if plugin is None:
+            why = captured.getvalue().strip().splitlines()  # apprise masks secrets in what it says
+            detail = why[-1] if why else "not a URL apprise knows"
+            raise ConfigError(f"notify.urls[{i}]", detail)
 
 
 def load_config(path: str | os.PathLike[str], **overrides: Any) -> BalancerConfig:
