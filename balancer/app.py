@@ -171,6 +171,8 @@ class Balancer:
         r = Router()
         r.add("POST", "/api/servers/register", self.control.register)
         r.add_prefix("POST", "/api/servers/", self.control.servers)  # lease, exited
+        # Prometheus on another host scrapes here (token), without opening the owner-only client port.
+        r.add("GET", "/metrics", lambda req: self.metrics.endpoint(req, self.control.authorized))
         return r
 
     def client_router(self) -> Router:

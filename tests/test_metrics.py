@@ -117,6 +117,10 @@ def test_metrics_agree_with_journal(start_balancer: Any) -> None:
     for samples in m.values():
         for s in samples:
             assert not {"call", "server", "id"} & set(s.labels)
+    # The launchers' listener serves it too (for a Prometheus on another host), with the token.
+    control = b.find("balancer.started")["control_url"]  # type: ignore[index]
+    assert requests.get(control + "/metrics", timeout=10).status_code == 401
+    assert by_labels(scrape(control, token)[P + "calls_total"], "model", "op", "outcome") == calls
     assert b.stop() == 0
 
 
