@@ -82,6 +82,7 @@ class BalancerProc:
         )
         started = wait_until(lambda: self.find("balancer.started") or self._died(), 30, what="balancer start")
         self.url: str = started["url"]
+        self.control_url: str = started["control_url"]  # the launchers' listener
 
     def _died(self) -> None:
         if self.proc.poll() is not None:

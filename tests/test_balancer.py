@@ -221,11 +221,10 @@ def test_shmem_probe_falls_back_to_http(shared_balancer):
 def test_registration_requires_the_token(shared_balancer):
     b = shared_balancer
     doc = {"server": "s1", "url": "http://127.0.0.1:1"}
-    r = requests.post(
-        f"{b.url}/api/servers/register", json=doc, timeout=10, headers={"Authorization": "Bearer wrong"}
-    )
+    wrong = {"Authorization": "Bearer wrong"}
+    r = requests.post(f"{b.control_url}/api/servers/register", json=doc, timeout=10, headers=wrong)
     assert r.status_code == 401 and r.json()["error"]["type"] == "Unauthorized"
-    r = requests.post(f"{b.url}/api/servers/s1/lease", json={}, timeout=10)
+    r = requests.post(f"{b.control_url}/api/servers/s1/lease", json={}, timeout=10)
     assert r.status_code == 401
     # Refusals are journaled at most once per 5 s, each line with its count.
     wait_until(lambda: sum(e.get("count", 1) for e in b.events("auth.refused")) >= 2, 15)

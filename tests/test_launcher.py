@@ -68,7 +68,7 @@ def test_launcher_refused_token_stops_its_server(start_balancer):
     b = start_balancer([{"name": "m", "command": "true", "models": ["forward"]}])
     env = {
         **os.environ,
-        "UMBRIDGE_BALANCER_URL": b.url,
+        "UMBRIDGE_BALANCER_URL": b.control_url,
         "UMBRIDGE_BALANCER_TOKEN": "wrong",
         "UMBRIDGE_BALANCER_SERVER_ID": "s1",
     }
