@@ -69,7 +69,7 @@ class Metrics(Collector):
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self._known: frozenset[str] = frozenset(m for rt in pool.specs.values() for m in rt.models)
-        self._calls: dict[int, list[Any]] = {}  # call id -> [model, op, received m]; in-flight only
+        self._calls: dict[int, tuple[Any, str, float]] = {}  # call -> (model, op, received m); in flight
         self._call_counts: dict[tuple[str, str, str], int] = {}
         self._retries: dict[str, int] = {}
         self._makespan: dict[tuple[str, str], _Hist] = {}
@@ -102,7 +102,7 @@ class Metrics(Collector):
             h(e)
 
     def _received(self, e: Event) -> None:
-        self._calls[e["call"]] = [e["model"], e["op"], e["m"]]
+        self._calls[e["call"]] = (e["model"], e["op"], e["m"])
 
     def _label(self, model: str | None) -> str:
         if model is None:
