@@ -172,6 +172,8 @@ def _serve_main(args: argparse.Namespace) -> int:
             journal=args.journal,
             run_dir=args.run_dir,
             delay_ms=getattr(args, "delay_ms", None),
+            control_host=args.control_host,
+            control_port=args.control_port,
         )
     except ConfigError as exc:
         print(f"balancer: {exc}", file=sys.stderr)
@@ -183,8 +185,14 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", choices=SCHEDULERS, help="backend that starts servers (default: local)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 4242; 0 picks a free one)")
+    _add_control_args(p)
     p.add_argument("--journal", help="timing journal path (default RUN_DIR/journal.jsonl)")
     p.add_argument("--run-dir", help="directory for journal, logs and token (default .balancer-runs/...)")
+
+
+def _add_control_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--control-host", help="address of the launchers' control API (default 127.0.0.1)")
+    p.add_argument("--control-port", type=int, help="its port (default 0: free, or the run dir's last one)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,6 +243,7 @@ def load_balancer_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--journal", default=None)
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--max-servers", type=int, default=None, help="pool size without --config")
+    _add_control_args(parser)
     args = parser.parse_args(argv)
     if args.delay_ms is not None and args.delay_ms < 0:
         print("load-balancer: error: --delay-ms must be >= 0", file=sys.stderr)
@@ -263,6 +272,8 @@ def load_balancer_main(argv: list[str] | None = None) -> int:
             journal=args.journal,
             run_dir=args.run_dir,
             delay_ms=args.delay_ms,
+            control_host=args.control_host,
+            control_port=args.control_port,
         )
     except ConfigError as exc:
         print(f"load-balancer: {exc}", file=sys.stderr)

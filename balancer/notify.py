@@ -69,6 +69,8 @@ class _Sender:
         self.targets: list[tuple[str, Any]] = []
         for url in urls:
             plugin = apprise.Apprise.instantiate(url)
+            if plugin is None:  # parse_notify checked them; a NotifySettings built by hand may not be
+                raise ValueError(f"apprise cannot use the notification URL {url.split(':', 1)[0]}://...")
             # apprise spaces requests to one service ~5.5 s apart (sleeping in our one thread); the
             # coalescing here already sends at most one message per kind and min_interval_s.
             plugin.request_rate_per_sec = 0
@@ -145,8 +147,11 @@ class Notifier:
             handlers[Ev.CAPACITY_SAMPLE] = self._capacity
         self._handlers = handlers
         self._on = on
+        self._closed = False
 
     def __call__(self, e: Event) -> None:
+        if self._closed:  # shutdown sent the last messages; the sender is gone
+            return
         h = self._handlers.get(e["ev"])
         if h is not None:
             h(e)
@@ -314,6 +319,7 @@ class Notifier:
         """Send what is pending now (no coalescing, no rate limit) and the run summary; wait for
         them at most ``shutdown_wait_s``; journal what is still unsent then as failed."""
         self._loop = asyncio.get_running_loop()
+        self._closed = True
         for kind in list(self._pending):
             timer = self._timers.pop(kind, None)
             if timer is not None:

@@ -113,6 +113,12 @@ def test_metrics_agree_with_journal(start_balancer: Any) -> None:
     assert by_labels(m[P + "server_failures_total"], "spec") == {("testmodel",): 0}
     assert by_labels(m[P + "queue_depth"], "model") == {("fail",): 0, ("forward",): 0, ("nan",): 0}
     assert m[P + "calls_in_flight"][0].value == 0
+    # Capacity and forecast figures: the last capacity sample's (the local collector samples once
+    # before the first scaling pass), and the forecast service's switches.
+    sample = [e for e in events if e["ev"] == "capacity.sample"][-1]
+    assert m[P + "cluster_idle_cpus"][0].value == sample["idle_cpus"]
+    assert m[P + "cluster_total_cpus"][0].value == sample["total_cpus"]
+    assert m[P + "forecast_enabled"][0].value == 1 and m[P + "forecast_in_use"][0].value == 0
     # No per-call or per-server label anywhere.
     for samples in m.values():
         for s in samples:
