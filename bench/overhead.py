@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -114,6 +115,9 @@ def measure(root: Path, args: argparse.Namespace) -> dict[int, tuple[dict, dict,
         if not (direct and via):
             raise SystemExit("bench: balancer or server did not come up")
         time.sleep(0.5)  # server.ready follows registration
+        if args.dashboard:  # a dashboard tab stays open through the runs: its feed is on the bus
+            threading.Thread(target=_watch, args=(via,), daemon=True).start()
+            time.sleep(1.5)
         rows = {}
         for inflight in (1, 64):
             d = run_load(direct, inflight, args.seconds)
@@ -125,6 +129,15 @@ def measure(root: Path, args: argparse.Namespace) -> dict[int, tuple[dict, dict,
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
     return rows
+
+
+def _watch(url: str) -> None:
+    """Read the dashboard's event stream (what an open tab does) until the process ends."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/dashboard/events") as stream:
+        while stream.readline():
+            pass
 
 
 def print_rows(label: str, rows: dict[int, tuple[dict, dict, float, float]]) -> None:
@@ -144,6 +157,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=64, help="balancer's per-server concurrency cap")
     ap.add_argument("--compare", metavar="REV", help="also run the balancer of git revision REV, alternating")
     ap.add_argument("--rounds", type=int, default=2, help="with --compare: alternating rounds of each")
+    ap.add_argument("--dashboard", action="store_true", help="keep a dashboard tab's event stream open")
     ap.add_argument("--loadgen")
     ap.add_argument("--inflight", type=int, default=1)
     args = ap.parse_args()

@@ -141,7 +141,11 @@ function drawRateAndLatency(now) {
 }
 
 function drawCapacity(now) {
-  const lo = now - CAPACITY_PAST_S;
+  // Past and future in proportion: ten minutes of samples show ten minutes of forecast, not two hours.
+  const seen = S.capacity.length ? now - S.capacity[0].t : 0;
+  const past = Math.min(CAPACITY_PAST_S, Math.max(600, seen * 1.05));
+  const ahead = Math.min(CAPACITY_AHEAD_S, past);
+  const lo = now - past;
   const rows = new Map(); // t -> [observed, predicted then, ahead]
   const row = (t) => {
     if (!rows.has(t)) rows.set(t, [null, null, null]);
@@ -158,18 +162,17 @@ function drawCapacity(now) {
     const first = Math.max(0, Math.floor((now - p.start) / p.step_s));
     for (let i = first; i < p.mean.length; i++) {
       const t = p.start + i * p.step_s;
-      if (t > now + CAPACITY_AHEAD_S) break;
+      if (t > now + ahead + p.step_s) break;
       row(Math.round(Math.max(t, now)))[2] = p.mean[i];
     }
   }
   const ts = [...rows.keys()].sort((a, b) => a - b);
-  const ahead = ts.length && ts[ts.length - 1] > now + 60 ? ts[ts.length - 1] : now + 300;
-  ranges["c-cap"] = [Math.min(now - 3600, ts.length ? ts[0] : now), ahead];  capChart.setData([ts, ts.map((t) => rows.get(t)[0]), ts.map((t) => rows.get(t)[1]), ts.map((t) => rows.get(t)[2])]);
+  ranges["c-cap"] = [lo, now + ahead];  capChart.setData([ts, ts.map((t) => rows.get(t)[0]), ts.map((t) => rows.get(t)[1]), ts.map((t) => rows.get(t)[2])]);
   const f = S.forecast;
   let text = "forecast: not available";
   if (f) {
     text = `forecast: ${f.state}` + (f.model ? `, model ${f.model}` : "") +
-      (f.observed_idle_cpus !== null && f.observed_idle_cpus !== undefined ? `; idle now ${f.observed_idle_cpus} CPUs` : "") +
+      (f.observed_idle_cpus !== null && f.observed_idle_cpus !== undefined ? `; idle now ${f.observed_idle_cpus.toFixed(2)} CPUs` : "") +
       (f.collector && f.collector.source ? `; collector ${f.collector.source}, ${f.collector.samples} samples` : "");
   }
   $("fc-status").textContent = text;
@@ -329,8 +332,8 @@ function decisionText(d) {
   const n = d.count && d.count > 1 ? `${d.count} x ` : "";
   let t = `${n}${d.spec}${d.server ? " " + d.server : ""}: ${d.reason}`;
   const why = [];
-  if (d.waiting !== undefined) why.push(`${d.waiting} waiting`);
-  if (d.target !== undefined) why.push(`target ${d.target}`);
+  if (d.target !== undefined) why.push(`to ${d.target} server${d.target === 1 ? "" : "s"}`);
+  if (d.waiting) why.push(`${d.waiting} waiting`);
   if (d.idle_cpus !== undefined && d.idle_cpus !== null) why.push(`idle ${d.idle_cpus} CPUs`);
   if (d.time_limit_s !== undefined) why.push(`limit ${duration(d.time_limit_s)}`);
   if (why.length) t += ` (${why.join(", ")})`;
