@@ -16,6 +16,7 @@ import umbridge
 
 from balancer.dashboard import MAX_BACKLOG, Tab
 from balancer.events import Ev
+from balancer.frontend import FrontServer, HttpLimits, Router, Stream, StreamOut
 from tests.browser import chromium, new_page  # noqa: F401 - the fixture
 from tests.fakes import running, until
 from tests.helpers import test_model_spec, wait_until
@@ -96,6 +97,58 @@ def test_feed_subscribes_only_while_a_tab_is_open_and_coalesces_calls_into_ticks
             # A tab left open does not hold up the shutdown (the harness shuts down now).
             await h.http.get(h.url + "/dashboard/events")
             await until(lambda: feed.status()["tabs"] == 1, 5, "tab open")
+
+    asyncio.run(main())
+
+
+def test_a_stream_answer_owns_its_connection_until_the_peer_leaves() -> None:
+    """Frontend: no Content-Length, Connection: close, pipelined requests after it dropped, and
+    ``closed`` called once when the peer goes; FrontServer.close ends open streams at once."""
+
+    class Ticks(Stream):
+        def __init__(self) -> None:
+            self.out: StreamOut | None = None
+            self.closes = 0
+
+        def open(self, out: StreamOut) -> None:
+            self.out = out
+            out.write(b"data: 1\n\n")
+
+        def closed(self) -> None:
+            self.closes += 1
+
+    async def main() -> None:
+        streams: list[Ticks] = []
+
+        async def handler(request: Any) -> Stream:
+            streams.append(Ticks())
+            return streams[-1]
+
+        r = Router()
+        r.add("GET", "/s", handler)
+        front = FrontServer(r, HttpLimits())
+        port = await front.listen("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\nGET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"content-length" not in head.lower()
+        assert b"Content-Type: text/event-stream" in head and b"Connection: close" in head
+        assert await reader.readuntil(b"\n\n") == b"data: 1\n\n"
+        assert len(streams) == 1  # the pipelined second request was dropped
+        assert streams[0].out is not None and streams[0].out.write(b"data: 2\n\n")
+        assert await reader.readuntil(b"\n\n") == b"data: 2\n\n"
+        writer.close()
+        await until(lambda: streams[0].closes == 1, 5, "closed() after the peer left")
+        assert not streams[0].out.write(b"data: 3\n\n") and not front.conns
+        # Shutdown with a stream open: closed at once, closed() called.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"data: 1\n\n")
+        await front.stop_listening()
+        await front.close()
+        assert await reader.read() == b""
+        await until(lambda: streams[1].closes == 1, 5, "closed() at shutdown")
+        writer.close()
 
     asyncio.run(main())
 
