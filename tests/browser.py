@@ -5,7 +5,7 @@ test setup installs with apt-get when it is missing and we are root; it skips, w
 only when it cannot be had. Playwright's Python API drives it through ``executable_path``: no
 browser is ever downloaded (never ``playwright install``).
 
-``chromium`` (session scope) is the launched browser; ``new_page`` pages record their console
+``chromium`` (function scope) is the launched browser; ``new_page`` pages record their console
 messages and uncaught errors in ``page.console`` and ``page.errors``.
 """
 
@@ -49,9 +49,11 @@ def ensure_chromium(timeout: float = 600.0) -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def chromium() -> Iterator[Any]:
-    """One headless Chromium for the session (a Playwright ``Browser``)."""
+    """A headless Chromium for one test (a Playwright ``Browser``). Function scope, not session:
+    while Playwright's sync API is open its event loop counts as running in this thread, and every
+    later test's ``asyncio.run`` would fail."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
