@@ -30,6 +30,7 @@ from .forecast.service import ForecastService
 from .frontend import Reply, Request, Router
 from .metrics import Metrics
 from .notify import Notifier
+from .operator import OperatorApi
 from .peer import user_uids
 from .policy import Limits, StopReason
 from .pool import Pool
@@ -85,6 +86,7 @@ class Balancer:
         if cfg.notify.urls:
             self.notifier = Notifier(cfg.notify, bus)
             bus.subscribe(self.notifier)
+        self.operator = OperatorApi(self.pool, self.scaler, bus, self.control.authorized)
         # The dashboard's feed subscribes to the bus only while a tab is open.
         feed = Feed(self.pool, bus, self.scaler, self.forecast, self.monitor, lambda: self.calls.inflight)
         self.dashboard = Dashboard(feed)
@@ -103,6 +105,7 @@ class Balancer:
             "inflight": self.calls.inflight,
             "scaler": self.scaler.status(),
             "forecast": forecast,
+            **self.operator.status_extra(),
             "dashboard": self.dashboard.feed.status(),
         }
 
@@ -186,7 +189,9 @@ class Balancer:
         for op in protocol.META_OPS:
             r.add("POST", f"/{op}", _bind(calls.metadata, op))
         r.add("POST", "/TestShMem", test_shmem)
-        r.add_prefix("POST", "/api/specs/", control.resume_spec)
+        r.add_prefix("POST", "/api/servers/", self.operator.server_action)  # drain, stop
+        r.add_prefix("POST", "/api/specs/", self.operator.spec_action)
+        r.add("GET", "/api/servers", self.operator.servers)
         r.add("GET", "/api/status", control.status)
         r.add("GET", "/metrics", lambda req: self.metrics.endpoint(req, control.authorized))
         r.add("GET", "/api/forecast", self.forecast_api.get)

@@ -214,9 +214,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_cluster_commands(sub: Any) -> None:
-    """``balancer forecast ...``, ``balancer capacity ...`` and ``balancer simulate``."""
+    """The operator's commands, ``balancer forecast ...``, ``capacity ...`` and ``simulate``."""
     from .forecast.cli import add_forecast_parser
+    from .opcli import add_operator_parsers
 
+    add_operator_parsers(sub)
     add_forecast_parser(sub)
     with contextlib.suppress(ImportError):
         from .cluster.cli import add_capacity_parser

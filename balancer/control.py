@@ -210,16 +210,6 @@ class Control:
             self.pool.job_ended(s.id, reason, failed=s.state is not ServerState.STOPPING)
         return json_reply({"ok": True})
 
-    async def resume_spec(self, request: Request) -> Reply:
-        """``POST /api/specs/{spec}/resume``: the operator lets a held spec start servers at once."""
-        if not self.authorized(request):
-            return error_reply(*_UNAUTHORIZED)
-        parts = request.path.split("/")
-        spec = parts[3] if len(parts) == 5 and parts[4] == "resume" else ""
-        if spec not in self.pool.specs:
-            return error_reply("NotFound", f"no server spec {spec!r}; known: {sorted(self.pool.specs)}", 404)
-        return json_reply({"resumed": self.pool.resume(spec, "operator")})
-
     async def status(self, request: Request) -> Reply:
         """The pool, queues and scaler as JSON; token only: it lists the model servers' URLs."""
         if not self.authorized(request):
