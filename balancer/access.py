@@ -17,7 +17,6 @@ Refusals are journaled (``peer.refused``) at most once per ``LOG_S`` with their 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from collections.abc import Iterable
@@ -27,7 +26,6 @@ from .frontend import Reply, error_reply
 from .peer import PeerLookup
 
 LOG_S = 5.0
-log = logging.getLogger(__name__)
 
 
 def _loopback(host: str) -> bool:
@@ -65,8 +63,7 @@ class PeerGate:
             return None  # not TCP (a Unix socket in a test): the file's mode guards it
         try:
             uid = self.lookup.peer_uid(local[:2], peer[:2])
-        except OSError as exc:
-            log.warning("peer lookup failed: %s", exc)
+        except OSError as exc:  # fail closed; the reason goes to the journal line, not a log per connection
             uid, why = None, f"its user could not be determined ({exc.strerror or exc})"
         else:
             why = "its user could not be determined"

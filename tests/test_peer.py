@@ -92,10 +92,12 @@ class FakeTransport:
 
 
 class FakeLookup(PeerLookup):
-    def __init__(self, uid: int | None) -> None:
+    def __init__(self, uid: int | OSError | None) -> None:
         self.uid, self.method = uid, "fake"
 
     def peer_uid(self, local: tuple[str, int], peer: tuple[str, int]) -> int | None:
+        if isinstance(self.uid, OSError):
+            raise self.uid
         return self.uid
 
     def close(self) -> None:
@@ -109,7 +111,7 @@ def test_the_gate_admits_the_owner_and_whom_the_config_allows_and_fails_closed()
         bus.subscribe(seen.append)
         me, other = os.geteuid(), os.geteuid() + 4321
 
-        def gate(uid: int | None, **kw: Any) -> PeerGate:
+        def gate(uid: int | OSError | None, **kw: Any) -> PeerGate:
             return PeerGate(bus, lookup=FakeLookup(uid), **kw)
 
         local = FakeTransport(("127.0.0.1", 5000))
@@ -123,12 +125,14 @@ def test_the_gate_admits_the_owner_and_whom_the_config_allows_and_fails_closed()
         assert b"allow_remote" in gate(None)(remote)[2]  # type: ignore[index]
         assert gate(None, allow_remote=True)(remote) is None
         assert gate(None, allow_remote=True)(local) is not None  # loopback stays closed
+        broken = gate(OSError(13, "Permission denied"), allow_remote=True)(local)
+        assert broken is not None and b"Permission denied" in broken[2]  # a failed lookup: closed
         g = gate(other)
         for _ in range(5):
             g(local)
         g.close()  # flushes what the rate limit held back
         counts = [e["count"] for e in seen if e["ev"] == "peer.refused"]
-        assert counts == [1, 1, 1, 1, 1, 4]  # four gates once each; g: one line at once, one for the rest
+        assert counts == [1, 1, 1, 1, 1, 1, 4]  # five gates once each; g: one line at once, one for the rest
 
     asyncio.run(main())
 
