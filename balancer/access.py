@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Iterable
 
-from .events import Ev, EventBus
+from .events import Ev, EventBus, Throttled
 from .frontend import Reply, error_reply
 from .peer import PeerLookup
 
@@ -51,10 +50,7 @@ class PeerGate:
         self.allowed = frozenset({self.owner, *allow_uids})
         self.allow_remote = allow_remote
         self.lookup = lookup or PeerLookup()
-        self._refused = 0  # refusals not yet journaled
-        self._last: tuple[int | None, str | None, str] = (None, None, "")
-        self._logged_m = -LOG_S
-        self._flush: asyncio.TimerHandle | None = None
+        self._refusals = Throttled(bus, Ev.PEER_REFUSED, LOG_S)
 
     def __call__(self, transport: asyncio.BaseTransport) -> Reply | None:
         local = transport.get_extra_info("sockname")
@@ -75,29 +71,9 @@ class PeerGate:
             if self.allow_remote:
                 return None
             why = "a connection from another host (allow it with allow_remote = true)"
-        self._note(uid, peer[0], why)
+        self._refusals.note(uid=uid, remote=peer[0], reason=why)
         return _forbidden(f"this balancer serves its owner only: {why}")
 
-    def _note(self, uid: int | None, remote: str, why: str) -> None:
-        """Journal at most once per LOG_S, with the count since the last line: a user hammering
-        the port fills no disk."""
-        self._refused += 1
-        self._last = (uid, remote, why)
-        wait = self._logged_m + LOG_S - time.monotonic()
-        if wait <= 0:
-            self._log()
-        elif self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(wait, self._log)
-
-    def _log(self) -> None:
-        self._flush = None
-        if self._refused:
-            uid, remote, why = self._last
-            self.bus.emit(Ev.PEER_REFUSED, uid=uid, remote=remote, reason=why, count=self._refused)
-            self._refused, self._logged_m = 0, time.monotonic()
-
     def close(self) -> None:
-        if self._flush is not None:
-            self._flush.cancel()
-            self._log()
+        self._refusals.close()
         self.lookup.close()

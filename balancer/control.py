@@ -12,14 +12,13 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
-from .events import Ev, EventBus
+from .events import Ev, EventBus, Throttled
 from .frontend import Reply, Request, error_reply, json_reply
 from .pool import Pool, Server, ServerState
 from .probe import Probe, exposed_addresses
@@ -43,10 +42,7 @@ class Control:
         self.probe = probe
         self.lease_s = lease_s
         self._bearer = f"Bearer {token}".encode()
-        self._refused = 0  # refusals not yet journaled
-        self._refused_last: tuple[str, str | None] = ("", None)
-        self._refused_logged_m = -AUTH_LOG_S
-        self._refused_flush: asyncio.TimerHandle | None = None
+        self._refusals = Throttled(bus, Ev.AUTH_REFUSED, AUTH_LOG_S)
         self._status_extra = status_extra
 
     def token_ok(self, token: str) -> bool:
@@ -59,22 +55,8 @@ class Control:
         return False
 
     def refused(self, path: str, remote: str | None) -> None:
-        """Journaled at most once per AUTH_LOG_S, with the count since the last line (the rest of
-        an interval is flushed at its end): a client hammering with a wrong token fills no disk."""
-        self._refused += 1
-        self._refused_last = (path[:200], remote)
-        wait = self._refused_logged_m + AUTH_LOG_S - time.monotonic()
-        if wait <= 0:
-            self._log_refused()
-        elif self._refused_flush is None:
-            self._refused_flush = asyncio.get_running_loop().call_later(wait, self._log_refused)
-
-    def _log_refused(self) -> None:
-        self._refused_flush = None
-        if self._refused:
-            path, remote = self._refused_last
-            self.bus.emit(Ev.AUTH_REFUSED, path=path, remote=remote, count=self._refused)
-            self._refused, self._refused_logged_m = 0, time.monotonic()
+        """Journaled at most once per AUTH_LOG_S with a count (``events.Throttled``)."""
+        self._refusals.note(path=path[:200], remote=remote)
 
     @staticmethod
     def _json(request: Request) -> dict[str, Any]:

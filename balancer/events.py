@@ -13,6 +13,7 @@ may be added, never renamed or removed without bumping ``SCHEMA_VERSION``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from time import monotonic, time
@@ -95,3 +96,39 @@ class EventBus:
                 if fn not in self._broken:
                     self._broken.add(fn)
                     log.error("event subscriber %r failed on %s: %s: %s", fn, ev, type(exc).__name__, exc)
+
+
+class Throttled:
+    """One event for a flood of the same thing (refused tokens, refused peers): journaled at most
+    once per ``every_s`` with the count since the last line and the last one's fields; the rest of
+    an interval is flushed at its end. Someone hammering a port fills no disk."""
+
+    __slots__ = ("_bus", "_count", "_ev", "_every", "_flush", "_last", "_logged_m")
+
+    def __init__(self, bus: EventBus, ev: str, every_s: float) -> None:
+        self._bus, self._ev, self._every = bus, ev, every_s
+        self._count = 0
+        self._last: dict[str, Any] = {}
+        self._logged_m = -every_s
+        self._flush: asyncio.TimerHandle | None = None
+
+    def note(self, **fields: Any) -> None:
+        self._count += 1
+        self._last = fields
+        wait = self._logged_m + self._every - monotonic()
+        if wait <= 0:
+            self._log()
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(wait, self._log)
+
+    def _log(self) -> None:
+        self._flush = None
+        if self._count:
+            self._bus.emit(self._ev, **self._last, count=self._count)
+            self._count, self._logged_m = 0, monotonic()
+
+    def close(self) -> None:
+        """Journal what is pending now (at shutdown)."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._log()
