@@ -90,18 +90,7 @@ class OperatorApi:
         self.bus = bus
         self.authorized = authorized
         self.stats = CallStats()
-        self.served: dict[str, int] = {}  # calls completed per live server
         bus.subscribe(self.stats)
-        bus.subscribe(self._count)
-
-    def _count(self, e: Event) -> None:
-        ev = e["ev"]
-        if ev == Ev.CALL_COMPLETED:
-            sid = e.get("server")
-            if sid is not None:
-                self.served[sid] = self.served.get(sid, 0) + 1
-        elif ev == Ev.SERVER_STOPPED or ev == Ev.SERVER_FAILED:
-            self.served.pop(e["server"], None)
 
     # -- views -----------------------------------------------------------------------------------
     def server_view(self, s: Server, now_m: float, now: float) -> dict[str, Any]:
@@ -115,7 +104,7 @@ class OperatorApi:
             "models": list(s.models),
             "outstanding": s.outstanding,
             "concurrency": s.concurrency,
-            "calls": self.served.get(s.id, 0),
+            "calls": s.calls,
             "age_s": round(now_m - s.requested_m, 1),
             "time_left_s": round(s.deadline_wall - now, 1) if s.deadline_wall is not None else None,
             "drain_reason": s.drain_reason,
