@@ -30,6 +30,7 @@ import orjson
 
 from .events import Ev, EventBus
 from .frontend import Reply, Request, Stream, StreamOut, error_reply
+from .operator import as_decision
 from .pool import Pool, Server
 
 WINDOW_S = 300  # the charts' and the latency percentiles' span: the last five minutes
@@ -167,6 +168,7 @@ class Feed:
             Ev.CALL_COMPLETED: self._completed,
             Ev.CALL_FAILED: self._call_failed,
             Ev.SCALE_DECISION: self._decision,
+            Ev.OPERATOR_ACTION: self._operator,
             Ev.CAPACITY_SAMPLE: self._capacity,
             Ev.SERVER_FAILED: self._server_failed,
             Ev.SPEC_HELD: self._spec_held,
@@ -293,6 +295,9 @@ class Feed:
 
     def _decision(self, e: dict[str, Any]) -> None:
         self._note({"kind": "decision", **_strip(e)})
+
+    def _operator(self, e: dict[str, Any]) -> None:
+        self._note({"kind": "decision", **as_decision(e)})
 
     def _capacity(self, e: dict[str, Any]) -> None:
         self._note({"kind": "capacity", **_strip(e)})

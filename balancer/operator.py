@@ -81,6 +81,17 @@ class CallStats:
         }
 
 
+def as_decision(e: Event) -> dict[str, Any]:
+    """An ``operator.action`` as a line among the scaler's decisions: "operator  t: pause by ann"."""
+    what = e["action"] if e.get("spec") is None else f"{e['action']} {e['target']}"
+    return {
+        "t": e["t"],
+        "spec": e.get("spec") or e["target"],
+        "action": "operator",
+        "reason": f"{what} by {e.get('who') or e.get('remote') or 'unknown'}",
+    }
+
+
 class OperatorApi:
     def __init__(
         self, pool: Pool, scaler: Scaler, bus: EventBus, authorized: Callable[[Request], bool]
@@ -145,9 +156,12 @@ class OperatorApi:
 
     # -- changes ---------------------------------------------------------------------------------
     def _journal(self, request: Request, action: str, target: str, **fields: Any) -> None:
+        """Journal the change; it also joins the scaler's recent decisions (the dashboard lists them)."""
         who = request.headers.get(b"x-balancer-user", b"").decode("utf-8", "replace")[:64] or None
         remote = request.remote
-        self.bus.emit(Ev.OPERATOR_ACTION, action=action, target=target, who=who, remote=remote, **fields)
+        doc = {"action": action, "target": target, "who": who, "remote": remote, **fields}
+        self.scaler.recent.append(as_decision({"t": time.time(), **doc}))
+        self.bus.emit(Ev.OPERATOR_ACTION, **doc)
 
     async def server_action(self, request: Request) -> Reply:
         """``POST /api/servers/{id}/drain`` (finish its calls, then stop) and ``.../stop`` (now: its

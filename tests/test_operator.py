@@ -60,6 +60,9 @@ def test_operator_api_drains_stops_scales_pauses_and_resumes(tmp_path: Path):
             scale = h.of("operator.action", action="scale")[0]
             assert scale["before"] == {"min_servers": 0, "backlog": 2} and scale["remote"] == "127.0.0.1"
             assert h.of("scale.decision", action="stop", server=s1)[0]["reason"] == "drained by operator"
+            # The dashboard lists them among the scaler's decisions.
+            ops = [(d["spec"], d["reason"]) for d in h.balancer.scaler.recent if d["action"] == "operator"]
+            assert ops[0] == ("t", f"drain {s1} by 127.0.0.1") and ops[1] == ("t", "pause by 127.0.0.1")
 
     asyncio.run(main())
 
