@@ -2,37 +2,128 @@
 
 The embedded default for one machine (a workstation, a single allocation). A launcher's exit is
 the job's end; cancel is SIGTERM to its group (the launcher forwards it to the server), SIGKILL
-after the launcher's own grace (``procgroup``). Its options are the common ones only.
+after the launcher's own grace (``procgroup``).
+
+Each server gets its ``resources.cpus`` cores (CPU affinity of its launcher, which the server
+inherits) and its ``resources.gpus`` GPUs, exclusively, through its own ``CUDA_VISIBLE_DEVICES``
+(``gpus``). A start waits, journaled once as ``server.deferred``, while too few GPUs are free or
+while every core is held by a CPU-bound server (``workload``): a second CPU-bound server on one
+core only halves both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..config import ConfigError
+from ..events import Ev
+from ..gpus import CoreAllocator, GpuAllocator, discover
 from ..procgroup import OUTER_GRACE_S, end_child, end_group, group_alive
 from .base import ENV_JOB_ID, ENV_TASK_INDEX, Backend, Launch, launcher_argv
+from .options import LocalOptions
 
 ADOPTED_POLL_S = 0.5  # an adopted launcher is not our child: its exit is noticed by polling
+ENV_GPUS = "CUDA_VISIBLE_DEVICES"
 
 
 class LocalBackend(Backend):
     name = "local"
+    Options = LocalOptions
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.adopted: dict[str, int] = {}  # server -> launcher pid (= its group), after a restart
         self._waiters: set[asyncio.Task[None]] = set()
+        self.gpus = GpuAllocator([])
+        self.gpu_source = "none"
+        self.cores = CoreAllocator(sorted(os.sched_getaffinity(0)))
+        # spec name -> its workload class (measured, else the prior), set by the app; "cpu" pins.
+        self.workload_of: Callable[[str], str | None] = lambda spec: None
+        self.assigned: dict[str, dict[str, list[Any]]] = {}  # server -> {"cpus": [...], "gpus": [...]}
+        self._wakers: set[asyncio.Future[None]] = set()
+        self._cancelled: set[str] = set()  # cancelled while waiting for resources
+        self._deferred: set[str] = set()
+
+    async def start(self) -> None:
+        """Find the GPUs; a spec asking more than exist could never start: a ConfigError now."""
+        configured = getattr(self.cfg.backend_options, "gpus", None)
+        devices, self.gpu_source = await asyncio.to_thread(discover, configured)
+        self.gpus = GpuAllocator(devices)
+        for spec in self.cfg.servers:
+            if spec.resources.gpus > len(devices):
+                raise ConfigError(
+                    f"servers.{spec.name}.resources.gpus",
+                    f"asks for {spec.resources.gpus} GPUs but this machine has {len(devices)} "
+                    f"(from {self.gpu_source}; set [backend] gpus to list them)",
+                )
 
     async def submit(self, launches: list[Launch]) -> None:
         for i, launch in enumerate(launches):
             if i and self.cfg.delay_ms:
                 await asyncio.sleep(self.cfg.delay_ms / 1000)
-            await self._spawn(launch)
+            if await self._reserve(launch):
+                await self._spawn(launch)
+
+    def server_resources(self, server_id: str) -> dict[str, list[Any]] | None:
+        """The cores and GPUs a live server holds (for ``balancer servers`` and the dashboard)."""
+        return self.assigned.get(server_id)
+
+    def _try_reserve(self, server_id: str, launch: Launch) -> str | None:
+        """Take cores and GPUs for a server; None when done, else why it must wait."""
+        res, spec = launch.spec.resources, launch.spec.name
+        cpu_bound = self.workload_of(spec) == "cpu"
+        cores = self.cores.allocate(server_id, res.cpus, cpu_bound)
+        if cores is None:
+            return f"CPU-bound servers hold all {len(self.cores.cores)} cores"
+        gpus: list[str] = []
+        if res.gpus:
+            got = self.gpus.allocate(server_id, res.gpus)
+            if got is None:
+                self.cores.release(server_id)
+                return f"needs {res.gpus} GPUs, {len(self.gpus.free)} of {len(self.gpus.devices)} free"
+            gpus = got
+        self.assigned[server_id] = {"cpus": cores, "gpus": gpus}
+        return None
+
+    async def _reserve(self, launch: Launch) -> bool:
+        """Wait until the server's cores and GPUs are free; False if it was cancelled meanwhile."""
+        sid = launch.server_id
+        while sid not in self._cancelled:
+            why = self._try_reserve(sid, launch)
+            if why is None:
+                self._deferred.discard(sid)
+                return True
+            if sid not in self._deferred:  # journaled once per server, not per retry
+                self._deferred.add(sid)
+                bus = getattr(self.events, "bus", None)
+                if bus is not None:
+                    bus.emit(Ev.SERVER_DEFERRED, server=sid, spec=launch.spec.name, reason=why)
+            waker = asyncio.get_running_loop().create_future()
+            self._wakers.add(waker)
+            try:
+                await waker
+            finally:
+                self._wakers.discard(waker)
+        self._cancelled.discard(sid)
+        self._deferred.discard(sid)
+        self.events.job_ended(sid, "cancelled while waiting for cores or GPUs", False)
+        return False
+
+    def _release(self, server_id: str) -> None:
+        """The server's job is gone: its cores and GPUs go to the starts that wait."""
+        self.assigned.pop(server_id, None)
+        self.cores.release(server_id)
+        self.gpus.release(server_id)
+        for w in list(self._wakers):
+            if not w.done():
+                w.set_result(None)
 
     async def _spawn(self, launch: Launch) -> None:
         launch.log_dir.mkdir(parents=True, exist_ok=True)
@@ -45,6 +136,13 @@ class LocalBackend(Backend):
         for k in (ENV_JOB_ID, ENV_TASK_INDEX):
             env.pop(k, None)
         env.update(launch.env)
+        held = self.assigned.get(launch.server_id, {"cpus": [], "gpus": []})
+        if held["gpus"]:
+            env[ENV_GPUS] = ",".join(held["gpus"])
+        elif self.gpus.devices and ENV_GPUS not in launch.env:
+            env[ENV_GPUS] = ""  # asked for none: it may not touch another server's GPUs
+        # The launcher's cores, inherited by the server it starts (set in the child, before exec).
+        pin = functools.partial(os.sched_setaffinity, 0, held["cpus"]) if held["cpus"] else None
         argv = launcher_argv(launch.spec.server_command())
         # Opening a local log file does not block in any way that matters.
         with open(launch.log_dir / f"{launch.server_id}.log", "ab") as log:  # noqa: ASYNC230
@@ -57,8 +155,10 @@ class LocalBackend(Backend):
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
+                    preexec_fn=pin,
                 )
             except OSError as exc:
+                self._release(launch.server_id)
                 self.events.job_ended(launch.server_id, f"cannot start launcher: {exc}", True)
                 return
         self.procs[launch.server_id] = proc
@@ -91,9 +191,16 @@ class LocalBackend(Backend):
     async def _watch(self, server_id: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
         self.procs.pop(server_id, None)
+        self._release(server_id)
         self.events.job_ended(server_id, f"launcher exited with code {code}", code != 0)
 
     async def cancel(self, server_id: str) -> None:
+        if server_id in self._deferred:  # still waiting for resources: it never starts
+            self._cancelled.add(server_id)
+            for w in list(self._wakers):
+                if not w.done():
+                    w.set_result(None)
+            return
         proc = self.procs.get(server_id)
         if proc is not None and proc.returncode is None:
             await end_child(proc, OUTER_GRACE_S)

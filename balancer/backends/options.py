@@ -52,6 +52,20 @@ class BackendOptions:
     time_limit_margin_s: float = positive(60.0)
 
 
+def devices() -> Any:
+    """A list of devices (non-negative integers or strings such as GPU UUIDs), kept as strings."""
+    return field(default=None, metadata={"devices": True})
+
+
+@dataclass(frozen=True)
+class LocalOptions(BackendOptions):
+    """``[backend]`` keys of the local backend."""
+
+    # The GPUs to hand out, one set per server through its CUDA_VISIBLE_DEVICES (balancer/gpus.py);
+    # None: those NVML finds, or none. An empty list: none, even where NVML finds some.
+    gpus: tuple[str, ...] | None = devices()
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     """Per-server keys of every backend beyond the common ``[[servers]]`` keys (none by default)."""
@@ -96,6 +110,8 @@ def _check(key: str, value: Any, tp: Any, meta: Any) -> Any:
             value = shlex.split(value)
         elif isinstance(value, str) and meta.get("wrap"):
             value = [value]  # one entry given as a string
+        elif isinstance(value, list) and meta.get("devices"):  # indices (0, 1) or UUIDs, as strings
+            value = [str(x) if type(x) is int and x >= 0 else x for x in value]
         ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
         value = tuple(value) if ok else value
     elif origin is dict:
