@@ -119,7 +119,9 @@ class Balancer:
             await self.files.start()
             reg_dir = self.files.dir
         url = self.cfg.advertise_url or control_url or url
-        launch = LaunchSettings(url, self.token, self.cfg.lease_s, self.run_dir / "logs", reg_dir)
+        launch = LaunchSettings(
+            url, self.token, self.cfg.lease_s, self.run_dir / "logs", reg_dir, self.cfg.monitor_interval_s
+        )
         if self.monitor is not None:
             # A first sample and a first training before the first scaling pass, so a balancer that
             # starts on a full cluster with a trained history never floods the queue in its first

@@ -126,6 +126,8 @@ class BalancerConfig:
     # registration_dir, for compute nodes that cannot reach the login node (filereg.py).
     registration: str = "http"
     registration_dir: str | None = None  # default RUN_DIR/registration
+    # Launchers sample their server's process tree, node and GPUs this often (server.usage); 0: off.
+    monitor_interval_s: float = 5.0
     # The launchers' control API (register, lease, exited) listens here, apart from the client
     # port; port 0: a free one, or the one this run directory had before a restart.
     control_host: str = "127.0.0.1"
@@ -332,6 +334,9 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
         advertise_url=values.get("advertise_url"),
         registration=registration,
         registration_dir=values.get("registration_dir"),
+        monitor_interval_s=float(
+            _positive("balancer.monitor_interval_s", values.get("monitor_interval_s", 5.0), allow_zero=True)
+        ),
         control_host=control_host,
         control_port=control_port,
         allow_uids=allow_uids,

@@ -22,6 +22,7 @@ from .events import Ev, EventBus, Throttled
 from .frontend import Reply, Request, error_reply, json_reply
 from .pool import Pool, Server, ServerState
 from .probe import Probe, exposed_addresses
+from .usage import clean_samples, journal_fields
 
 _UNAUTHORIZED = ("Unauthorized", "missing or wrong balancer token", 401)
 AUTH_LOG_S = 5.0
@@ -44,6 +45,7 @@ class Control:
         self._bearer = f"Bearer {token}".encode()
         self._refusals = Throttled(bus, Ev.AUTH_REFUSED, AUTH_LOG_S)
         self._status_extra = status_extra
+        self.usage_dropped = 0  # malformed usage samples from launchers (shown in the status)
 
     def token_ok(self, token: str) -> bool:
         return hmac.compare_digest(f"Bearer {token}".encode(), self._bearer)
@@ -164,10 +166,13 @@ class Control:
         s = self.pool.servers.get(sid)
         if s is None and self.pool.adoptable(sid):
             return json_reply({"stop": False, "register": True})  # we restarted: register again
+        doc = self._json(request)
+        if s is not None and "usage" in doc:
+            self.usage(s, doc["usage"])
         if s is None or s.state in (ServerState.GONE, ServerState.STOPPING):
             return json_reply({"stop": True})
         try:
-            wait = float(self._json(request).get("wait", 0))
+            wait = float(doc.get("wait", 0))
         except (TypeError, ValueError):
             wait = 0.0
         wait = max(0.0, min(wait, self.lease_s / 2))
@@ -177,6 +182,14 @@ class Control:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(s.lease_waiter), wait)
         return json_reply({"stop": s.state in (ServerState.GONE, ServerState.STOPPING)})
+
+    def usage(self, s: Server, raw: Any) -> None:
+        """A launcher's usage samples (balancer/usage.py): one ``server.usage`` event each; a
+        malformed one is dropped and counted, never an error for the lease."""
+        good, dropped = clean_samples(raw)
+        self.usage_dropped += dropped
+        for sample in good:
+            self.bus.emit(Ev.SERVER_USAGE, server=s.id, spec=s.spec.name, **journal_fields(sample))
 
     def _exited(self, request: Request, sid: str) -> Reply:
         if not self.authorized(request):
@@ -213,6 +226,7 @@ class Control:
                 "queues": {m: disp.waiting(m) for m in disp.queues},
                 "models": self.pool.known_models(),
                 "held": {n: rt.held_reason for n, rt in self.pool.specs.items() if rt.held},
+                "usage_dropped": self.usage_dropped,
                 **self._status_extra(),
             }
         )

@@ -49,6 +49,7 @@ class Ev:
     SERVER_STOPPED: Final = "server.stopped"
     SERVER_FAILED: Final = "server.failed"
     SERVER_SIZES_UNKNOWN: Final = "server.sizes_unknown"  # a ready check could not read a model's sizes
+    SERVER_USAGE: Final = "server.usage"  # a launcher's sample of its server's processes, node, GPUs
     SPEC_HELD: Final = "spec.held"
     SPEC_RESUMED: Final = "spec.resumed"  # a held spec starts servers again
     SCALE_DECISION: Final = "scale.decision"

@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -31,6 +32,7 @@ import aiohttp
 from .backends.base import (
     ENV_JOB_ID,
     ENV_LEASE,
+    ENV_MONITOR,
     ENV_REGISTRATION_DIR,
     ENV_SERVER_ID,
     ENV_SPEC,
@@ -41,8 +43,10 @@ from .backends.base import (
 )
 from .procgroup import GRACE_S, end_child
 from .regfiles import ALIVE, write_atomic
+from .usage import UsageSampler
 
 _PR_SET_PDEATHSIG = 1
+USAGE_KEEP = 100  # unsent usage samples kept while the balancer is away (the oldest go first)
 
 
 def log(msg: str) -> None:
@@ -110,6 +114,8 @@ class Launcher:
         self.stop_reason: str | None = None
         self.balancer_said_stop = False  # then the balancer knows; otherwise we report the exit
         self.stopped = asyncio.Event()
+        self.monitor_s = float(os.environ.get(ENV_MONITOR) or 5.0)
+        self.usage: deque[dict[str, Any]] = deque(maxlen=USAGE_KEEP)  # sent with the next lease poll
 
     @property
     def headers(self) -> dict[str, str]:
@@ -135,6 +141,9 @@ class Launcher:
         )
         log(f"server pid {self.proc.pid} on port {port}: {' '.join(self.command)}")
         url = f"http://{host}:{port}"
+        monitor = None
+        if self.monitor_s > 0 and (self.balancer or self.reg_dir is not None):
+            monitor = asyncio.create_task(self._monitor(self.proc.pid), name="usage-monitor")
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as http:
             exited = asyncio.ensure_future(self.proc.wait())
             try:
@@ -151,6 +160,8 @@ class Launcher:
                             return_when=asyncio.FIRST_COMPLETED,
                         )
             finally:
+                if monitor is not None:
+                    monitor.cancel()
                 code = await self._stop_server(exited)
                 if self.reg_dir is not None and not self.balancer_said_stop:
                     report = json.dumps({"code": code, "why": self.stop_reason})
@@ -255,12 +266,15 @@ class Launcher:
                     self.balancer_said_stop = True  # nobody to tell
                     self.request_stop(f"balancer unreachable for {self.lease_s:g} s (lease expired)")
                     return
+                batch: list[dict[str, Any]] = []
                 try:
                     if not registered:
                         req = asyncio.ensure_future(self._post(http, "/api/servers/register", doc, 10))
                     else:
+                        batch = self._take_usage()  # samples ride on the lease poll: no extra requests
+                        body = {"wait": wait, "usage": batch} if batch else {"wait": wait}
                         req = asyncio.ensure_future(
-                            self._post(http, f"/api/servers/{self.sid}/lease", {"wait": wait}, wait + 10)
+                            self._post(http, f"/api/servers/{self.sid}/lease", body, wait + 10)
                         )
                     done, _ = await asyncio.wait(
                         [req, exited, stop_wait], return_when=asyncio.FIRST_COMPLETED
@@ -270,6 +284,7 @@ class Launcher:
                         return
                     status, body = req.result()
                 except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                    self._keep_usage(batch)
                     log(f"balancer not reachable: {type(exc).__name__}: {exc}")
                     await asyncio.wait([exited, stop_wait], timeout=min(1.0, self.lease_s / 10))
                     continue
@@ -292,6 +307,35 @@ class Launcher:
                     log(f"registered {doc['url']} as {self.sid}")
         finally:
             stop_wait.cancel()
+
+    async def _monitor(self, pid: int) -> None:
+        """Sample the server's tree every ``monitor_s`` on a worker thread (psutil and NVML block);
+        the samples wait in ``self.usage`` for the next lease poll. A sample that fails for a
+        reason the sampler does not expect is logged once and skipped: monitoring never stops the
+        server."""
+        sampler = await asyncio.to_thread(UsageSampler, pid)
+        warned = False
+        try:
+            while True:
+                await asyncio.sleep(self.monitor_s)
+                try:
+                    self.usage.append(await asyncio.to_thread(sampler.sample))
+                except Exception as exc:
+                    if not warned:
+                        warned = True
+                        log(f"usage sample failed: {type(exc).__name__}: {exc}")
+        finally:
+            sampler.close()
+
+    def _take_usage(self) -> list[dict[str, Any]]:
+        batch = list(self.usage)
+        self.usage.clear()
+        return batch
+
+    def _keep_usage(self, batch: list[dict[str, Any]]) -> None:
+        """A batch that did not reach the balancer goes back before the newer samples."""
+        if batch:
+            self.usage = deque([*batch, *self.usage], maxlen=USAGE_KEEP)
 
     async def _stop_server(self, exited: asyncio.Future[int]) -> int:
         assert self.proc is not None

@@ -22,6 +22,7 @@ from typing import Any
 from .backends.base import (
     ENV_CONCURRENCY,
     ENV_LEASE,
+    ENV_MONITOR,
     ENV_REGISTRATION_DIR,
     ENV_SERVER_ID,
     ENV_SPEC,
@@ -64,6 +65,7 @@ class LaunchSettings:
     lease_s: float
     log_dir: Path
     registration_dir: Path | None = None  # registration through files (filereg.py), not HTTP
+    monitor_interval_s: float = 5.0  # launchers' usage samples (balancer/usage.py); 0: none
 
 
 class Scaler:
@@ -242,6 +244,7 @@ class Scaler:
                 ENV_LEASE: str(ls.lease_s),
                 ENV_STARTUP: str(s.spec.startup_timeout_s),
                 ENV_CONCURRENCY: str(s.spec.concurrency),
+                ENV_MONITOR: str(ls.monitor_interval_s),
             }
         )
         if ls.registration_dir is not None:
