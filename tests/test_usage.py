@@ -14,7 +14,7 @@ import pytest
 import umbridge
 
 from balancer import launch, usage
-from balancer.usage import UsageSampler, clean_samples, journal_fields, visible_gpus
+from balancer.usage import UsageSampler, clean_samples, journal_fields, tree_pids, visible_gpus
 from tests.helpers import MODELS, wait_until
 
 # A root that starts a CPU-burning child and burns CPU itself; it prints once the child runs.
@@ -87,6 +87,23 @@ def test_refused_and_vanishing_reads_are_skipped(tree, monkeypatch):
     x = s.sample()
     assert "io_read_bytes" not in x and "io_write_bytes" not in x  # not readable: not reported
     assert x["procs"] == 1 and x["rss_bytes"] > 0
+
+
+def test_tree_from_proc_children_files(tmp_path, tree):
+    """The cheap tree walk (kernels with CONFIG_PROC_CHILDREN), on a fake /proc: 1 has threads 1
+    and 5 whose children are 2 and 3; 3's child 4 vanished after it was listed."""
+    for pid, tids in {1: {1: "2 3", 5: ""}, 2: {2: ""}, 3: {3: "4 "}}.items():
+        for tid, kids in tids.items():
+            d = tmp_path / str(pid) / "task" / str(tid)
+            d.mkdir(parents=True)
+            (d / "children").write_text(kids)
+    assert sorted(tree_pids(1, str(tmp_path))) == [1, 2, 3, 4]
+    assert tree_pids(9, str(tmp_path)) == []  # gone
+    (tmp_path / "8").mkdir()
+    assert tree_pids(8, str(tmp_path)) is None  # no children files: psutil's scan instead
+    root, child = tree
+    if tree_pids(root.pid) is not None:  # this kernel has them: the same answer as psutil's scan
+        wait_until(lambda: set(tree_pids(root.pid) or ()) == {root.pid, child}, 10, what="both pids")
 
 
 def test_launcher_monitor_survives_a_failing_sample(monkeypatch):
