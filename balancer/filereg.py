@@ -2,7 +2,8 @@
 connection to the login node (``[balancer] registration = "file"``).
 
 The directory (``registration_dir``, default ``RUN_DIR/registration``) must be on a file system both
-sides see. A launcher writes ``<server>.register.json`` (its registration, with the run's token)
+sides see. A launcher writes ``<server>.register.json`` (its registration, with the run's token),
+its usage samples in ``<server>.usage.json`` (a new batch once the balancer took the last one)
 and, when its model server exits, ``<server>.exited.json``; the balancer answers a stop with an
 empty ``<server>.stop`` file and proves it is alive by touching ``balancer.alive`` every third of
 the lease. A launcher that sees ``<server>.stop``, or a ``balancer.alive`` unchanged for the lease
@@ -73,6 +74,10 @@ class FileRegistration:
             for kind, sid, doc in found:
                 if kind == "register":
                     await self._register(sid, doc)
+                elif kind == "usage":
+                    s = self.control.pool.servers.get(sid)
+                    if s is not None:
+                        self.control.usage(s, doc.get("usage"))
                 else:
                     self.control.exited_doc(sid, doc)
             await asyncio.sleep(POLL_S)
@@ -93,7 +98,7 @@ class FileRegistration:
             (self.dir / ALIVE).touch()
         found = []
         for name in sorted(os.listdir(self.dir)):
-            for kind in ("register", "exited"):
+            for kind in ("register", "exited", "usage"):
                 suffix = f".{kind}.json"
                 if name.endswith(suffix) and not name.startswith("."):
                     path = self.dir / name

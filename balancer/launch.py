@@ -82,6 +82,14 @@ def _stop_and_mtime(stop: Path, alive: Path) -> tuple[bool, float | None]:
     return stop.exists(), mtime
 
 
+def _offer_usage(path: Path, batch: list[dict[str, Any]]) -> bool:
+    """Write a usage batch for file registration, unless the balancer has not taken the last one."""
+    if not batch or path.exists():
+        return False
+    write_atomic(path, json.dumps({"usage": batch}))
+    return True
+
+
 def advertised_host(balancer_url: str) -> str:
     """The address the balancer should use: loopback for a local balancer, else our host name."""
     if os.environ.get("UMBRIDGE_BALANCER_ADVERTISE_HOST"):
@@ -231,6 +239,7 @@ class Launcher:
         the lease time (measured on our clock: the two machines' clocks may differ)."""
         assert self.reg_dir is not None
         stop, alive = self.reg_dir / f"{self.sid}.stop", self.reg_dir / ALIVE
+        usage_file = self.reg_dir / f"{self.sid}.usage.json"
         text = json.dumps({**doc, "token": self.token})
         await asyncio.to_thread(write_atomic, self.reg_dir / f"{self.sid}.register.json", text)
         log(f"registered {doc['url']} as {self.sid} through {self.reg_dir}")
@@ -243,6 +252,9 @@ class Launcher:
                     self.balancer_said_stop = True
                     self.request_stop("balancer asked to stop (stop file)")
                     return
+                batch = self._take_usage()
+                if not await asyncio.to_thread(_offer_usage, usage_file, batch):
+                    self._keep_usage(batch)
                 if mtime != seen:
                     seen, changed = mtime, time.monotonic()
                 elif time.monotonic() - changed > self.lease_s:

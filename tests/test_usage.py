@@ -200,3 +200,11 @@ def test_server_usage_is_journaled_from_a_real_launcher(start_balancer):
     wait_until(lambda: len(b.events("server.usage")) > n + 1, 30, what="more samples")  # still monitoring
     assert model([[0.1]])[0][0] > 0  # and the server still answers
     assert not b.events("server.failed")
+
+
+def test_server_usage_through_file_registration(start_balancer):
+    spec = {"name": "wait", "command": [sys.executable, str(MODELS / "waiter.py")], "min_servers": 1}
+    b = start_balancer([spec], registration="file", lease_s=3, monitor_interval_s=0.3)
+    wait_until(lambda: len(b.events("server.usage")) >= 3, 60, what="usage samples through files")
+    e = b.events("server.usage")[0]
+    assert e["spec"] == "wait" and e["procs"] >= 1 and e["rss_bytes"] > 0
