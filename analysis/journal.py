@@ -31,7 +31,7 @@ SCHEMA_VERSION = 1
 
 #: Namespaces of events the metrics do not need (balancer.started, server.draining, scale.decision,
 #: auth.refused, and kinds added later); unknown ``call.*`` or other events are counted in a warning.
-_QUIET_NAMESPACES = ("balancer.", "server.", "spec.", "scale.", "auth.", "forecast.")
+_QUIET_NAMESPACES = ("balancer.", "server.", "spec.", "scale.", "auth.", "forecast.", "profile.")
 _SERVER_EVENTS = frozenset({
     "server.requested", "server.started", "server.registered", "server.ready", "server.stopped",
     "server.failed",
@@ -61,6 +61,7 @@ def read_journal(path: Path, name: str, progress: bool | None = None) -> Run:
     kc: dict[str, Any] = {"m": array("d"), "idle": array("d"), "predicted": array("d")}  # capacity
     servers: dict[str, dict[str, Any]] = {}
     unknown: dict[str, int] = {}
+    mismatches: list[str] = []  # profile.mismatch: resources given far from used, with advice
     bad = 0
     bad_last_line = False
     versions: set[Any] = set()
@@ -123,6 +124,8 @@ def read_journal(path: Path, name: str, progress: bool | None = None) -> Run:
                     kc["m"].append(m)
                     kc["idle"].append(idle)
                     kc["predicted"].append(pred)
+                elif ev == "profile.mismatch":
+                    mismatches.append(f"resources: {d['spec']}: {d['advice']}")
                 elif not (isinstance(ev, str) and ev.startswith(_QUIET_NAMESPACES)):
                     unknown[ev] = unknown.get(ev, 0) + 1
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError):
@@ -147,6 +150,7 @@ def read_journal(path: Path, name: str, progress: bool | None = None) -> Run:
     cap = _frame(kc)
     cap["m"] -= m0
     run.capacity = cap
+    run.notes += mismatches
     return run
 
 

@@ -82,6 +82,7 @@ class Balancer:
         self.gate = PeerGate(bus, (*cfg.allow_uids, *users), cfg.allow_remote)  # the client port's
         self.metrics = Metrics(self.pool, lambda: self.calls.inflight, self.forecast)
         bus.subscribe(self.metrics)
+        self.profiler = _profiler(cfg, bus)  # model profiles (profiler.py); None when off
         self.notifier: Notifier | None = None
         if cfg.notify.urls:
             self.notifier = Notifier(cfg.notify, bus)
@@ -107,6 +108,7 @@ class Balancer:
             "forecast": forecast,
             **self.operator.status_extra(),
             "dashboard": self.dashboard.feed.status(),
+            **({"profiles": self.profiler.status()} if self.profiler is not None else {}),
         }
 
     async def start(self, url: str, control_url: str | None = None) -> None:
@@ -130,6 +132,8 @@ class Balancer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._first), FIRST_FORECAST_S)
         self.scaler.start(launch)
+        if self.profiler is not None:
+            self.profiler.start()
 
     async def shutdown(self, reason: str) -> None:
         """Let in-flight calls finish within the grace period, then stop every server."""
@@ -159,6 +163,8 @@ class Balancer:
         self.gate.close()
         if self.history is not None:
             self.history.close()
+        if self.profiler is not None:  # the run's last figures into the profile store
+            await self.profiler.close()
         if self.notifier is not None:  # pending notices and the run summary, bounded wait
             await self.notifier.close()
         self.bus.emit(Ev.BALANCER_STOPPED)
@@ -210,6 +216,23 @@ def _history(fc: Any) -> Any:
 
     path = Path(fc.history).expanduser() if fc.history else default_history_path()
     return History(path, retention_s=fc.retention_days * 86400.0)
+
+
+def _profiler(cfg: BalancerConfig, bus: EventBus) -> Any:
+    """The profiler on the bus, its store open; a store that cannot be opened is journaled, and
+    the run goes on without profiles."""
+    if not cfg.profiles.enabled:
+        return None
+    from .profiler import Profiler, open_store
+
+    try:
+        store = open_store(cfg.profiles)
+    except Exception as exc:  # sqlite3.Error, OSError: a read-only home must not stop the balancer
+        bus.emit(Ev.BALANCER_ERROR, where="profiles", error=f"{type(exc).__name__}: {exc}", count=1)
+        return None
+    profiler = Profiler(cfg, bus, store)
+    bus.subscribe(profiler)
+    return profiler
 
 
 def _bind(fn: Any, op: str) -> Any:

@@ -72,6 +72,9 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     token_file.touch(mode=0o600)
     token_file.chmod(0o600)
     token_file.write_text(token)
+    from .profiler import size_specs
+
+    cfg = await size_specs(cfg, bus)  # "auto" resources from the profile store, before any backend
     try:
         backend = make_backend(cfg, run_dir)
     except ConfigError as exc:
@@ -220,6 +223,9 @@ def _add_cluster_commands(sub: Any) -> None:
 
     add_operator_parsers(sub)
     add_forecast_parser(sub)
+    from .profcli import add_profile_parser
+
+    add_profile_parser(sub)
     with contextlib.suppress(ImportError):
         from .cluster.cli import add_capacity_parser
 

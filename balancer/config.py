@@ -38,6 +38,8 @@ class Resources:
     memory: str | None = None  # e.g. "2G", passed to the scheduler as is
     gpus: int = 0
     time_limit: str | None = None  # SLURM syntax, e.g. "01:00:00"
+    # Fields given as "auto": sized from the spec's profile at start (sizing.py); until then defaults.
+    auto: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,23 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class ProfileSettings:
+    """The ``[profiles]`` table: the model profile store and the headroom of ``"auto"`` resources."""
+
+    enabled: bool = True
+    path: str | None = None  # SQLite store; default ~/.local/share/umbridge-balancer/profiles.sqlite
+    flush_s: float = 300.0  # a run's figures go to the store this often, and at shutdown
+    memory_headroom: float = 1.3  # memory = "auto": peak RSS times this
+    time_headroom: float = 1.5  # time_limit = "auto": longest server lifetime times this
+    min_memory: str = "512M"
+    max_time_limit: str = "1-00:00:00"
+    default_memory: str | None = None  # "auto" without a profile: these (None: the scheduler's default)
+    default_cpus: int = 1
+    default_time_limit: str | None = None
+    mismatch_samples: int = 10  # busy usage samples of a spec before given and used are compared
+
+
+@dataclass(frozen=True)
 class BalancerConfig:
     host: str = "127.0.0.1"
     port: int = 4242
@@ -141,6 +160,7 @@ class BalancerConfig:
     backend_options: Any = None
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    profiles: ProfileSettings = field(default_factory=ProfileSettings)
 
     @property
     def rules(self) -> ForecastRules:
@@ -152,8 +172,10 @@ class BalancerConfig:
 
 
 _SPEC_KEYS = {f.name for f in fields(ServerSpec)} - {"options"}
-_TOP_KEYS = {f.name for f in fields(BalancerConfig)} - {"servers", "backend_options", "forecast", "notify"}
-_RES_KEYS = {f.name for f in fields(Resources)}
+_TOP_KEYS = {f.name for f in fields(BalancerConfig)} - {
+    "servers", "backend_options", "forecast", "notify", "profiles"
+}
+_RES_KEYS = {f.name for f in fields(Resources)} - {"auto"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -178,12 +200,13 @@ def _parse_resources(key: str, raw: Any) -> Resources:
     for k in raw:
         if k not in _RES_KEYS:
             raise ConfigError(f"{key}.{k}", f"unknown key (known: {', '.join(sorted(_RES_KEYS))})")
-    cpus = _positive(f"{key}.cpus", raw.get("cpus", 1), integer=True)
+    auto = tuple(k for k in ("cpus", "memory", "time_limit") if raw.get(k) == "auto")
+    cpus = 1 if "cpus" in auto else _positive(f"{key}.cpus", raw.get("cpus", 1), integer=True)
     gpus = _positive(f"{key}.gpus", raw.get("gpus", 0), integer=True, allow_zero=True)
-    memory = raw.get("memory")
+    memory = None if "memory" in auto else raw.get("memory")
     if memory is not None:
         memory = str(_typed(f"{key}.memory", memory, (str, int), 'a size such as "4G"'))
-    time_limit = raw.get("time_limit")
+    time_limit = None if "time_limit" in auto else raw.get("time_limit")
     if time_limit is not None:
         time_limit = _typed(f"{key}.time_limit", time_limit, str, 'a time such as "01:00:00"')
         try:
@@ -191,7 +214,7 @@ def _parse_resources(key: str, raw: Any) -> Resources:
         except ValueError:
             msg = f'expected a time such as "01:00:00", got {time_limit!r}'
             raise ConfigError(f"{key}.time_limit", msg) from None
-    return Resources(cpus=cpus, memory=memory, gpus=gpus, time_limit=time_limit)
+    return Resources(cpus=cpus, memory=memory, gpus=gpus, time_limit=time_limit, auto=auto)
 
 
 def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpec:
@@ -281,8 +304,9 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
     top = raw.get("balancer", {})
     _typed("balancer", top, dict, "a table")
     for k in raw:
-        if k not in ("balancer", "servers", "backend", "forecast", "notify"):
-            raise ConfigError(k, "unknown section (known: balancer, servers, backend, forecast, notify)")
+        if k not in ("balancer", "servers", "backend", "forecast", "notify", "profiles"):
+            known = "balancer, servers, backend, forecast, notify, profiles"
+            raise ConfigError(k, f"unknown section (known: {known})")
     for k in top:
         if k not in _TOP_KEYS:
             raise ConfigError(f"balancer.{k}", f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
@@ -346,6 +370,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
         backend_options=_options(scheduler, "Options", backend, "backend"),
         forecast=parse_forecast(raw.get("forecast", {})),
         notify=parse_notify(raw.get("notify", {})),
+        profiles=parse_profiles(raw.get("profiles", {})),
     )
 
 
@@ -438,6 +463,43 @@ def parse_notify(raw: Any) -> NotifySettings:
         if k in top and top[k] <= 0:
             raise ConfigError(f"notify.{k}", f"must be > 0, got {raw[k]!r}")
     return NotifySettings(urls=tuple(urls), on=tuple(dict.fromkeys(on)), **top)
+
+
+def parse_profiles(raw: Any) -> ProfileSettings:
+    """The ``[profiles]`` table; sizes and times are checked now, not when a spec is sized."""
+    from .sizing import parse_memory
+
+    _typed("profiles", raw, dict, "a table")
+    known = {f.name for f in fields(ProfileSettings)}
+    for k in raw:
+        if k not in known:
+            raise ConfigError(f"profiles.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+    text = {"path", "min_memory", "max_time_limit", "default_memory", "default_time_limit"}
+    top = _typed_fields("profiles", ProfileSettings, raw, text)
+    for k in text & set(raw):
+        top[k] = str(_typed(f"profiles.{k}", raw[k], (str, int) if "memory" in k else str, "a string"))
+    for k in ("min_memory", "default_memory"):
+        if k in top:
+            try:
+                parse_memory(top[k])
+            except ValueError:
+                msg = f'expected a size such as "512M", got {raw[k]!r}'
+                raise ConfigError(f"profiles.{k}", msg) from None
+    for k in ("max_time_limit", "default_time_limit"):
+        if k in top:
+            try:
+                ok = parse_time_limit(top[k]) is not None
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"profiles.{k}", f'expected a time such as "01:00:00", got {raw[k]!r}')
+    for k in ("memory_headroom", "time_headroom"):
+        if k in top and top[k] < 1:
+            raise ConfigError(f"profiles.{k}", f"must be >= 1, got {raw[k]!r}")
+    for k in ("flush_s", "default_cpus", "mismatch_samples"):
+        if k in top and top[k] <= 0:
+            raise ConfigError(f"profiles.{k}", f"must be > 0, got {raw[k]!r}")
+    return ProfileSettings(**top)
 
 
 def _check_apprise_urls(urls: list[str]) -> None:

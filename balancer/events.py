@@ -61,6 +61,8 @@ class Ev:
     FORECAST_CHANGED: Final = "forecast.changed"  # enabled/disabled, override set/cleared/expired
     NOTIFY_SENT: Final = "notify.sent"  # a notification delivered to one target (apprise URL)
     NOTIFY_FAILED: Final = "notify.failed"  # ... or not, with the error; calls never wait for either
+    PROFILE_SIZED: Final = "profile.sized"  # an "auto" resource sized from the spec's profile (or fallback)
+    PROFILE_MISMATCH: Final = "profile.mismatch"  # a spec's resources far from what it uses, with advice
     WORKLOAD_PRIOR: Final = "workload.prior"  # a spec's class guessed from its Python source at start
     WORKLOAD_CLASSIFIED: Final = "workload.classified"  # ... measured: first verdict, then each change
     SERVER_DEFERRED: Final = "server.deferred"  # a local start waits for free GPUs or cores

@@ -151,6 +151,8 @@ def format_status(doc: dict[str, Any], url: str) -> str:
     fc = doc.get("forecast")
     if fc:
         lines.append(f"forecast: {fc.get('state')} ({'in use' if fc.get('in_use') else 'not in use'})")
+    for m in (doc.get("profiles") or {}).get("mismatches", []):  # given far from used (profiler.py)
+        lines.append(f"resources: {m['spec']}: {m['advice']}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,299 @@
+"""Model profiles (issue 12): the store, the profiler on a real event bus, auto sizing, mismatch
+advice, and end to end: a profile survives a restart, ``memory = "auto"`` on the SLURM test cluster,
+an example model's CPU-seconds per call."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import umbridge
+
+from balancer.config import ConfigError, ProfileSettings, Resources, parse_config
+from balancer.events import EventBus
+from balancer.profiler import Profiler, size_specs
+from balancer.profiles import SPEC_ROW, ProfileStore, merge, profiles, spec_hash
+from balancer.sizing import MIB, format_duration, parse_memory, size
+from tests.helpers import MODELS, ROOT, test_model_spec, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def cfg_of(resources: dict[str, Any] | None = None, **profiles_keys: Any) -> Any:
+    spec = {"name": "w", "command": "python model.py", "models": ["m"], "resources": resources or {}}
+    return parse_config({"servers": [spec], "profiles": profiles_keys})
+
+
+def fake_run(store: ProfileStore, cfg: Any, calls: int, cpu_per_call: float, util: float = 1.0) -> list[Any]:
+    """One run on a real bus: a server, ``calls`` Evaluate calls of 0.1..0.5 s with a usage sample
+    after each pair; returns the events emitted."""
+    bus = EventBus()
+    seen: list[dict[str, Any]] = []
+    bus.subscribe(seen.append)
+    prof = Profiler(cfg, bus, store)
+    bus.subscribe(prof)
+
+    async def run() -> None:
+        bus.emit("server.requested", server="s1", spec="w", reason="demand")
+        bus.emit("server.ready", server="s1", spec="w", models=["m"], concurrency=1)
+        cpu = 0.5  # start-up CPU before the first sample: not part of CPU-seconds per call
+        rss = 100 * MIB
+        for i in range(calls):
+            if i % 2 == 0:
+                bus.emit("server.usage", server="s1", spec="w", cpu_s=cpu, cpu_util=util, rss_bytes=rss,
+                         rss_peak_bytes=rss, interval_s=1.0, io_write_bytes=1000 * i)  # fmt: skip
+            bus.emit("call.received", call=str(i), op="Evaluate", model="m", bytes=10)
+            bus.emit("call.dispatched", call=str(i), server="s1", attempt=1)
+            service = 0.1 * (1 + i % 5)
+            bus.emit("call.completed", call=str(i), server="s1", status=200, bytes=10, service_s=service)
+            cpu += cpu_per_call
+            rss += MIB
+        bus.emit("server.usage", server="s1", spec="w", cpu_s=cpu, cpu_util=util, rss_bytes=rss,
+                 rss_peak_bytes=rss, interval_s=1.0)  # fmt: skip
+        bus.emit("server.stopped", server="s1", reason="shutdown")
+        await prof.close()
+
+    asyncio.run(run())
+    return seen
+
+
+def test_store_round_trip_and_merge_of_two_runs(tmp_path: Path) -> None:
+    path = tmp_path / "p" / "profiles.sqlite"
+    cfg = cfg_of({"cpus": 2, "memory": "1G"})
+    fake_run(ProfileStore(path), cfg, calls=10, cpu_per_call=0.2)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with ProfileStore(path) as store:
+        (one,) = profiles(store)
+        assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert one["calls"] == 10 and one["runs"] == 1 and one["model"] == "m"
+    assert one["cpu_s_per_call"] == pytest.approx(0.2)  # the start-up 0.5 s left out
+    assert one["rss_peak_bytes"] == 110 * MIB
+    assert one["resources"] == {"cpus": 2, "memory": "1G", "gpus": 0, "time_limit": None}
+    ev = one["ops"]["Evaluate"]
+    assert ev["n"] == 10 and ev["max_s"] == pytest.approx(0.5)
+    assert ev["p50_s"] == pytest.approx(0.3, rel=0.05) and ev["p90_s"] == pytest.approx(0.5, rel=0.05)
+    fake_run(ProfileStore(path), cfg, calls=20, cpu_per_call=0.5)
+    with ProfileStore(path) as store:
+        (two,) = profiles(store)
+        rows = {r["model"]: r for r in store.rows()}
+    assert two["calls"] == 30 and two["runs"] == 2 and rows[SPEC_ROW]["runs"] == 2
+    assert two["cpu_s_per_call"] == pytest.approx((10 * 0.2 + 20 * 0.5) / 30)
+    assert two["rss_peak_bytes"] == 120 * MIB and two["ops"]["Evaluate"]["n"] == 30
+    assert two["io_write_bytes"] == 8000 + 18000
+
+
+def test_merge_rules() -> None:
+    a = {"calls": 2, "max": 1.0, "hist": {"1": 2}, "resources": {"cpus": 1}, "rss_peak_bytes": 5}
+    b = {"calls": 3, "max": 0.5, "hist": {"1": 1, "2": 4}, "resources": {"cpus": 4}, "rss_peak_bytes": 9}
+    assert merge(a, b) == {"calls": 5, "max": 1.0, "hist": {"1": 3, "2": 4}, "resources": {"cpus": 4},
+                           "rss_peak_bytes": 9}  # fmt: skip
+
+
+def test_periodic_flushes_add_up_to_one_run(tmp_path: Path) -> None:
+    """Flushing a run's deltas several times stores the same figures as once, and one run."""
+    cfg = cfg_of()
+    store = ProfileStore(tmp_path / "p.sqlite")
+    bus = EventBus()
+    prof = Profiler(cfg, bus, store)
+    bus.subscribe(prof)
+
+    async def run() -> None:
+        bus.emit("server.requested", server="s1", spec="w", reason="demand")
+        bus.emit("server.ready", server="s1", spec="w", models=["m"], concurrency=1)
+        for i in range(6):
+            bus.emit("call.received", call=str(i), op="Evaluate", model="m", bytes=1)
+            bus.emit("call.dispatched", call=str(i), server="s1", attempt=1)
+            bus.emit("call.completed", call=str(i), server="s1", status=200, bytes=1, service_s=0.01)
+            await prof.flush()
+        await prof.close()
+
+    asyncio.run(run())
+    with ProfileStore(tmp_path / "p.sqlite") as s:
+        (rec,) = profiles(s)
+    assert rec["calls"] == 6 and rec["runs"] == 1 and rec["ops"]["Evaluate"]["n"] == 6
+
+
+# -- sizing ------------------------------------------------------------------------------------------
+AUTO = Resources(auto=("memory", "cpus", "time_limit"))
+
+
+def test_sizing_from_a_profile_with_headroom_and_rounding() -> None:
+    settings = ProfileSettings(min_memory="256M")
+    prof = {"rss_peak_bytes": 300 * MIB, "cpu_util_p90": 2.4, "lifetime_max": 1000.0}
+    res, why = size(AUTO, prof, settings)
+    assert res.memory == "448M"  # 390M rounded up to 64M
+    assert res.cpus == 3 and res.time_limit == "00:25:00"  # 1500 s
+    assert {r.field for r in why} == {"memory", "cpus", "time_limit"}
+    assert "peak RSS 300M x 1.3" in next(r.source for r in why if r.field == "memory")
+    # At least min_memory; a model using 1.05 cores asks for one CPU; capped at max_time_limit.
+    res, _ = size(AUTO, {**prof, "cpu_util_p90": 1.05, "lifetime_max": 90000.0}, ProfileSettings())
+    assert (res.memory, res.cpus, res.time_limit) == ("512M", 1, "1-00:00:00")
+    res, _ = size(AUTO, {**prof, "cpu_util_p90": 0.0}, settings)
+    assert res.cpus == 1
+    assert parse_memory("2G") == 2048 * MIB and parse_memory(4096) == 4096 * MIB
+    assert format_duration(61) == "00:02:00"
+
+
+def test_sizing_falls_back_without_a_profile() -> None:
+    settings = ProfileSettings(default_memory="2G", default_cpus=2, default_time_limit="02:00:00")
+    res, why = size(AUTO, None, settings)
+    assert (res.memory, res.cpus, res.time_limit) == ("2G", 2, "02:00:00")
+    assert all(r.source.startswith("no profile yet") for r in why)
+    res, why = size(AUTO, {"rss_peak_bytes": 0}, ProfileSettings())  # a profile without usage figures
+    assert (res.memory, res.cpus, res.time_limit) == (None, 1, None)
+    assert all("has no" in r.source for r in why)
+    plain = Resources(cpus=4, memory="1G")
+    assert size(plain, {"rss_peak_bytes": MIB}, settings) == (plain, [])  # nothing auto: untouched
+
+
+def test_config_auto_and_profiles_table() -> None:
+    cfg = cfg_of({"memory": "auto", "cpus": "auto", "time_limit": "auto"}, memory_headroom=1.5)
+    res = cfg.servers[0].resources
+    assert res.auto == ("cpus", "memory", "time_limit") and res.cpus == 1 and res.memory is None
+    assert cfg.profiles.memory_headroom == 1.5 and cfg.profiles.flush_s == 300.0
+    for resources, keys, msg in (
+        ({"cpus": "many"}, {}, "servers.w.resources.cpus: expected an integer"),
+        ({}, {"min_memory": "lots"}, "profiles.min_memory: expected a size"),
+        ({}, {"memory_headroom": 0.5}, "profiles.memory_headroom: must be >= 1"),
+        ({}, {"default_time_limit": "soon"}, "profiles.default_time_limit: expected a time"),
+        ({}, {"nope": 1}, "profiles.nope: unknown key"),
+    ):
+        with pytest.raises(ConfigError, match=msg):
+            cfg_of(resources, **keys)
+
+
+def test_size_specs_journals_profile_sized(tmp_path: Path) -> None:
+    path = tmp_path / "p.sqlite"
+    cfg = cfg_of({"memory": "auto", "cpus": 2}, path=str(path), min_memory="256M")
+    bus = EventBus()
+    seen: list[dict[str, Any]] = []
+    bus.subscribe(seen.append)
+    sized = asyncio.run(size_specs(cfg, bus))
+    assert sized.servers[0].resources.memory is None and sized.servers[0].resources.cpus == 2
+    assert [(e["field"], e["value"], e["source"][:14]) for e in seen] == [("memory", None, "no profile yet")]
+    seed(path, cfg.servers[0], rss_peak_bytes=300 * MIB)
+    seen.clear()
+    sized = asyncio.run(size_specs(cfg, bus))
+    assert sized.servers[0].resources.memory == "448M"
+    assert seen[0]["ev"] == "profile.sized" and seen[0]["spec"] == "w" and seen[0]["value"] == "448M"
+
+
+def seed(path: Path, spec: Any, **figures: Any) -> None:
+    """A stored profile for ``spec`` as an earlier run would have left it."""
+    with ProfileStore(path) as store:
+        key = (spec.name, spec_hash(spec), SPEC_ROW)
+        store.add({key: {"calls": 10, "samples": 20, **figures}}, {key})
+
+
+# -- mismatch ----------------------------------------------------------------------------------------
+def test_mismatch_is_journaled_once_per_spec_and_resource(tmp_path: Path) -> None:
+    cfg = cfg_of({"cpus": 4, "memory": "4G"}, mismatch_samples=5)
+    seen = fake_run(ProfileStore(tmp_path / "p.sqlite"), cfg, calls=30, cpu_per_call=0.01, util=0.02)
+    mism = [e for e in seen if e["ev"] == "profile.mismatch"]
+    assert sorted(e["resource"] for e in mism) == ["cpus", "memory"]
+    cpus = next(e for e in mism if e["resource"] == "cpus")
+    assert cpus["given"] == 4 and cpus["used"] == 0.0 and "cpus = 1" in cpus["advice"]
+    mem = next(e for e in mism if e["resource"] == "memory")
+    assert mem["given"] == "4G" and "less memory" in mem["advice"]
+    # Resources that fit: no advice.
+    cfg = cfg_of({"cpus": 1, "memory": "256M"}, mismatch_samples=5)
+    seen = fake_run(ProfileStore(tmp_path / "q.sqlite"), cfg, calls=30, cpu_per_call=0.01, util=1.0)
+    assert not [e for e in seen if e["ev"] == "profile.mismatch"]
+
+
+def test_status_and_analyze_show_the_advice(tmp_path: Path) -> None:
+    from analysis.journal import read_journal
+    from balancer.journal import Journal
+    from balancer.opcli import format_status
+
+    cfg = cfg_of({"cpus": 4}, mismatch_samples=5)
+    seen = fake_run(ProfileStore(tmp_path / "p.sqlite"), cfg, calls=30, cpu_per_call=0.01, util=0.02)
+    mism = [e for e in seen if e["ev"] == "profile.mismatch"]
+    text = format_status({"profiles": {"mismatches": mism}}, "http://x")
+    assert "resources: w: uses 0.03 cores" in text or "resources: w: uses 0.00 cores" in text
+    journal = Journal(tmp_path / "journal.jsonl")
+    for e in seen:
+        journal(e)
+    journal.close()
+    run = read_journal(tmp_path / "journal.jsonl", "r")
+    assert any(n.startswith("resources: w: ") and "cpus = 1" in n for n in run.notes)
+
+
+# -- end to end --------------------------------------------------------------------------------------
+def profiles_table(path: Path, **kw: Any) -> dict[str, Any]:
+    return {"profiles": {"path": str(path), **kw}}
+
+
+def test_profile_survives_a_restart(start_balancer, tmp_path: Path) -> None:
+    path = tmp_path / "profiles.sqlite"
+    spec = test_model_spec(models=["forward"], min_servers=1, max_servers=1)
+    for n in (5, 3):
+        b = start_balancer([spec], tables=profiles_table(path))
+        model = umbridge.HTTPModel(b.url, "forward")
+        assert [model([[1.0]]) for _ in range(n)] == [[[2.0]]] * n
+        assert b.stop() == 0
+    with ProfileStore(path) as store:
+        rows = {r["model"]: r for r in store.rows()}
+    assert set(rows) == {SPEC_ROW, "forward"}
+    assert rows["forward"]["runs"] == 2 and rows[SPEC_ROW]["runs"] == 2
+    assert rows["forward"]["data"]["calls"] == 8 and rows["forward"]["data"]["ops"]["Evaluate"]["n"] == 8
+    assert rows[SPEC_ROW]["data"]["servers"] == 2 and rows[SPEC_ROW]["data"]["startup_hist"]
+    # The CLI reads the same store.
+    out = profile_cli("show", "--path", str(path))
+    assert out.returncode == 0 and "testmodel" in out.stdout and "forward" in out.stdout, out.stderr
+    out = profile_cli("export", "--json", "--path", str(path))
+    (rec,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert rec["calls"] == 8 and rec["runs"] == 2
+    out = profile_cli("export", "--path", str(path))
+    assert out.stdout.splitlines()[0].startswith("spec,spec_hash,model,calls")
+    bad = profile_cli("show", "--path", str(tmp_path / "no"))
+    assert bad.returncode == 2 and bad.stderr.strip() == f"balancer: error: no profile store at {tmp_path}/no"
+
+
+def profile_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "balancer.cli", "profile", *args]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30)
+
+
+def test_memory_auto_on_slurm_submits_the_sized_mem(start_balancer, slurm, tmp_path: Path) -> None:
+    path = tmp_path / "profiles.sqlite"
+    spec = test_model_spec(models=["forward"], min_servers=1, max_servers=1, resources={"memory": "auto"})
+    seed(path, parse_config({"servers": [spec]}).servers[0], rss_peak_bytes=300 * MIB)
+    b = start_balancer([spec], env=slurm.env, scheduler="slurm", host="127.0.0.1", backend={},
+                       tables=profiles_table(path, min_memory="256M"))  # fmt: skip
+    sized = b.wait_event("profile.sized", spec="testmodel")
+    assert sized["field"] == "memory" and sized["value"] == "448M" and "peak RSS 300M" in sized["source"]
+    job = b.wait_event("server.started", server="s1", timeout=45)["job"]
+    assert slurm.run(["squeue", "-h", "-j", job, "-o", "%m"]).stdout.strip() == "448M"
+    assert b.stop() == 0
+
+
+def test_cpu_spinner_profile_has_its_cpu_seconds_per_call(start_balancer, tmp_path: Path) -> None:
+    """cpu_spinner spends CPU_SPINNER_S x x CPU seconds per call (its own thread's clock); the
+    profile's CPU-seconds per call is within 30 % of that (the server's own overhead: HTTP, JSON)."""
+    path = tmp_path / "profiles.sqlite"
+    spec = {"name": "spinner", "command": [sys.executable, str(MODELS / "cpu_spinner.py")],
+            "models": ["cpu_spinner"], "min_servers": 1, "max_servers": 1, "env": {"CPU_SPINNER_S": "0.1"},
+            "resources": {"cpus": 2}}  # fmt: skip
+    b = start_balancer([spec], tables=profiles_table(path, mismatch_samples=5), monitor_interval_s=0.2,
+                       lease_s=2)  # fmt: skip
+    model = umbridge.HTTPModel(b.url, "cpu_spinner")
+    for _ in range(20):
+        model([[1.0]])  # 0.1 CPU-s each
+    # Usage samples reach the balancer with the lease poll: wait until one covers the last call.
+    last = b.events("call.completed")[-1]["t"]
+    wait_until(lambda: any(e.get("sample_t", 0) > last for e in b.events("server.usage")), 20, what="sample")
+    usage = b.events("server.usage")
+    assert b.stop() == 0
+    with ProfileStore(path) as store:
+        (rec,) = profiles(store)
+    assert rec["calls"] == 20
+    assert rec["cpu_s_per_call"] == pytest.approx(0.1, rel=0.3), rec
+    assert rec["rss_peak_bytes"] >= max(e["rss_bytes"] for e in usage) > 10 * MIB
+    assert 0.6 <= rec["cpu_util_p90"] <= 1.3  # one busy thread
