@@ -36,6 +36,7 @@ from .policy import Limits, StopReason
 from .pool import Pool
 from .probe import Probe
 from .scaler import LaunchSettings, Scaler
+from .workload import UsageAggregator, journal_priors
 
 STOP_WAIT_S = 5.0  # after the stop of every server, how long to wait for their jobs to end
 FIRST_FORECAST_S = 10.0  # at start, how long the first scaling pass waits for a first forecast
@@ -82,6 +83,11 @@ class Balancer:
         self.gate = PeerGate(bus, (*cfg.allow_uids, *users), cfg.allow_remote)  # the client port's
         self.metrics = Metrics(self.pool, lambda: self.calls.inflight, self.forecast)
         bus.subscribe(self.metrics)
+        # Workload class per spec from server.usage (workload.py); the local backend pins CPU-bound.
+        self.workload = UsageAggregator(bus, self._busy, lambda spec: sorted(self.pool.specs[spec].models))
+        bus.subscribe(self.workload)
+        if hasattr(backend, "workload_of"):
+            backend.workload_of = self.workload.current
         self.profiler = _profiler(cfg, bus)  # model profiles (profiler.py); None when off
         self.notifier: Notifier | None = None
         if cfg.notify.urls:
@@ -96,6 +102,9 @@ class Balancer:
         if cfg.registration == "file":
             reg_dir = Path(cfg.registration_dir) if cfg.registration_dir else run_dir / "registration"
             self.files = FileRegistration(reg_dir, self.control, bus, cfg.lease_s)
+
+    def _busy(self) -> list[tuple[str, int, int, float]]:
+        return [(s.id, s.calls, s.outstanding, s.busy_s) for s in self.pool.servers.values()]
 
     def _status_extra(self) -> dict[str, Any]:
         fc = self.forecast.status()
@@ -131,6 +140,8 @@ class Balancer:
             self._first = asyncio.ensure_future(self._first_forecast())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._first), FIRST_FORECAST_S)
+        await journal_priors(self.cfg.servers, self.bus, self.workload)
+        self.workload.start(self.cfg.monitor_interval_s, self.cfg.lease_s)
         self.scaler.start(launch)
         if self.profiler is not None:
             self.profiler.start()
@@ -145,6 +156,7 @@ class Balancer:
         for model in list(pool.dispatcher.queues):
             pool.dispatcher.fail_waiters(model, NoServerError("the balancer is shutting down"))
         await self.scaler.stop()
+        self.workload.close()
         if self.monitor is not None:
             if self._first is not None:
                 self._first.cancel()

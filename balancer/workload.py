@@ -1,0 +1,213 @@
+"""Workload class of a model from the launcher's measured counters: cpu, memory, io or wait.
+
+The class says what a model's servers spend their busy time on, so the balancer can use it: the
+local backend never runs more CPU-bound servers than the machine has cores (each one pinned to
+its own), and an operator reads from ``balancer analyze`` why a model scales the way it does.
+
+``classify`` is a pure function over a plain dict of counters summed over the samples taken while a
+server had calls (``Counters``), so a profile store can keep the counters and re-classify later.
+``UsageAggregator`` is the bus subscriber that builds those counters from ``server.usage`` events
+per spec and journals ``workload.classified`` when a verdict first becomes confident and whenever
+it changes. The thresholds (README, "Workload classes") were set on the example models in
+``models/`` and are deliberately coarse: each verdict names the figure that decided it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from .events import Ev, EventBus
+
+CLASSES: Final = ("cpu", "memory", "io", "wait")
+
+# Thresholds, per busy call slot (a server with 2 calls running may use 2 cores and still wait).
+MIN_SAMPLES: Final = 3  # busy samples before any verdict: one sample may be a start-up burst
+CPU_BUSY: Final = 0.7  # cores per busy slot at or above: the slot computes (cpu or memory)
+WAIT_IDLE: Final = 0.2  # cores per busy slot below: the slot sleeps (wait, unless it does io)
+IO_MB_S: Final = 5.0  # MB/s read+written (storage layer) per busy slot at or above: io ...
+IO_CPU_MAX: Final = 0.7  # ... when the slot's CPU stays below this (else copying is computing)
+IO_MB_S_ANY: Final = 100.0  # ... or this much io whatever the CPU
+IOWAIT_PCT: Final = 20.0  # the node's iowait % at or above, with a slot below CPU_BUSY: io
+MEM_RSS_MB: Final = 256.0  # peak RSS of a server at or above ...
+MEM_FAULTS_S: Final = 20000.0  # ... with this many minor page faults/s (80 MB/s of fresh pages) ...
+MEM_CPU_MIN: Final = 0.5  # ... and a slot busy at least this much: memory
+
+
+@dataclass
+class Counters:
+    """Sums over a spec's busy samples (a server with calls during the sample interval)."""
+
+    samples: int = 0
+    busy_s: float = 0.0  # summed interval_s of those samples (server-seconds)
+    slot_s: float = 0.0  # summed interval_s x calls running (call-slot-seconds)
+    cpu_s: float = 0.0
+    io_bytes: float = 0.0
+    ctx_vol: float = 0.0
+    minflt: float = 0.0
+    majflt: float = 0.0
+    iowait_pct_s: float = 0.0  # node iowait % x interval
+    rss_peak_bytes: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in vars(self).items()}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    cls: str | None  # one of CLASSES, None: not enough samples yet
+    figures: dict[str, float]
+    why: str
+    confident: bool = True  # False: a figure lies near a threshold
+
+
+def figures_of(c: dict[str, Any]) -> dict[str, float]:
+    """The per-slot rates a verdict is based on, from a ``Counters`` dict."""
+    slot_s = max(float(c.get("slot_s") or c.get("busy_s") or 0.0), 1e-9)
+    busy_s = max(float(c.get("busy_s") or 0.0), 1e-9)
+    return {
+        "samples": int(c.get("samples", 0)),
+        "busy_s": round(float(c.get("busy_s", 0.0)), 1),
+        "cpu_per_slot": round(float(c.get("cpu_s", 0.0)) / slot_s, 3),
+        "io_mb_s": round(float(c.get("io_bytes", 0.0)) / slot_s / 1e6, 3),
+        "ctx_vol_s": round(float(c.get("ctx_vol", 0.0)) / slot_s, 1),
+        "minflt_s": round(float(c.get("minflt", 0.0)) / busy_s, 1),
+        "majflt_s": round(float(c.get("majflt", 0.0)) / busy_s, 2),
+        "iowait_pct": round(float(c.get("iowait_pct_s", 0.0)) / busy_s, 1),
+        "rss_peak_mb": round(float(c.get("rss_peak_bytes", 0.0)) / 2**20, 1),
+    }
+
+
+def classify(counters: dict[str, Any]) -> Verdict:
+    """The workload class from summed counters; pure. The rules go in order, the first that holds wins:
+    io (storage traffic or iowait while the CPU idles), memory (a large, fault-heavy resident set
+    while busy), cpu (a busy slot), wait (the rest: the slot sleeps or waits on sockets)."""
+    f = figures_of(counters)
+    if f["samples"] < MIN_SAMPLES:
+        return Verdict(None, f, f"{f['samples']} busy samples, {MIN_SAMPLES} needed", False)
+    cpu, io = f["cpu_per_slot"], f["io_mb_s"]
+    if (io >= IO_MB_S and cpu < IO_CPU_MAX) or io >= IO_MB_S_ANY:
+        return Verdict("io", f, f"{io:g} MB/s of io per busy slot at {cpu:g} cores", io >= 2 * IO_MB_S)
+    if f["iowait_pct"] >= IOWAIT_PCT and cpu < CPU_BUSY:
+        return Verdict("io", f, f"node iowait {f['iowait_pct']:g}% at {cpu:g} cores per busy slot", True)
+    if f["rss_peak_mb"] >= MEM_RSS_MB and f["minflt_s"] >= MEM_FAULTS_S and cpu >= MEM_CPU_MIN:
+        why = f"peak RSS {f['rss_peak_mb']:g} MB, {f['minflt_s']:g} minor faults/s at {cpu:g} cores"
+        return Verdict("memory", f, why, True)
+    if cpu >= CPU_BUSY:
+        return Verdict("cpu", f, f"{cpu:g} cores per busy slot (>= {CPU_BUSY})", True)
+    if cpu < WAIT_IDLE:
+        return Verdict("wait", f, f"{cpu:g} cores per busy slot (< {WAIT_IDLE}), {io:g} MB/s io", True)
+    # Between the two: the larger share decides, flagged as not confident.
+    cls = "cpu" if cpu >= (WAIT_IDLE + CPU_BUSY) / 2 else "wait"
+    return Verdict(cls, f, f"{cpu:g} cores per busy slot, between {WAIT_IDLE} and {CPU_BUSY}", False)
+
+
+@dataclass
+class _Last:
+    cpu_s: float = 0.0
+    io: float = 0.0
+    ctx_vol: float = 0.0
+    minflt: float = 0.0
+    majflt: float = 0.0
+    calls: int = 0
+
+
+@dataclass
+class SpecWorkload:
+    counters: Counters = field(default_factory=Counters)
+    verdict: Verdict | None = None
+    prior: str | None = None
+
+
+Busy = Callable[[str], "tuple[int, int] | None"]  # server id -> (calls answered, calls running)
+
+
+class UsageAggregator:
+    """Sums each spec's ``server.usage`` samples taken while the server had calls, and journals the
+    verdict (``workload.classified``) once confident and on every change. One sample per server per
+    monitor interval, never per call: its cost does not grow with the call rate."""
+
+    def __init__(self, bus: EventBus, busy: Busy, models: Callable[[str], list[str]]) -> None:
+        self.bus = bus
+        self.busy = busy
+        self.models = models
+        self.specs: dict[str, SpecWorkload] = {}
+        self.latest: dict[str, dict[str, Any]] = {}  # server -> its last usage sample (GPU use)
+        self._last: dict[str, _Last] = {}
+        self._usage = getattr(Ev, "SERVER_USAGE", "server.usage")
+
+    def set_prior(self, spec: str, cls: str | None) -> None:
+        self.specs.setdefault(spec, SpecWorkload()).prior = cls
+
+    def current(self, spec: str) -> str | None:
+        """The measured class, else the prior from the source, else None."""
+        w = self.specs.get(spec)
+        if w is None:
+            return None
+        if w.verdict is not None and w.verdict.cls is not None:
+            return w.verdict.cls
+        return w.prior
+
+    def view(self, spec: str) -> dict[str, Any] | None:
+        w = self.specs.get(spec)
+        if w is None:
+            return None
+        v = w.verdict
+        return {
+            "class": self.current(spec),
+            "source": "measured" if v is not None and v.cls else ("prior" if w.prior else None),
+            "prior": w.prior,
+            "figures": v.figures if v is not None else None,
+            "why": v.why if v is not None else None,
+        }
+
+    def __call__(self, e: dict[str, Any]) -> None:
+        ev = e["ev"]
+        if ev == self._usage:
+            self._sample(e)
+        elif ev in ("server.stopped", "server.failed"):
+            self._last.pop(e.get("server", ""), None)
+            self.latest.pop(e.get("server", ""), None)
+
+    def _sample(self, e: dict[str, Any]) -> None:
+        sid, spec = e.get("server"), e.get("spec")
+        if not isinstance(sid, str) or not isinstance(spec, str):
+            return
+        self.latest[sid] = e
+        io = float(e.get("io_read_bytes") or 0) + float(e.get("io_write_bytes") or 0)
+        now = _Last(
+            float(e.get("cpu_s") or 0.0), io, float(e.get("ctx_vol") or 0),
+            float(e.get("minflt") or 0), float(e.get("majflt") or 0), 0,
+        )  # fmt: skip
+        b = self.busy(sid)
+        calls, running = b if b is not None else (0, 0)
+        now.calls = calls
+        last = self._last.get(sid)
+        self._last[sid] = now
+        if last is None or not (running > 0 or calls > last.calls):
+            return  # the first sample has no deltas; an idle interval says nothing of the model
+        w = self.specs.setdefault(spec, SpecWorkload())
+        c = w.counters
+        dt = float(e.get("interval_s") or 0.0)
+        c.samples += 1
+        c.busy_s += dt
+        c.slot_s += dt * max(1, running)
+        c.cpu_s += max(0.0, now.cpu_s - last.cpu_s)
+        c.io_bytes += max(0.0, now.io - last.io)
+        c.ctx_vol += max(0.0, now.ctx_vol - last.ctx_vol)
+        c.minflt += max(0.0, now.minflt - last.minflt)
+        c.majflt += max(0.0, now.majflt - last.majflt)
+        node = e.get("node") or {}
+        c.iowait_pct_s += float(node.get("iowait_pct") or 0.0) * dt
+        c.rss_peak_bytes = max(c.rss_peak_bytes, float(e.get("rss_peak_bytes") or e.get("rss_bytes") or 0))
+        v = classify(c.as_dict())
+        if v.cls is None:
+            return
+        if w.verdict is None or w.verdict.cls != v.cls:
+            self.bus.emit(
+                Ev.WORKLOAD_CLASSIFIED, spec=spec, models=self.models(spec), cls=v.cls,
+                figures=v.figures, why=v.why, confident=v.confident, prior=w.prior,
+                counters=c.as_dict(),
+            )  # fmt: skip
+        w.verdict = v
