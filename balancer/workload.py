@@ -14,7 +14,11 @@ it changes. The thresholds (README, "Workload classes") were set on the example 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import bisect
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -24,15 +28,18 @@ CLASSES: Final = ("cpu", "memory", "io", "wait")
 
 # Thresholds, per busy call slot (a server with 2 calls running may use 2 cores and still wait).
 MIN_SAMPLES: Final = 3  # busy samples before any verdict: one sample may be a start-up burst
+BUSY_MIN: Final = 0.5  # a sample counts when its server had calls running at least half its interval
 CPU_BUSY: Final = 0.7  # cores per busy slot at or above: the slot computes (cpu or memory)
 WAIT_IDLE: Final = 0.2  # cores per busy slot below: the slot sleeps (wait, unless it does io)
 IO_MB_S: Final = 5.0  # MB/s read+written (storage layer) per busy slot at or above: io ...
 IO_CPU_MAX: Final = 0.7  # ... when the slot's CPU stays below this (else copying is computing)
 IO_MB_S_ANY: Final = 100.0  # ... or this much io whatever the CPU
 IOWAIT_PCT: Final = 20.0  # the node's iowait % at or above, with a slot below CPU_BUSY: io
-MEM_RSS_MB: Final = 256.0  # peak RSS of a server at or above ...
-MEM_FAULTS_S: Final = 20000.0  # ... with this many minor page faults/s (80 MB/s of fresh pages) ...
-MEM_CPU_MIN: Final = 0.5  # ... and a slot busy at least this much: memory
+MEM_CPU_MIN: Final = 0.5  # cores per busy slot at or above, with ...
+MEM_RSS_MB: Final = 256.0  # ... a peak RSS at or above this (bandwidth is not in the counters) ...
+MEM_FAULTS_S: Final = 20000.0  # ... or this many minor page faults/s (80 MB/s of fresh pages): memory
+CPU_CONTENDED: Final = 0.35  # cores per busy slot at or above, with ...
+PREEMPTED: Final = 0.3  # ... this share of its context switches involuntary: cpu (it wanted more)
 
 
 @dataclass
@@ -45,6 +52,7 @@ class Counters:
     cpu_s: float = 0.0
     io_bytes: float = 0.0
     ctx_vol: float = 0.0
+    ctx_invol: float = 0.0
     minflt: float = 0.0
     majflt: float = 0.0
     iowait_pct_s: float = 0.0  # node iowait % x interval
@@ -66,12 +74,15 @@ def figures_of(c: dict[str, Any]) -> dict[str, float]:
     """The per-slot rates a verdict is based on, from a ``Counters`` dict."""
     slot_s = max(float(c.get("slot_s") or c.get("busy_s") or 0.0), 1e-9)
     busy_s = max(float(c.get("busy_s") or 0.0), 1e-9)
+    ctx = float(c.get("ctx_vol", 0.0)) + float(c.get("ctx_invol", 0.0))
     return {
         "samples": int(c.get("samples", 0)),
         "busy_s": round(float(c.get("busy_s", 0.0)), 1),
         "cpu_per_slot": round(float(c.get("cpu_s", 0.0)) / slot_s, 3),
         "io_mb_s": round(float(c.get("io_bytes", 0.0)) / slot_s / 1e6, 3),
         "ctx_vol_s": round(float(c.get("ctx_vol", 0.0)) / slot_s, 1),
+        "ctx_invol_s": round(float(c.get("ctx_invol", 0.0)) / slot_s, 1),
+        "preempted": round(float(c.get("ctx_invol", 0.0)) / max(ctx, 1.0), 3),
         "minflt_s": round(float(c.get("minflt", 0.0)) / busy_s, 1),
         "majflt_s": round(float(c.get("majflt", 0.0)) / busy_s, 2),
         "iowait_pct": round(float(c.get("iowait_pct_s", 0.0)) / busy_s, 1),
@@ -81,8 +92,9 @@ def figures_of(c: dict[str, Any]) -> dict[str, float]:
 
 def classify(counters: dict[str, Any]) -> Verdict:
     """The workload class from summed counters; pure. The rules go in order, the first that holds wins:
-    io (storage traffic or iowait while the CPU idles), memory (a large, fault-heavy resident set
-    while busy), cpu (a busy slot), wait (the rest: the slot sleeps or waits on sockets)."""
+    io (storage traffic or iowait while the CPU idles), memory (a large or fault-heavy resident set
+    while busy), cpu (a busy slot, or a half-busy one preempted often: it wants more than it gets on
+    a full node), wait (the rest: the slot sleeps or waits on sockets)."""
     f = figures_of(counters)
     if f["samples"] < MIN_SAMPLES:
         return Verdict(None, f, f"{f['samples']} busy samples, {MIN_SAMPLES} needed", False)
@@ -91,11 +103,14 @@ def classify(counters: dict[str, Any]) -> Verdict:
         return Verdict("io", f, f"{io:g} MB/s of io per busy slot at {cpu:g} cores", io >= 2 * IO_MB_S)
     if f["iowait_pct"] >= IOWAIT_PCT and cpu < CPU_BUSY:
         return Verdict("io", f, f"node iowait {f['iowait_pct']:g}% at {cpu:g} cores per busy slot", True)
-    if f["rss_peak_mb"] >= MEM_RSS_MB and f["minflt_s"] >= MEM_FAULTS_S and cpu >= MEM_CPU_MIN:
+    if cpu >= MEM_CPU_MIN and (f["rss_peak_mb"] >= MEM_RSS_MB or f["minflt_s"] >= MEM_FAULTS_S):
         why = f"peak RSS {f['rss_peak_mb']:g} MB, {f['minflt_s']:g} minor faults/s at {cpu:g} cores"
         return Verdict("memory", f, why, True)
     if cpu >= CPU_BUSY:
         return Verdict("cpu", f, f"{cpu:g} cores per busy slot (>= {CPU_BUSY})", True)
+    if cpu >= CPU_CONTENDED and f["preempted"] >= PREEMPTED:
+        why = f"{cpu:g} cores per busy slot, {f['preempted']:.0%} of its switches preempted: wants more"
+        return Verdict("cpu", f, why, True)
     if cpu < WAIT_IDLE:
         return Verdict("wait", f, f"{cpu:g} cores per busy slot (< {WAIT_IDLE}), {io:g} MB/s io", True)
     # Between the two: the larger share decides, flagged as not confident.
@@ -108,9 +123,9 @@ class _Last:
     cpu_s: float = 0.0
     io: float = 0.0
     ctx_vol: float = 0.0
+    ctx_invol: float = 0.0
     minflt: float = 0.0
     majflt: float = 0.0
-    calls: int = 0
 
 
 @dataclass
@@ -120,13 +135,18 @@ class SpecWorkload:
     prior: str | None = None
 
 
-Busy = Callable[[str], "tuple[int, int] | None"]  # server id -> (calls answered, calls running)
+# every server: (id, calls answered, calls running, summed seconds of its answered calls)
+Busy = Callable[[], Iterable[tuple[str, int, int, float]]]
 
 
 class UsageAggregator:
     """Sums each spec's ``server.usage`` samples taken while the server had calls, and journals the
     verdict (``workload.classified``) once confident and on every change. One sample per server per
-    monitor interval, never per call: its cost does not grow with the call rate."""
+    monitor interval, never per call: its cost does not grow with the call rate.
+
+    Samples arrive in batches with a launcher's lease poll, long after they were taken, so whether
+    a server had calls is looked up at the sample's own time (``sample_t``) in a short history of
+    the servers' call counters, snapshotted once per monitor interval (``start``)."""
 
     def __init__(self, bus: EventBus, busy: Busy, models: Callable[[str], list[str]]) -> None:
         self.bus = bus
@@ -136,6 +156,66 @@ class UsageAggregator:
         self.latest: dict[str, dict[str, Any]] = {}  # server -> its last usage sample (GPU use)
         self._last: dict[str, _Last] = {}
         self._usage = getattr(Ev, "SERVER_USAGE", "server.usage")
+        # server -> (wall time, calls answered, calls running, busy seconds) snapshots, oldest first
+        self._hist: dict[str, deque[tuple[float, int, int, float]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._every = 0.0
+        self._keep = 64
+
+    def start(self, interval_s: float, lease_s: float = 30.0) -> None:
+        """Snapshot the call counters every ``interval_s`` (0: the launchers do not sample)."""
+        if interval_s <= 0:
+            return
+        self._every = max(0.05, interval_s / 2)
+        self._keep = min(4000, int(lease_s / self._every) + 16)  # a lease poll's batch and more
+        self.snapshot()
+
+    def close(self) -> None:
+        """Stop snapshotting; journal each spec's verdict over the whole run (``final``)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for spec, w in self.specs.items():
+            if w.verdict is not None and w.verdict.cls is not None:
+                self._emit(spec, w, w.verdict, final=True)
+
+    def _emit(self, spec: str, w: SpecWorkload, v: Verdict, final: bool = False) -> None:
+        self.bus.emit(
+            Ev.WORKLOAD_CLASSIFIED, spec=spec, models=self.models(spec), cls=v.cls, figures=v.figures,
+            why=v.why, confident=v.confident, prior=w.prior, counters=w.counters.as_dict(), final=final,
+        )  # fmt: skip
+
+    def snapshot(self) -> None:
+        now = time.time()
+        live = set()
+        for sid, calls, running, busy_s in self.busy():
+            live.add(sid)
+            h = self._hist.get(sid)
+            if h is None:
+                h = self._hist[sid] = deque(maxlen=self._keep)
+            h.append((now, calls, running, busy_s))
+        for sid in [k for k in self._hist if k not in live and k not in self.latest]:
+            del self._hist[sid]
+        if self._every:
+            self._timer = asyncio.get_running_loop().call_later(self._every, self.snapshot)
+
+    def busy_at(self, sid: str, start: float, end: float) -> float:
+        """Call slots busy on average in the wall-clock window [start, end] (0: idle), from the
+        snapshots around it: the answered calls' time over the span, or the calls running where
+        one ran through the whole span (a long call answers nothing meanwhile)."""
+        h = self._hist.get(sid)
+        if not h:
+            return 0.0
+        ts = [x[0] for x in h]
+        i = max(0, bisect.bisect_right(ts, start) - 1)  # the last snapshot at or before the window
+        j = min(len(h) - 1, bisect.bisect_left(ts, end))  # the first at or after it
+        if h[j][0] < start or j <= i:
+            return 0.0  # no snapshot brackets the window yet
+        runs = [h[k][2] for k in range(i, j + 1)]
+        if min(runs) > 0:
+            return float(min(runs))
+        span = h[j][0] - h[i][0]
+        return min(float(max(1, max(runs))), (h[j][3] - h[i][3]) / span) if span > 0 else 0.0
 
     def set_prior(self, spec: str, cls: str | None) -> None:
         self.specs.setdefault(spec, SpecWorkload()).prior = cls
@@ -177,25 +257,25 @@ class UsageAggregator:
         self.latest[sid] = e
         io = float(e.get("io_read_bytes") or 0) + float(e.get("io_write_bytes") or 0)
         now = _Last(
-            float(e.get("cpu_s") or 0.0), io, float(e.get("ctx_vol") or 0),
-            float(e.get("minflt") or 0), float(e.get("majflt") or 0), 0,
+            float(e.get("cpu_s") or 0.0), io, float(e.get("ctx_vol") or 0), float(e.get("ctx_invol") or 0),
+            float(e.get("minflt") or 0), float(e.get("majflt") or 0),
         )  # fmt: skip
-        b = self.busy(sid)
-        calls, running = b if b is not None else (0, 0)
-        now.calls = calls
+        dt = float(e.get("interval_s") or 0.0)
+        end = float(e.get("sample_t") or e["t"])
+        running = self.busy_at(sid, end - dt, end)
         last = self._last.get(sid)
         self._last[sid] = now
-        if last is None or not (running > 0 or calls > last.calls):
-            return  # the first sample has no deltas; an idle interval says nothing of the model
+        if last is None or running < BUSY_MIN:
+            return  # the first sample has no deltas; a (mostly) idle interval says nothing of the model
         w = self.specs.setdefault(spec, SpecWorkload())
         c = w.counters
-        dt = float(e.get("interval_s") or 0.0)
         c.samples += 1
         c.busy_s += dt
-        c.slot_s += dt * max(1, running)
+        c.slot_s += dt * running
         c.cpu_s += max(0.0, now.cpu_s - last.cpu_s)
         c.io_bytes += max(0.0, now.io - last.io)
         c.ctx_vol += max(0.0, now.ctx_vol - last.ctx_vol)
+        c.ctx_invol += max(0.0, now.ctx_invol - last.ctx_invol)
         c.minflt += max(0.0, now.minflt - last.minflt)
         c.majflt += max(0.0, now.majflt - last.majflt)
         node = e.get("node") or {}
@@ -205,9 +285,18 @@ class UsageAggregator:
         if v.cls is None:
             return
         if w.verdict is None or w.verdict.cls != v.cls:
-            self.bus.emit(
-                Ev.WORKLOAD_CLASSIFIED, spec=spec, models=self.models(spec), cls=v.cls,
-                figures=v.figures, why=v.why, confident=v.confident, prior=w.prior,
-                counters=c.as_dict(),
-            )  # fmt: skip
+            self._emit(spec, w, v)
         w.verdict = v
+
+
+async def journal_priors(specs: list[Any], bus: EventBus, agg: UsageAggregator) -> None:
+    """The prior of every spec from its source (off the event loop), journaled as ``workload.prior``
+    before the first start, so the local backend already pins a model that looks CPU-bound."""
+    import asyncio
+
+    from .workload_prior import as_fields, prior_of
+
+    for spec in specs:
+        p = await asyncio.to_thread(prior_of, spec.server_command(), spec.cwd)
+        agg.set_prior(spec.name, p.cls)
+        bus.emit(Ev.WORKLOAD_PRIOR, spec=spec.name, models=list(spec.models), **as_fields(p))
