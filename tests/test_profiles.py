@@ -297,3 +297,27 @@ def test_cpu_spinner_profile_has_its_cpu_seconds_per_call(start_balancer, tmp_pa
     assert rec["cpu_s_per_call"] == pytest.approx(0.1, rel=0.3), rec
     assert rec["rss_peak_bytes"] >= max(e["rss_bytes"] for e in usage) > 10 * MIB
     assert 0.6 <= rec["cpu_util_p90"] <= 1.3  # one busy thread
+
+
+def test_waiter_given_two_cpus_gets_advice_in_journal_status_and_analyze(start_balancer, tmp_path: Path):
+    """waiter sleeps through its calls: 2 CPUs given, next to none used while busy."""
+    spec = {"name": "waiter", "command": [sys.executable, str(MODELS / "waiter.py")], "models": ["waiter"],
+            "min_servers": 1, "max_servers": 1, "env": {"WAITER_S": "0.3"},
+            "resources": {"cpus": 2}}  # fmt: skip
+    tables = profiles_table(tmp_path / "profiles.sqlite", mismatch_samples=5)
+    b = start_balancer([spec], tables=tables, monitor_interval_s=0.1, lease_s=2)
+    model = umbridge.HTTPModel(b.url, "waiter")
+    n = 0
+    while not b.find("profile.mismatch"):  # each call keeps the server busy for 3 samples
+        assert n < 40, "no profile.mismatch after 40 calls"
+        model([[1.0]])
+        n += 1
+    mism = b.find("profile.mismatch", spec="waiter", resource="cpus")
+    assert mism["given"] == 2 and mism["used"] < 0.5 and "cpus = 1" in mism["advice"]
+    out = subprocess.run([sys.executable, "-m", "balancer.cli", "status", "--run-dir", str(b.run_dir)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert f"resources: waiter: {mism['advice']}" in out.stdout, out.stdout + out.stderr
+    assert b.stop() == 0
+    out = subprocess.run([sys.executable, "-m", "balancer.cli", "analyze", str(b.journal)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0 and f"resources: waiter: {mism['advice']}" in out.stdout, out.stderr
