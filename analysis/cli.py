@@ -74,6 +74,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(to_json(runs, summaries), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print(format_table(runs, summaries))
+        from .workload import format_workload, workload_rows
+
+        for r in runs:  # the workload classes a balancer journaled, per spec
+            block = format_workload(r.name, workload_rows(r.path)) if r.fmt == "journal" else ""
+            if block:
+                print(block)
     try:
         if args.csv:
             write_csv(args.csv, runs, summaries)

@@ -31,7 +31,8 @@ SCHEMA_VERSION = 1
 
 #: Namespaces of events the metrics do not need (balancer.started, server.draining, scale.decision,
 #: auth.refused, and kinds added later); unknown ``call.*`` or other events are counted in a warning.
-_QUIET_NAMESPACES = ("balancer.", "server.", "spec.", "scale.", "auth.", "forecast.", "profile.")
+_QUIET_NAMESPACES = ("balancer.", "server.", "spec.", "scale.", "auth.", "forecast.", "profile.",
+                     "workload.")
 _SERVER_EVENTS = frozenset({
     "server.requested", "server.started", "server.registered", "server.ready", "server.stopped",
     "server.failed",

@@ -94,8 +94,10 @@ class Balancer:
             self.notifier = Notifier(cfg.notify, bus)
             bus.subscribe(self.notifier)
         self.operator = OperatorApi(self.pool, self.scaler, bus, self.control.authorized)
+        self.operator.workload = self.workload  # classes in /api/status, GPUs in /api/servers
         # The dashboard's feed subscribes to the bus only while a tab is open.
         feed = Feed(self.pool, bus, self.scaler, self.forecast, self.monitor, lambda: self.calls.inflight)
+        feed.usage_latest = self.workload.latest
         self.dashboard = Dashboard(feed)
         self.url = f"http://{cfg.host}:{cfg.port}"
         self.files: FileRegistration | None = None

@@ -30,6 +30,7 @@ import orjson
 
 from .events import Ev, EventBus
 from .frontend import Reply, Request, Stream, StreamOut, error_reply
+from .gpus import server_gpus
 from .operator import as_decision
 from .pool import Pool, Server
 
@@ -159,6 +160,7 @@ class Feed:
         self.monitor = monitor
         self.inflight = inflight
         self.wall = wall
+        self.usage_latest: dict[str, dict[str, Any]] = {}  # server -> last server.usage (GPU use)
         self.tabs: set[Tab] = set()
         self.opened = 0  # tabs ever opened (for the status API and tests)
         self._unsubscribe: Callable[[], None] | None = None
@@ -383,7 +385,12 @@ class Feed:
 
     def _servers(self, now: float) -> list[dict[str, Any]]:
         m = self.pool.clock()
-        return [_server_row(s, now, m) for s in self.pool.servers.values()]
+        rows = [_server_row(s, now, m) for s in self.pool.servers.values()]
+        for r in rows:  # GPUs only where a server has some: no column on a CPU-only page
+            g = server_gpus(self.pool.backend, self.usage_latest, r["id"])
+            if g:
+                r["gpus"] = g
+        return rows
 
     def _forecast_status(self) -> dict[str, Any] | None:
         fc = self.forecast

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +107,22 @@ class CoreAllocator:
 
     def release(self, owner: str) -> None:
         self.held.pop(owner, None)
+
+
+def server_gpus(
+    backend: Any, latest: dict[str, dict[str, Any]], server_id: str
+) -> list[dict[str, Any]] | None:
+    """A server's GPUs for ``balancer servers`` and the dashboard: the devices the local backend
+    gave it, else those its launcher sampled, with utilisation and memory from its last usage
+    sample (``server.usage``) where NVML reported them; None when it has none."""
+    held = getattr(backend, "server_resources", None)
+    devices = list((held(server_id) or {}).get("gpus") or []) if held is not None else []
+    sampled = {str(g.get("index")): g for g in (latest.get(server_id) or {}).get("gpus") or []}
+    if not devices and not sampled:
+        return None
+    out = []
+    for d in devices or list(sampled):
+        g = sampled.get(d) or (next(iter(sampled.values())) if len(sampled) == len(devices) == 1 else {})
+        use = {k: g[k] for k in ("util_pct", "mem_used_bytes", "mem_total_bytes") if k in g}
+        out.append({"device": d, **use})
+    return out

@@ -18,6 +18,7 @@ import orjson
 
 from .events import Ev, Event, EventBus
 from .frontend import Reply, Request, error_reply, json_reply
+from .gpus import server_gpus
 from .pool import Pool, Server, ServerState
 from .scaler import Scaler
 
@@ -102,6 +103,7 @@ class OperatorApi:
         self.authorized = authorized
         self.stats = CallStats()
         bus.subscribe(self.stats)
+        self.workload: Any = None  # the app's UsageAggregator (workload.py): classes, last usage
 
     # -- views -----------------------------------------------------------------------------------
     def server_view(self, s: Server, now_m: float, now: float) -> dict[str, Any]:
@@ -119,6 +121,7 @@ class OperatorApi:
             "age_s": round(now_m - s.requested_m, 1),
             "time_left_s": round(s.deadline_wall - now, 1) if s.deadline_wall is not None else None,
             "drain_reason": s.drain_reason,
+            "gpus": server_gpus(self.pool.backend, self.workload.latest if self.workload else {}, s.id),
         }
 
     def specs_view(self) -> dict[str, Any]:
@@ -139,6 +142,7 @@ class OperatorApi:
                 "held_reason": rt.held_reason or None,
                 "models": sorted(rt.models),
                 "servers": counts[name],
+                "workload": self.workload.view(name) if self.workload is not None else None,
             }
         return out
 

@@ -27,6 +27,9 @@ from .events import Ev, EventBus
 CLASSES: Final = ("cpu", "memory", "io", "wait")
 
 # Thresholds, per busy call slot (a server with 2 calls running may use 2 cores and still wait).
+# "CPU demand" is the cores a busy slot used over the node's fair share of a core per runnable task
+# (cpus / load1, at most 1): a spinner that got 0.35 cores on a node with 6 runnable tasks per 2
+# cores wanted a whole one.
 MIN_SAMPLES: Final = 3  # busy samples before any verdict: one sample may be a start-up burst
 BUSY_MIN: Final = 0.5  # a sample counts when its server had calls running at least half its interval
 CPU_BUSY: Final = 0.7  # cores per busy slot at or above: the slot computes (cpu or memory)
@@ -56,6 +59,7 @@ class Counters:
     minflt: float = 0.0
     majflt: float = 0.0
     iowait_pct_s: float = 0.0  # node iowait % x interval
+    share_s: float = 0.0  # the node's fair CPU share per runnable task (cpus / load1, at most 1) x interval
     rss_peak_bytes: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
@@ -75,10 +79,14 @@ def figures_of(c: dict[str, Any]) -> dict[str, float]:
     slot_s = max(float(c.get("slot_s") or c.get("busy_s") or 0.0), 1e-9)
     busy_s = max(float(c.get("busy_s") or 0.0), 1e-9)
     ctx = float(c.get("ctx_vol", 0.0)) + float(c.get("ctx_invol", 0.0))
+    cpu = float(c.get("cpu_s", 0.0)) / slot_s
+    share = min(1.0, max(0.05, float(c.get("share_s") or busy_s) / busy_s)) if c.get("share_s") else 1.0
     return {
         "samples": int(c.get("samples", 0)),
         "busy_s": round(float(c.get("busy_s", 0.0)), 1),
-        "cpu_per_slot": round(float(c.get("cpu_s", 0.0)) / slot_s, 3),
+        "cpu_per_slot": round(cpu, 3),
+        "fair_share": round(share, 3),
+        "cpu_demand": round(cpu / share, 3),  # what it got over what a task could get on that node
         "io_mb_s": round(float(c.get("io_bytes", 0.0)) / slot_s / 1e6, 3),
         "ctx_vol_s": round(float(c.get("ctx_vol", 0.0)) / slot_s, 1),
         "ctx_invol_s": round(float(c.get("ctx_invol", 0.0)) / slot_s, 1),
@@ -98,24 +106,24 @@ def classify(counters: dict[str, Any]) -> Verdict:
     f = figures_of(counters)
     if f["samples"] < MIN_SAMPLES:
         return Verdict(None, f, f"{f['samples']} busy samples, {MIN_SAMPLES} needed", False)
-    cpu, io = f["cpu_per_slot"], f["io_mb_s"]
+    cpu, io = f["cpu_demand"], f["io_mb_s"]
     if (io >= IO_MB_S and cpu < IO_CPU_MAX) or io >= IO_MB_S_ANY:
-        return Verdict("io", f, f"{io:g} MB/s of io per busy slot at {cpu:g} cores", io >= 2 * IO_MB_S)
+        return Verdict("io", f, f"{io:g} MB/s of io per busy slot at CPU demand {cpu:g}", io >= 2 * IO_MB_S)
     if f["iowait_pct"] >= IOWAIT_PCT and cpu < CPU_BUSY:
-        return Verdict("io", f, f"node iowait {f['iowait_pct']:g}% at {cpu:g} cores per busy slot", True)
+        return Verdict("io", f, f"node iowait {f['iowait_pct']:g}% at CPU demand {cpu:g}", True)
     if cpu >= MEM_CPU_MIN and (f["rss_peak_mb"] >= MEM_RSS_MB or f["minflt_s"] >= MEM_FAULTS_S):
-        why = f"peak RSS {f['rss_peak_mb']:g} MB, {f['minflt_s']:g} minor faults/s at {cpu:g} cores"
+        why = f"peak RSS {f['rss_peak_mb']:g} MB, {f['minflt_s']:g} minor faults/s at CPU demand {cpu:g}"
         return Verdict("memory", f, why, True)
     if cpu >= CPU_BUSY:
-        return Verdict("cpu", f, f"{cpu:g} cores per busy slot (>= {CPU_BUSY})", True)
+        return Verdict("cpu", f, f"CPU demand {cpu:g} per busy slot (>= {CPU_BUSY})", True)
     if cpu >= CPU_CONTENDED and f["preempted"] >= PREEMPTED:
-        why = f"{cpu:g} cores per busy slot, {f['preempted']:.0%} of its switches preempted: wants more"
+        why = f"CPU demand {cpu:g}, {f['preempted']:.0%} of its switches preempted: wants more"
         return Verdict("cpu", f, why, True)
     if cpu < WAIT_IDLE:
-        return Verdict("wait", f, f"{cpu:g} cores per busy slot (< {WAIT_IDLE}), {io:g} MB/s io", True)
+        return Verdict("wait", f, f"CPU demand {cpu:g} per busy slot (< {WAIT_IDLE}), {io:g} MB/s io", True)
     # Between the two: the larger share decides, flagged as not confident.
     cls = "cpu" if cpu >= (WAIT_IDLE + CPU_BUSY) / 2 else "wait"
-    return Verdict(cls, f, f"{cpu:g} cores per busy slot, between {WAIT_IDLE} and {CPU_BUSY}", False)
+    return Verdict(cls, f, f"CPU demand {cpu:g} per busy slot, between {WAIT_IDLE} and {CPU_BUSY}", False)
 
 
 @dataclass
@@ -280,6 +288,8 @@ class UsageAggregator:
         c.majflt += max(0.0, now.majflt - last.majflt)
         node = e.get("node") or {}
         c.iowait_pct_s += float(node.get("iowait_pct") or 0.0) * dt
+        cpus, load = float(node.get("cpus") or 0), float(node.get("load1") or 0)
+        c.share_s += (min(1.0, cpus / load) if cpus > 0 and load > 0 else 1.0) * dt
         c.rss_peak_bytes = max(c.rss_peak_bytes, float(e.get("rss_peak_bytes") or e.get("rss_bytes") or 0))
         v = classify(c.as_dict())
         if v.cls is None:

@@ -180,11 +180,24 @@ function drawCapacity(now) {
 }
 
 // -- servers, queues, timeline ---------------------------------------------------------------
+function gpuText(gpus) {
+  // "0 (87 %, 10.2/80 GiB)" per device: util and memory from the server's last usage sample
+  if (!gpus || !gpus.length) return "-";
+  return gpus.map((g) => {
+    const use = [];
+    if (g.util_pct !== undefined) use.push(`${Math.round(g.util_pct)} %`);
+    if (g.mem_used_bytes !== undefined && g.mem_total_bytes) use.push(`${(g.mem_used_bytes / 2 ** 30).toFixed(1)}/${(g.mem_total_bytes / 2 ** 30).toFixed(0)} GiB`);
+    return use.length ? `${g.device} (${use.join(", ")})` : String(g.device);
+  }).join(" ");
+}
+
 function drawServers() {
   const body = $("servers").tBodies[0];
   body.replaceChildren();
   const order = { ready: 0, draining: 1, registered: 2, starting: 3, requested: 4, stopping: 5 };
   const rows = [...S.servers].sort((a, b) => (order[a.state] ?? 9) - (order[b.state] ?? 9) || a.id.localeCompare(b.id, undefined, { numeric: true }));
+  const anyGpu = rows.some((s) => s.gpus && s.gpus.length);  // the GPUs column only where some have one
+  $("servers-gpus-h").hidden = !anyGpu;
   for (const s of rows) {
     const tr = el("tr");
     tr.dataset.server = s.id;
@@ -207,6 +220,7 @@ function drawServers() {
       ut.append(bar, document.createTextNode(` ${(s.util * 100).toFixed(0)} %`));
     }
     tr.append(ut);
+    if (anyGpu) tr.append(el("td", "gpus", gpuText(s.gpus)));
     body.append(tr);
   }
   $("servers-empty").hidden = rows.length > 0;

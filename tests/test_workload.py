@@ -1,0 +1,205 @@
+"""Workload classes: the pure classifier at its thresholds, the source prior of the example models,
+the aggregator's busy-time lookup, and a real run of the four example models in one balancer (each
+must come out as its class); CPU affinity: CPU-bound servers never share a core."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import pytest
+import umbridge
+
+from balancer import workload as wl
+from balancer.events import EventBus
+from balancer.workload import UsageAggregator, classify
+from balancer.workload_prior import prior_of, prior_of_source
+
+from .helpers import BalancerProc, reap, wait_until
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+EXAMPLES = {"cpu_spinner": "cpu", "mem_streamer": "memory", "io_writer": "io", "waiter": "wait"}
+
+
+def counters(cpu: float = 0.0, io_mb_s: float = 0.0, rss_mb: float = 50.0, **kw: float) -> dict[str, Any]:
+    """Counters of 10 busy one-slot seconds at the given per-second rates."""
+    c: dict[str, Any] = {"samples": 10, "busy_s": 10.0, "slot_s": 10.0, "cpu_s": cpu * 10,
+                         "io_bytes": io_mb_s * 1e7, "rss_peak_bytes": rss_mb * 2**20}  # fmt: skip
+    c.update({k: v * 10 for k, v in kw.items()})
+    return c
+
+
+@pytest.mark.parametrize(
+    ("c", "cls"),
+    [
+        (counters(cpu=0.95), "cpu"),
+        (counters(cpu=wl.CPU_BUSY), "cpu"),
+        (counters(cpu=0.5, ctx_vol=1, ctx_invol=1), "cpu"),  # half a core, preempted: wants more
+        (counters(cpu=0.5, ctx_vol=9, ctx_invol=1), "cpu"),  # between the bounds: the larger share
+        (counters(cpu=0.3, ctx_vol=9, ctx_invol=1), "wait"),
+        (counters(cpu=0.01), "wait"),
+        (counters(cpu=wl.WAIT_IDLE - 0.01, io_mb_s=wl.IO_MB_S - 0.1), "wait"),
+        (counters(cpu=0.1, io_mb_s=wl.IO_MB_S), "io"),
+        (counters(cpu=0.9, io_mb_s=wl.IO_MB_S), "cpu"),  # copying at full CPU is computing
+        (counters(cpu=0.9, io_mb_s=wl.IO_MB_S_ANY), "io"),
+        (counters(cpu=0.3, iowait_pct_s=wl.IOWAIT_PCT), "io"),
+        (counters(cpu=0.8, rss_mb=wl.MEM_RSS_MB), "memory"),
+        (counters(cpu=0.8, rss_mb=wl.MEM_RSS_MB - 1), "cpu"),
+        (counters(cpu=0.8, minflt=wl.MEM_FAULTS_S), "memory"),
+        (counters(cpu=0.1, rss_mb=2000), "wait"),  # a big idle process is not memory-bound
+    ],
+)
+def test_classify_thresholds(c: dict[str, Any], cls: str) -> None:
+    v = classify(c)
+    assert v.cls == cls, v
+    assert v.why and v.figures["samples"] == 10
+
+
+def test_classify_needs_samples_and_per_slot() -> None:
+    v = classify({**counters(cpu=0.95), "samples": wl.MIN_SAMPLES - 1})
+    assert v.cls is None and not v.confident
+    # Two calls at once using one core each: one core per slot, CPU-bound; not 2 cores "per call".
+    two = {**counters(cpu=1.8), "slot_s": 20.0}
+    assert classify(two).figures["cpu_per_slot"] == pytest.approx(0.9)
+    assert classify({}).cls is None
+
+
+def test_prior_of_example_models() -> None:
+    for name, cls in EXAMPLES.items():
+        p = prior_of([sys.executable, str(MODELS / f"{name}.py")])
+        assert p.cls == cls, (name, p)
+    assert prior_of([sys.executable, "-m", "some.module"]).cls is None
+    assert prior_of(["/bin/true"]).cls is None
+
+
+def test_prior_features() -> None:
+    assert prior_of_source("import time\ndef f():\n    time.sleep(1)\n").cls == "wait"
+    assert prior_of_source("import numpy as np\nN = 50_000_000\na = np.zeros(N)\n").cls == "memory"
+    assert prior_of_source("import numpy as np\na = np.zeros(1000)\nnp.linalg.eig(a)\n").cls == "cpu"
+    src = "import os\ndef f(p):\n    with open(p, 'wb') as fh:\n        fh.write(b'x')\n"
+    src += "        os.fsync(fh)\n"
+    assert prior_of_source(src).cls == "io"
+    assert prior_of_source("x = 1\n").cls is None
+
+
+def usage(sid: str, t: float, cpu_s: float, interval: float = 1.0) -> dict[str, Any]:
+    return {"ev": "server.usage", "server": sid, "spec": "m", "sample_t": t, "t": t + 5,
+            "interval_s": interval, "cpu_s": cpu_s, "io_read_bytes": 0, "io_write_bytes": 0,
+            "rss_peak_bytes": 1e7, "node": {"iowait_pct": 0.0}}  # fmt: skip
+
+
+def test_aggregator_counts_busy_samples_at_their_own_time() -> None:
+    """Samples arrive late and in a batch; only those taken while the server ran a call count."""
+    bus = EventBus()
+    seen: list[dict[str, Any]] = []
+    bus.subscribe(seen.append)
+    agg = UsageAggregator(bus, lambda: [("s1", 0, 0, 0.0)], lambda s: ["m"])
+    hist = agg._hist.setdefault("s1", deque())
+    # Idle for 0..10 s, then one long call running from 10 s to 20 s.
+    for t in range(0, 21):
+        hist.append((1000.0 + t, 0, 1 if t >= 10 else 0, 0.0))
+    for t in range(1, 21):  # a core's worth of CPU only while busy
+        agg(usage("s1", 1000.0 + t, cpu_s=max(0, t - 10) * 0.95))
+    verdicts = [e for e in seen if e["ev"] == "workload.classified"]
+    assert verdicts and verdicts[-1]["cls"] == "cpu"
+    assert agg.specs["m"].counters.samples == 10  # 11..20: wholly inside the call; 1..10 were idle
+    assert agg.current("m") == "cpu"
+    assert agg.view("m")["source"] == "measured"  # type: ignore[index]
+
+
+def drive(url: str, model: str, stop: threading.Event, errors: list[str]) -> None:
+    m = umbridge.HTTPModel(url, model)
+    while not stop.is_set():
+        try:
+            m([[1.0]])
+        except Exception as exc:
+            errors.append(f"{model}: {exc}")
+            return
+
+
+def test_example_models_classified(tmp_path: Path) -> None:
+    """All four in one balancer, one server each, driven until each has a final verdict."""
+    specs = [{"name": n, "command": [sys.executable, str(MODELS / f"{n}.py")], "min_servers": 1,
+              "max_servers": 1} for n in EXAMPLES]  # fmt: skip
+    b = BalancerProc(tmp_path, specs, monitor_interval_s=0.5, lease_s=2)
+    pids: list[int] = []
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    try:
+        priors = {e["spec"]: e["cls"] for e in wait_until(lambda: len(b.events("workload.prior")) == 4 and
+                                                            b.events("workload.prior"))}  # fmt: skip
+        assert priors == EXAMPLES
+        wait_until(lambda: len(b.events("server.ready")) >= 4, 60, what="servers ready")
+        pids = b.server_pids()
+        errors: list[str] = []
+        threads = [threading.Thread(target=drive, args=(b.url, n, stop, errors)) for n in EXAMPLES]
+        for t in threads:
+            t.start()
+
+        # Verdicts are journaled on a change only: the live figures come from the status.
+        wait_until(lambda: _status_samples(b) >= 12 or errors, 90, interval=0.5, what="12 busy samples each")
+        assert not errors, errors
+        stop.set()
+        for t in threads:
+            t.join()
+        assert b.stop() == 0
+        final = {e["spec"]: e for e in b.events("workload.classified") if e.get("final")}
+        got = {n: final[n]["cls"] for n in EXAMPLES if n in final}
+        assert got == EXAMPLES, {n: (final[n]["cls"], final[n]["why"]) for n in final}
+        for e in final.values():
+            assert e["figures"]["cpu_per_slot"] >= 0 and e["why"] and e["models"] == [e["spec"]]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        reap([b], pids)
+
+
+def _status_samples(b: BalancerProc) -> int:
+    """The fewest busy samples of any spec so far, from ``/api/status``."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(f"{b.url}/api/status", headers={"Authorization": f"Bearer {b.token()}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        specs = json.load(r)["specs"]
+    counts = [((s.get("workload") or {}).get("figures") or {}).get("samples", 0) for s in specs.values()]
+    return min(counts) if counts else 0
+
+
+def _allowed(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no Cpus_allowed_list")
+
+
+def test_cpu_bound_servers_pinned_never_more_than_cores(tmp_path: Path) -> None:
+    """cpus = 1, max_servers above the cores: every running spinner has a core of its own and the
+    rest wait (server.deferred), by the prior before any call was measured."""
+    import os
+
+    cores = sorted(os.sched_getaffinity(0))
+    n = len(cores)
+    if n > 8:
+        pytest.skip(f"{n} cores: the test starts one spinner more than cores")
+    spec = {"name": "cpu_spinner", "command": [sys.executable, str(MODELS / "cpu_spinner.py")],
+            "min_servers": n + 1, "max_servers": n + 1, "resources": {"cpus": 1}}  # fmt: skip
+    b = BalancerProc(tmp_path, [spec])
+    pids: list[int] = []
+    try:
+        assert b.wait_event("workload.prior")["cls"] == "cpu"
+        deferred = b.wait_event("server.deferred")
+        assert "CPU-bound" in deferred["reason"]
+        regs = wait_until(lambda: len(b.events("server.registered")) >= n and b.events("server.registered"))
+        pids = b.server_pids()
+        pinned = sorted(_allowed(int(e["pid"])) for e in regs)
+        assert pinned == sorted(str(c) for c in cores)  # one distinct core each
+        assert b.find("server.started", server=deferred["server"]) is None
+        assert len(b.events("server.started")) == n
+    finally:
+        reap([b], pids)
+
