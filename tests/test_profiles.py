@@ -321,3 +321,39 @@ def test_waiter_given_two_cpus_gets_advice_in_journal_status_and_analyze(start_b
     out = subprocess.run([sys.executable, "-m", "balancer.cli", "analyze", str(b.journal)],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0 and f"resources: waiter: {mism['advice']}" in out.stdout, out.stderr
+
+
+def test_example_models_have_plausible_profiles(start_balancer, tmp_path: Path) -> None:
+    """waiter: next to no CPU per call (under 0.1 s: serving overhead); mem_streamer: its 128 MiB
+    array in the peak RSS; io_writer: 8 MiB written per call (within 30 %); each with its calls and
+    compute times."""
+    def spec(name: str, **env: str) -> dict[str, Any]:
+        return {"name": name, "command": [sys.executable, str(MODELS / f"{name}.py")], "models": [name],
+                "min_servers": 1, "max_servers": 1, "env": env}  # fmt: skip
+
+    path = tmp_path / "profiles.sqlite"
+    specs = [
+        spec("waiter", WAITER_S="0.05"),
+        spec("mem_streamer", MEM_STREAMER_MB="128", MEM_STREAMER_PASSES="2"),
+        spec("io_writer", IO_WRITER_MB="8", TMPDIR=str(tmp_path)),
+    ]
+    b = start_balancer(specs, tables=profiles_table(path), monitor_interval_s=0.2, lease_s=2)
+    for s in specs:
+        model = umbridge.HTTPModel(b.url, s["name"])
+        for _ in range(10):
+            model([[1.0]])
+    last = b.events("call.completed")[-1]["t"]
+    for s in specs:
+        def sampled(name: str = s["name"]) -> bool:
+            return any(e["spec"] == name and e.get("sample_t", 0) > last for e in b.events("server.usage"))
+
+        wait_until(sampled, 20, what=f"a sample of {s['name']} after the last call")
+    assert b.stop() == 0
+    with ProfileStore(path) as store:
+        recs = {r["spec"]: r for r in profiles(store)}
+    assert {r["calls"] for r in recs.values()} == {10}
+    assert all(r["ops"]["Evaluate"]["n"] == 10 and r["startup_max_s"] > 0 for r in recs.values())
+    assert recs["waiter"]["cpu_s_per_call"] < 0.1  # HTTP and JSON of a call, its wait costs none
+    assert recs["waiter"]["ops"]["Evaluate"]["p50_s"] == pytest.approx(0.05, rel=0.5)
+    assert 128 * MIB < recs["mem_streamer"]["rss_peak_bytes"] < 400 * MIB
+    assert recs["io_writer"]["io_write_bytes"] / 10 == pytest.approx(8 * MIB, rel=0.3)
