@@ -122,7 +122,10 @@ class Launcher:
         self.stop_reason: str | None = None
         self.balancer_said_stop = False  # then the balancer knows; otherwise we report the exit
         self.stopped = asyncio.Event()
-        self.monitor_s = float(os.environ.get(ENV_MONITOR) or 5.0)
+        try:
+            self.monitor_s = float(os.environ.get(ENV_MONITOR) or 5.0)
+        except ValueError:
+            self.monitor_s = 5.0
         self.usage: deque[dict[str, Any]] = deque(maxlen=USAGE_KEEP)  # sent with the next lease poll
 
     @property

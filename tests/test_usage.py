@@ -208,3 +208,47 @@ def test_server_usage_through_file_registration(start_balancer):
     wait_until(lambda: len(b.events("server.usage")) >= 3, 60, what="usage samples through files")
     e = b.events("server.usage")[0]
     assert e["spec"] == "wait" and e["procs"] >= 1 and e["rss_bytes"] > 0
+
+
+class FakeNvml:
+    """pynvml's calls the sampler makes, for two GPUs; ``broken`` makes the next reads fail."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlShutdown(self) -> None:
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetUUID(self, h: int) -> str:
+        return f"GPU-{h}aaa"
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:
+        if self.broken:
+            raise RuntimeError("GPU is lost")
+        return type("Mem", (), {"used": 100 * (h + 1), "total": 1000})()
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> Any:
+        return type("Util", (), {"gpu": 50 + h})()
+
+
+def test_gpus_the_server_sees_through_nvml(monkeypatch):
+    fake = FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    g = usage.GpuSampler({"CUDA_VISIBLE_DEVICES": "GPU-1"})  # by UUID prefix: only the second
+    assert g.sample() == [
+        {"index": 1, "uuid": "GPU-1aaa", "util_pct": 51.0, "mem_used_bytes": 200, "mem_total_bytes": 1000}
+    ]
+    assert [x["index"] for x in usage.GpuSampler({}).sample() or []] == [0, 1]  # unset: all
+    assert usage.GpuSampler({"CUDA_VISIBLE_DEVICES": "-1"}).sample() is None  # none: no gpus field
+    assert clean_samples([{"t": 1.0, "gpus": g.sample()}]) == ([{"t": 1.0, "gpus": g.sample()}], 0)
+    fake.broken = True
+    assert g.sample() is None and g.sample() is None  # a failing GPU read: no field, no exception
