@@ -47,7 +47,8 @@ class LocalBackend(Backend):
         # spec name -> its workload class (measured, else the prior), set by the app; "cpu" pins.
         self.workload_of: Callable[[str], str | None] = lambda spec: None
         self.assigned: dict[str, dict[str, list[Any]]] = {}  # server -> {"cpus": [...], "gpus": [...]}
-        self._wakers: set[asyncio.Future[None]] = set()
+        # Starts waiting for resources, oldest first: a freed GPU goes to the start that waited longest.
+        self._wakers: dict[asyncio.Future[None], None] = {}
         self._cancelled: set[str] = set()  # cancelled while waiting for resources
         self._deferred: set[str] = set()
 
@@ -106,11 +107,11 @@ class LocalBackend(Backend):
                 if bus is not None:
                     bus.emit(Ev.SERVER_DEFERRED, server=sid, spec=launch.spec.name, reason=why)
             waker = asyncio.get_running_loop().create_future()
-            self._wakers.add(waker)
+            self._wakers[waker] = None
             try:
                 await waker
             finally:
-                self._wakers.discard(waker)
+                self._wakers.pop(waker, None)
         self._cancelled.discard(sid)
         self._deferred.discard(sid)
         self.events.job_ended(sid, "cancelled while waiting for cores or GPUs", False)
@@ -121,6 +122,10 @@ class LocalBackend(Backend):
         self.assigned.pop(server_id, None)
         self.cores.release(server_id)
         self.gpus.release(server_id)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Every waiting start tries again, in the order they began to wait."""
         for w in list(self._wakers):
             if not w.done():
                 w.set_result(None)
@@ -197,9 +202,7 @@ class LocalBackend(Backend):
     async def cancel(self, server_id: str) -> None:
         if server_id in self._deferred:  # still waiting for resources: it never starts
             self._cancelled.add(server_id)
-            for w in list(self._wakers):
-                if not w.done():
-                    w.set_result(None)
+            self._wake()
             return
         proc = self.procs.get(server_id)
         if proc is not None and proc.returncode is None:
