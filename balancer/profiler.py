@@ -27,6 +27,7 @@ from typing import Any
 from .events import Ev, Event, EventBus
 from .profiles import (
     COUNTERS,
+    INV_LOG_BASE,
     SPEC_ROW,
     ProfileStore,
     default_profiles_path,
@@ -104,6 +105,7 @@ class Profiler:
         self.calls: dict[str, list[Any]] = {}  # call -> [op, model, server]
         self.spec_figs: dict[str, dict[str, Any]] = {}
         self.model_figs: dict[tuple[str, str], dict[str, Any]] = {}
+        self._op_figs: dict[tuple[str, str, str], tuple[dict[str, Any], ...]] = {}
         self.mismatches: dict[tuple[str, str], dict[str, Any]] = {}
         self._flushed: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -173,28 +175,37 @@ class Profiler:
             f["startup_max"] = max(f.get("startup_max", 0.0), took)
 
     def _completed(self, c: list[Any], e: Event) -> None:
-        server = e.get("server")
-        s = self.servers.get(server) if server else None
+        s = self.servers.get(c[2]) if c[2] else None
         service = e.get("service_s")
         if s is None or service is None:
             return
-        self._span(s, e, done=True)
-        op, model = c[0], c[1] or "?"
-        self._spec(s.spec)["calls"] += 1
-        key = (s.spec, model)
-        m = self.model_figs.get(key)
-        if m is None:
-            m = self.model_figs[key] = {"calls": 0, "ops": {}}
+        start = s.open.pop(e["call"], None)
+        if start is not None:
+            if len(s.spans) >= MAX_SPANS:  # no usage samples come (monitoring off): bounded anyway
+                s.spans.popleft()
+            s.spans.append((start, e["t"], True))
+        key = (s.spec, c[1] or "?", c[0])
+        figs = self._op_figs.get(key)
+        if figs is None:
+            figs = self._op_figs[key] = self._new_op(*key)
+        f, m, o = figs
+        f["calls"] += 1
         m["calls"] += 1
-        o = m["ops"].get(op)
-        if o is None:
-            o = m["ops"][op] = {"n": 0, "sum_s": 0.0, "max": 0.0, "hist": {}}
         o["n"] += 1
         o["sum_s"] += service
         if service > o["max"]:
             o["max"] = service
-        b = log_bin(service)
-        o["hist"][b] = o["hist"].get(b, 0) + 1
+        b = math.floor(math.log(service if service > 1e-6 else 1e-6) * INV_LOG_BASE)  # profiles.log_bin
+        hist = o["hist"]
+        hist[b] = hist.get(b, 0) + 1
+
+    def _new_op(self, spec: str, model: str, op: str) -> tuple[dict[str, Any], ...]:
+        """The spec's, the model's and the operation's figures, looked up once per kind of call."""
+        m = self.model_figs.get((spec, model))
+        if m is None:
+            m = self.model_figs[(spec, model)] = {"calls": 0, "ops": {}}
+        o = m["ops"].setdefault(op, {"n": 0, "sum_s": 0.0, "max": 0.0, "hist": {}})
+        return self._spec(spec), m, o
 
     @staticmethod
     def _span(s: _Server, e: Event, done: bool) -> None:
