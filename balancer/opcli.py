@@ -151,6 +151,11 @@ def format_status(doc: dict[str, Any], url: str) -> str:
     fc = doc.get("forecast")
     if fc:
         lines.append(f"forecast: {fc.get('state')} ({'in use' if fc.get('in_use') else 'not in use'})")
+    for name, sp in doc.get("specs", {}).items():  # workload classes (workload.py)
+        w = sp.get("workload") or {}
+        if w.get("class"):
+            why = f": {w['why']}" if w.get("why") else ""
+            lines.append(f"workload: {name}: {w['class']} ({w.get('source')}{why})")
     for m in (doc.get("profiles") or {}).get("mismatches", []):  # given far from used (profiler.py)
         lines.append(f"resources: {m['spec']}: {m['advice']}")
     return "\n".join(lines)
@@ -159,7 +164,8 @@ def format_status(doc: dict[str, Any], url: str) -> str:
 def format_servers(servers: list[dict[str, Any]]) -> str:
     if not servers:
         return "no live server"
-    rows = [["SERVER", "SPEC", "STATE", "CALLS", "BUSY", "AGE", "TIME LEFT", "JOB", "HOST"]]
+    gpus = any(s.get("gpus") for s in servers)  # a GPUS column only where some server has one
+    rows = [["SERVER", "SPEC", "STATE", "CALLS", "BUSY", "AGE", "TIME LEFT", "JOB", "HOST"] + ["GPUS"] * gpus]
     for s in servers:
         rows.append(
             [
@@ -173,5 +179,14 @@ def format_servers(servers: list[dict[str, Any]]) -> str:
                 str(s["job"] or "-"),
                 str(s["host"] or "-"),
             ]
+            + [_gpus(s.get("gpus"))] * gpus
         )
     return _table(rows)
+
+
+def _gpus(gpus: list[dict[str, Any]] | None) -> str:
+    """``0:87%`` per device (utilisation from the server's last usage sample, where reported)."""
+    if not gpus:
+        return "-"
+    return ",".join(f"{g['device']}:{g['util_pct']:.0f}%" if "util_pct" in g else str(g["device"])
+                    for g in gpus)  # fmt: skip

@@ -7,8 +7,11 @@ runs only where a driver answers.
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +26,12 @@ from .helpers import BalancerProc, reap, test_model_spec, wait_until
 def environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(x.decode(errors="replace").split("=", 1) for x in raw if b"=" in x)
+
+
+def api(b: BalancerProc, path: str) -> Any:
+    req = urllib.request.Request(b.url + path, headers={"Authorization": f"Bearer {b.token()}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
 
 
 def test_gpu_allocator_exclusive_and_freed() -> None:
@@ -110,6 +119,10 @@ def test_two_gpu_servers_disjoint_third_waits(tmp_path: Path) -> None:
         assert deferred["server"] not in {x["id"] for x in gpu_envs}  # the third has not started
         assert b.find("server.started", server=deferred["server"]) is None
         assert "CUDA_VISIBLE_DEVICES" not in environ(b.proc.pid)  # the balancer's own is untouched
+        shown = {s["id"]: s["gpus"] for s in api(b, "/api/servers")["servers"]}  # `balancer servers`
+        for x in gpu_envs:
+            assert shown[x["id"]] == [{"device": x["CUDA_VISIBLE_DEVICES"]}]
+        assert shown[by_spec["nogpu"][0]["id"]] is None and shown[deferred["server"]] is None
         # One GPU server goes: its device goes to the waiting one.
         gone = gpu_envs[0]
         launcher = b.find("server.started", server=gone["id"])
