@@ -203,3 +203,26 @@ def test_cpu_bound_servers_pinned_never_more_than_cores(tmp_path: Path) -> None:
     finally:
         reap([b], pids)
 
+
+
+def test_analyze_prints_the_classes(tmp_path: Path) -> None:
+    """``balancer analyze``'s workload block: the prior, the final verdict over earlier ones, why."""
+    import orjson
+
+    from analysis.workload import format_workload, workload_rows
+
+    lines = [
+        {"ev": "workload.prior", "spec": "m", "cls": "wait"},
+        {"ev": "call.completed", "call": 1},
+        {"ev": "workload.classified", "spec": "m", "cls": "wait", "why": "early", "figures": {}},
+        {"ev": "workload.classified", "spec": "m", "cls": "cpu", "why": "CPU demand 0.9", "final": True,
+         "figures": {"cpu_per_slot": 0.9, "samples": 12}},
+        {"ev": "workload.classified", "spec": "m", "cls": "wait", "why": "late, not final", "figures": {}},
+    ]  # fmt: skip
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(e) for e in lines) + b"\n")
+    rows = workload_rows(path)
+    got = [(r["spec"], r["prior"], r["measured"], r["why"]) for r in rows]
+    assert got == [("m", "wait", "cpu", "CPU demand 0.9")]
+    text = format_workload("run", rows)
+    assert "cpu_per_slot 0.9" in text and "CPU demand 0.9" in text
