@@ -67,7 +67,11 @@ async def size_specs(cfg: Any, bus: EventBus) -> Any:
         with open_store(settings) as store:
             return {s.name: store.spec_figures(s.name, spec_hash(s)) for s in cfg.servers if s.resources.auto}
 
-    figures = await asyncio.to_thread(read)
+    try:
+        figures = await asyncio.to_thread(read)
+    except Exception as exc:  # sqlite3.Error, OSError: the run starts with the defaults, and says why
+        bus.emit(Ev.BALANCER_ERROR, where="profiles", error=f"{type(exc).__name__}: {exc}", count=1)
+        figures = {}
     specs = []
     for spec in cfg.servers:
         if spec.resources.auto:

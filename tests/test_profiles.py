@@ -184,6 +184,18 @@ def test_size_specs_journals_profile_sized(tmp_path: Path) -> None:
     assert seen[0]["ev"] == "profile.sized" and seen[0]["spec"] == "w" and seen[0]["value"] == "448M"
 
 
+def test_an_unreadable_store_means_the_defaults_and_a_journaled_error(tmp_path: Path) -> None:
+    path = tmp_path / "p.sqlite"
+    path.write_bytes(b"not a database" * 100)
+    cfg = cfg_of({"memory": "auto"}, path=str(path), default_memory="1G")
+    bus = EventBus()
+    seen: list[dict[str, Any]] = []
+    bus.subscribe(seen.append)
+    sized = asyncio.run(size_specs(cfg, bus))
+    assert sized.servers[0].resources.memory == "1G"
+    assert [e["ev"] for e in seen] == ["balancer.error", "profile.sized"] and seen[0]["where"] == "profiles"
+
+
 def seed(path: Path, spec: Any, **figures: Any) -> None:
     """A stored profile for ``spec`` as an earlier run would have left it."""
     with ProfileStore(path) as store:
