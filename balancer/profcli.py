@@ -21,7 +21,7 @@ EXIT_USAGE = 2
 FLAT = ("spec", "spec_hash", "model", "calls", "runs", "cpu_s_per_call", "cpu_util_p90", "rss_peak_bytes",
         "gpu_mem_peak_bytes", "startup_p50_s", "startup_max_s", "lifetime_max", "cpu_s", "wall_s",
         "io_read_bytes", "io_write_bytes", "ctx_vol", "ctx_invol", "minflt", "majflt", "iowait_mean_pct",
-        "updated_at")  # fmt: skip
+        "workload_class", "updated_at")  # fmt: skip
 
 
 def add_profile_parser(sub: Any) -> None:
@@ -86,7 +86,7 @@ def format_profiles(recs: list[dict[str, Any]]) -> str:
     if not recs:
         return "no profile yet"
     rows = [["SPEC", "MODEL", "CALLS", "OP p50/p90/max", "CPU-S/CALL", "CORES p90", "PEAK RSS", "START-UP",
-             "GIVEN", "RUNS", "UPDATED"]]  # fmt: skip
+             "CLASS", "GIVEN", "RUNS", "UPDATED"]]  # fmt: skip
     for r in recs:
         ops = "; ".join(_op(op, o) for op, o in r["ops"].items())
         g = r.get("resources") or {}
@@ -98,6 +98,7 @@ def format_profiles(recs: list[dict[str, Any]]) -> str:
             "-" if cpc is None else f"{cpc:.3f}", "-" if util is None else f"{util:.2f}",
             f"{rss / MIB:.0f}M" if rss else "-",
             f"{_s(r.get('startup_p50_s'))}/{_s(r.get('startup_max_s'))}",
-            given, str(r["runs"]), _dur(time.time() - r["updated_at"]) + " ago",
+            r.get("workload_class") or "-", given, str(r["runs"]),
+            _dur(time.time() - r["updated_at"]) + " ago",
         ])  # fmt: skip
     return _table(rows)

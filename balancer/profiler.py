@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 EVAL_OPS = frozenset({"Evaluate", "Gradient", "ApplyJacobian", "ApplyHessian"})
 MAX_SPANS = 100_000  # calls kept per server between two usage samples
 SERVER_USAGE = getattr(Ev, "SERVER_USAGE", "server.usage")
+WORKLOAD_CLASSIFIED = getattr(Ev, "WORKLOAD_CLASSIFIED", "workload.classified")
 PROFILE_SIZED = getattr(Ev, "PROFILE_SIZED", "profile.sized")
 PROFILE_MISMATCH = getattr(Ev, "PROFILE_MISMATCH", "profile.mismatch")
 
@@ -144,6 +145,12 @@ class Profiler:
                 self.servers[e["server"]] = _Server(e["spec"], e["m"] if ev == Ev.SERVER_REQUESTED else None)
         elif ev == Ev.SERVER_READY:
             self._ready(e)
+        elif ev == WORKLOAD_CLASSIFIED:
+            if e.get("spec") in self.specs and isinstance(e.get("counters"), dict):
+                f = self._spec(e["spec"])
+                f["workload"] = dict(e["counters"])  # the run's busy-sample sums so far (workload.py)
+                if e.get("cls"):
+                    f["workload_class"] = e["cls"]
         elif ev in (Ev.SERVER_STOPPED, Ev.SERVER_FAILED):
             s = self.servers.pop(e["server"], None)
             if s is not None and s.ready_m is not None:

@@ -26,7 +26,7 @@ from typing import Any
 LOG_BASE = 1.05  # compute and start-up times: log bins 5 % wide, so merged quantiles are within 5 %
 UTIL_BIN = 0.05  # cores used: linear bins of 1/20 core
 MAX_KEYS = frozenset({"max", "rss_peak_bytes", "gpu_mem_peak_bytes", "startup_max", "lifetime_max"})
-REPLACE_KEYS = frozenset({"resources"})  # the latest run's value wins
+REPLACE_KEYS = frozenset({"resources", "workload_class"})  # the latest run's value wins
 SPEC_ROW = ""  # the model name of a spec's own row
 COUNTERS = ("io_read_bytes", "io_write_bytes", "ctx_vol", "ctx_invol", "minflt", "majflt")
 Key = tuple[str, str, str]  # (spec, spec hash, model)
@@ -213,6 +213,9 @@ def summarize_spec(d: dict[str, Any]) -> dict[str, Any]:
         **{k: d.get(k, 0) for k in COUNTERS},
         "servers": d.get("servers", 0),
         "resources": d.get("resources"),
+        # workload.py's counters summed over every run: ``classify(workload)`` decides again.
+        "workload_class": d.get("workload_class"),
+        "workload": d.get("workload"),
     }
 
 

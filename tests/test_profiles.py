@@ -88,6 +88,27 @@ def test_store_round_trip_and_merge_of_two_runs(tmp_path: Path) -> None:
     assert two["io_write_bytes"] == 8000 + 18000
 
 
+def test_workload_counters_add_up_over_runs_and_classify_again(tmp_path: Path) -> None:
+    from balancer.workload import classify
+
+    path = tmp_path / "p.sqlite"
+    for cls in ("wait", "cpu"):
+        bus = EventBus()
+        prof = Profiler(cfg_of(), bus, ProfileStore(path))
+        bus.subscribe(prof)
+        counters = {"samples": 5, "busy_s": 5.0, "slot_s": 5.0, "cpu_s": 4.9, "rss_peak_bytes": 1e6}
+        bus.emit("workload.classified", spec="w", cls=cls, counters={**counters, "samples": 2}, final=False)
+        bus.emit("workload.classified", spec="w", cls=cls, counters=counters, final=True)
+        asyncio.run(prof.close())
+    with ProfileStore(path) as store:
+        (rec,) = profiles(store)
+    assert rec["workload_class"] == "cpu" and rec["runs"] == 2
+    assert rec["workload"] == pytest.approx(
+        {"samples": 10, "busy_s": 10.0, "slot_s": 10.0, "cpu_s": 9.8, "rss_peak_bytes": 1e6}
+    )
+    assert classify(rec["workload"]).cls == "cpu"
+
+
 def test_merge_rules() -> None:
     a = {"calls": 2, "max": 1.0, "hist": {"1": 2}, "resources": {"cpus": 1}, "rss_peak_bytes": 5}
     b = {"calls": 3, "max": 0.5, "hist": {"1": 1, "2": 4}, "resources": {"cpus": 4}, "rss_peak_bytes": 9}
