@@ -312,13 +312,13 @@ def test_cpu_spinner_profile_has_its_cpu_seconds_per_call(start_balancer, tmp_pa
     profile's CPU-seconds per call is within 30 % of that (the server's own overhead: HTTP, JSON)."""
     path = tmp_path / "profiles.sqlite"
     spec = {"name": "spinner", "command": [sys.executable, str(MODELS / "cpu_spinner.py")],
-            "models": ["cpu_spinner"], "min_servers": 1, "max_servers": 1, "env": {"CPU_SPINNER_S": "0.1"},
+            "models": ["cpu_spinner"], "min_servers": 1, "max_servers": 1, "env": {"CPU_SPINNER_S": "0.2"},
             "resources": {"cpus": 2}}  # fmt: skip
     b = start_balancer([spec], tables=profiles_table(path, mismatch_samples=5), monitor_interval_s=0.2,
                        lease_s=2)  # fmt: skip
     model = umbridge.HTTPModel(b.url, "cpu_spinner")
     for _ in range(20):
-        model([[1.0]])  # 0.1 CPU-s each
+        model([[1.0]])  # 0.2 CPU-s each
     # Usage samples reach the balancer with the lease poll: wait until one covers the last call.
     last = b.events("call.completed")[-1]["t"]
     wait_until(lambda: any(e.get("sample_t", 0) > last for e in b.events("server.usage")), 20, what="sample")
@@ -327,7 +327,7 @@ def test_cpu_spinner_profile_has_its_cpu_seconds_per_call(start_balancer, tmp_pa
     with ProfileStore(path) as store:
         (rec,) = profiles(store)
     assert rec["calls"] == 20
-    assert rec["cpu_s_per_call"] == pytest.approx(0.1, rel=0.3), rec
+    assert rec["cpu_s_per_call"] == pytest.approx(0.2, rel=0.3), rec
     assert rec["rss_peak_bytes"] >= max(e["rss_bytes"] for e in usage) > 10 * MIB
     assert 0.6 <= rec["cpu_util_p90"] <= 1.3  # one busy thread
 
