@@ -267,9 +267,11 @@ def test_profile_survives_a_restart(start_balancer, tmp_path: Path) -> None:
     path = tmp_path / "profiles.sqlite"
     spec = test_model_spec(models=["forward"], min_servers=1, max_servers=1)
     for n in (5, 3):
-        b = start_balancer([spec], tables=profiles_table(path))
+        b = start_balancer([spec], tables=profiles_table(path, flush_s=0.5))
         model = umbridge.HTTPModel(b.url, "forward")
         assert [model([[1.0]]) for _ in range(n)] == [[[2.0]]] * n
+        if n == 5:  # the periodic flush: in the store while the balancer runs (WAL: readers welcome)
+            wait_until(lambda: stored_calls(path) == 5, 20, what="a periodic flush")
         assert b.stop() == 0
     with ProfileStore(path) as store:
         rows = {r["model"]: r for r in store.rows()}
@@ -287,6 +289,11 @@ def test_profile_survives_a_restart(start_balancer, tmp_path: Path) -> None:
     assert out.stdout.splitlines()[0].startswith("spec,spec_hash,model,calls")
     bad = profile_cli("show", "--path", str(tmp_path / "no"))
     assert bad.returncode == 2 and bad.stderr.strip() == f"balancer: error: no profile store at {tmp_path}/no"
+
+
+def stored_calls(path: Path) -> int:
+    with ProfileStore(path) as store:
+        return sum(r["data"].get("calls", 0) for r in store.rows() if r["model"] != SPEC_ROW)
 
 
 def profile_cli(*args: str) -> subprocess.CompletedProcess[str]:
