@@ -132,7 +132,8 @@ class ProfileStore:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # private before SQLite writes
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0)
+        # Autocommit: ``add`` opens its own BEGIN IMMEDIATE transaction.
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -141,18 +142,29 @@ class ProfileStore:
         """Merge each (spec, hash, model)'s figures into its row in one transaction; rows in
         ``new_run`` count one run more (a run's first flush of that row)."""
         now = time.time()
-        with self._lock, self._db:
-            for key, figures in rows.items():
-                row = self._db.execute(
-                    "SELECT data, runs FROM profiles WHERE spec = ? AND spec_hash = ? AND model = ?", key
-                ).fetchone()
-                data = merge(json.loads(row[0]), figures) if row else figures
-                runs = (row[1] if row else 0) + (1 if key in new_run else 0)
-                self._db.execute(
-                    "INSERT OR REPLACE INTO profiles (spec, spec_hash, model, runs, updated_at, data)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (*key, runs, now, json.dumps(data, separators=(",", ":"))),
-                )
+        with self._lock:
+            # Read, merge and write under one write lock: two balancers sharing the store (the
+            # default path) must not both read a row and the later write drop the other's run.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._merge_rows(rows, new_run, now)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _merge_rows(self, rows: dict[Key, dict[str, Any]], new_run: set[Key], now: float) -> None:
+        for key, figures in rows.items():
+            row = self._db.execute(
+                "SELECT data, runs FROM profiles WHERE spec = ? AND spec_hash = ? AND model = ?", key
+            ).fetchone()
+            data = merge(json.loads(row[0]), figures) if row else figures
+            runs = (row[1] if row else 0) + (1 if key in new_run else 0)
+            self._db.execute(
+                "INSERT OR REPLACE INTO profiles (spec, spec_hash, model, runs, updated_at, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (*key, runs, now, json.dumps(data, separators=(",", ":"))),
+            )
 
     def rows(self, spec: str | None = None, hash_: str | None = None) -> list[dict[str, Any]]:
         """Every stored row (optionally one spec's, one hash's) as dicts, oldest spec first."""

@@ -109,6 +109,28 @@ def test_workload_counters_add_up_over_runs_and_classify_again(tmp_path: Path) -
     assert classify(rec["workload"]).cls == "cpu"
 
 
+def test_two_writers_sharing_a_store_lose_no_update(tmp_path: Path) -> None:
+    """Two balancers on the default path: each add reads, merges and writes under one write lock."""
+    import threading
+
+    path = tmp_path / "p.sqlite"
+    key = ("w", "h", "m")
+
+    def writer() -> None:
+        with ProfileStore(path) as store:  # its own connection, as another process would have
+            for _ in range(100):
+                store.add({key: {"calls": 1}}, set())
+
+    ProfileStore(path).close()
+    threads = [threading.Thread(target=writer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with ProfileStore(path) as store:
+        assert store.rows()[0]["data"]["calls"] == 200
+
+
 def test_merge_rules() -> None:
     a = {"calls": 2, "max": 1.0, "hist": {"1": 2}, "resources": {"cpus": 1}, "rss_peak_bytes": 5}
     b = {"calls": 3, "max": 0.5, "hist": {"1": 1, "2": 4}, "resources": {"cpus": 4}, "rss_peak_bytes": 9}
