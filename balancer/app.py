@@ -142,7 +142,8 @@ class Balancer:
             self._first = asyncio.ensure_future(self._first_forecast())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._first), FIRST_FORECAST_S)
-        await journal_priors(self.cfg.servers, self.bus, self.workload)
+        store = self.profiler.store if self.profiler is not None else None
+        await journal_priors(self.cfg.servers, self.bus, self.workload, store)
         self.workload.start(self.cfg.monitor_interval_s, self.cfg.lease_s)
         self.scaler.start(launch)
         if self.profiler is not None:

@@ -299,14 +299,35 @@ class UsageAggregator:
         w.verdict = v
 
 
-async def journal_priors(specs: list[Any], bus: EventBus, agg: UsageAggregator) -> None:
-    """The prior of every spec from its source (off the event loop), journaled as ``workload.prior``
-    before the first start, so the local backend already pins a model that looks CPU-bound."""
-    import asyncio
-
+async def journal_priors(specs: list[Any], bus: EventBus, agg: UsageAggregator, store: Any = None) -> None:
+    """The prior of every spec, journaled as ``workload.prior`` before the first start, so the local
+    backend already pins a model that looks CPU-bound: the class its profile's counters give (earlier
+    runs measured it: ``profiles.py`` keeps them), else the guess from its Python source. Both read
+    files, off the event loop."""
     from .workload_prior import as_fields, prior_of
 
     for spec in specs:
-        p = await asyncio.to_thread(prior_of, spec.server_command(), spec.cwd)
-        agg.set_prior(spec.name, p.cls)
-        bus.emit(Ev.WORKLOAD_PRIOR, spec=spec.name, models=list(spec.models), **as_fields(p))
+        fields = await asyncio.to_thread(_profile_prior, store, spec) if store is not None else None
+        if fields is None:
+            fields = {**as_fields(await asyncio.to_thread(prior_of, spec.server_command(), spec.cwd)),
+                      "source": "source"}  # fmt: skip
+        agg.set_prior(spec.name, fields["cls"])
+        bus.emit(Ev.WORKLOAD_PRIOR, spec=spec.name, models=list(spec.models), **fields)
+
+
+def _profile_prior(store: Any, spec: Any) -> dict[str, Any] | None:
+    """The class of the spec's profile (its summed busy-sample counters), None without one."""
+    try:
+        from .profiles import spec_hash
+
+        figures = store.spec_figures(spec.name, spec_hash(spec))
+    except Exception:  # a store that cannot be read: the source prior will do
+        return None
+    counters = (figures or {}).get("workload")
+    if not counters:
+        return None
+    v = classify(counters)
+    if v.cls is None:
+        return None
+    return {"cls": v.cls, "counts": {}, "script": None, "why": f"profile of earlier runs: {v.why}",
+            "source": "profile"}  # fmt: skip

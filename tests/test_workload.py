@@ -226,3 +226,33 @@ def test_analyze_prints_the_classes(tmp_path: Path) -> None:
     assert got == [("m", "wait", "cpu", "CPU demand 0.9")]
     text = format_workload("run", rows)
     assert "cpu_per_slot 0.9" in text and "CPU demand 0.9" in text
+
+
+def test_prior_from_a_profile_before_the_source() -> None:
+    """A spec measured in earlier runs (profiles.py keeps the counters) starts with that class."""
+    import asyncio
+
+    from balancer.config import ServerSpec
+    from balancer.workload import journal_priors
+
+    class Store:
+        def __init__(self, figures: dict[str, Any] | None) -> None:
+            self.figures = figures
+
+        def spec_figures(self, spec: str, hash_: str) -> dict[str, Any] | None:
+            return self.figures
+
+    spec = ServerSpec(name="w", command=[sys.executable, str(MODELS / "waiter.py")])
+    for store, cls, source in [
+        (Store({"workload": counters(cpu=0.95)}), "cpu", "profile"),  # measured CPU-bound before
+        (Store({"workload": None}), "wait", "source"),  # a profile without usage samples
+        (Store(None), "wait", "source"),
+        (None, "wait", "source"),
+    ]:
+        bus = EventBus()
+        seen: list[dict[str, Any]] = []
+        bus.subscribe(seen.append)
+        agg = UsageAggregator(bus, list, lambda s: [])
+        asyncio.run(journal_priors([spec], bus, agg, store))
+        assert (seen[0]["cls"], seen[0]["source"]) == (cls, source)
+        assert agg.current("w") == cls
