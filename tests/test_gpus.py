@@ -133,3 +133,24 @@ def test_two_gpu_servers_disjoint_third_waits(tmp_path: Path) -> None:
         assert environ(int(reg["pid"]))["CUDA_VISIBLE_DEVICES"] == gone["CUDA_VISIBLE_DEVICES"]
     finally:
         reap([b], pids)
+
+
+def test_server_gpus_view() -> None:
+    """What `balancer servers` and the dashboard show: assigned devices with the last sample's use."""
+    from balancer.gpus import server_gpus
+
+    class Backend:
+        def server_resources(self, sid: str) -> dict[str, list[Any]] | None:
+            return {"s1": {"cpus": [0], "gpus": ["1"]}, "s2": {"cpus": [1], "gpus": []}}.get(sid)
+
+    gpu = {"index": 1, "uuid": "GPU-x", "util_pct": 87.0, "mem_used_bytes": 5, "mem_total_bytes": 9}
+    sample = {"gpus": [gpu]}
+    assert server_gpus(Backend(), {"s1": sample}, "s1") == [
+        {"device": "1", "util_pct": 87.0, "mem_used_bytes": 5, "mem_total_bytes": 9}
+    ]
+    assert server_gpus(Backend(), {}, "s1") == [{"device": "1"}]  # no NVML sample: the device only
+    assert server_gpus(Backend(), {}, "s2") is None and server_gpus(object(), {}, "s3") is None
+    # Another backend (SLURM): the GPUs the launcher sampled through its CUDA_VISIBLE_DEVICES.
+    assert server_gpus(object(), {"s3": sample}, "s3") == [
+        {"device": "1", "util_pct": 87.0, "mem_used_bytes": 5, "mem_total_bytes": 9}
+    ]
