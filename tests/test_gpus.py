@@ -154,3 +154,30 @@ def test_server_gpus_view() -> None:
     assert server_gpus(object(), {"s3": sample}, "s3") == [
         {"device": "1", "util_pct": 87.0, "mem_used_bytes": 5, "mem_total_bytes": 9}
     ]
+
+
+def test_a_restarted_balancer_keeps_its_adopted_servers_gpus(tmp_path: Path) -> None:
+    """After a restart the adopted launchers keep their devices: the new balancer does not hand
+    them out again, and shows them."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])  # the launchers know the balancer by its URL
+    spec = test_model_spec(models=["forward"], min_servers=2, max_servers=3, resources={"gpus": 1})
+    kw: dict[str, Any] = {"backend": {"gpus": [0, 1]}, "port": port, "lease_s": 10}
+    b1 = BalancerProc(tmp_path, [spec], **kw)
+    b2 = None
+    pids: list[int] = []
+    try:
+        regs = wait_until(lambda: len(b1.events("server.registered")) >= 2 and b1.events("server.registered"))
+        pids = b1.server_pids()
+        before = {e["server"]: environ(int(e["pid"]))["CUDA_VISIBLE_DEVICES"] for e in regs}
+        b1.kill()
+        b2 = BalancerProc(tmp_path, [spec], **kw)
+        wait_until(lambda: len(b2.events("server.adopted")) >= 2, 30, what="both adopted")
+        shown = wait_until(lambda: (v := {s["id"]: s["gpus"] for s in api(b2, "/api/servers")["servers"]})
+                           and all(v.get(k) for k in before) and v)  # fmt: skip
+        assert {k: shown[k] for k in before} == {k: [{"device": d}] for k, d in before.items()}
+    finally:
+        reap([b1, b2], pids)

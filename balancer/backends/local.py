@@ -56,7 +56,9 @@ class LocalBackend(Backend):
         """Find the GPUs; a spec asking more than exist could never start: a ConfigError now."""
         configured = getattr(self.cfg.backend_options, "gpus", None)
         devices, self.gpu_source = await asyncio.to_thread(discover, configured)
+        held = self.gpus.held  # adopted servers' devices, if any came back before the start
         self.gpus = GpuAllocator(devices)
+        self.gpus.held.update(held)
         for spec in self.cfg.servers:
             if spec.resources.gpus > len(devices):
                 raise ConfigError(
@@ -181,9 +183,21 @@ class LocalBackend(Backend):
         if not isinstance(pid, int) or not await asyncio.to_thread(group_alive, pid):
             return False
         self.adopted[server_id] = pid
+        cores, gpus = await asyncio.to_thread(_held_by, pid)
+        self._hold(server_id, cores, gpus, doc.get("spec"))
         self.events.job_started(server_id, str(pid), "localhost")
         self._keep(self._watch_adopted(server_id, pid))
         return True
+
+    def _hold(self, server_id: str, cores: list[int], gpus: list[str], spec: Any) -> None:
+        """An adopted launcher keeps the cores and GPUs it was given: no new start gets them too."""
+        gpus = [g for g in gpus if g in self.gpus.devices or not self.gpus.devices]
+        if gpus:
+            self.gpus.held[server_id] = gpus
+        if cores and set(cores) != set(self.cores.cores):
+            cpu_bound = isinstance(spec, str) and self.workload_of(spec) == "cpu"
+            self.cores.held[server_id] = (cores, cpu_bound)
+        self.assigned[server_id] = {"cpus": cores, "gpus": gpus}
 
     async def _watch_adopted(self, server_id: str, pid: int) -> None:
         while True:  # not our child: no wait(), so poll /proc (off the event loop)
@@ -191,6 +205,7 @@ class LocalBackend(Backend):
                 break
             await asyncio.sleep(ADOPTED_POLL_S)
         self.adopted.pop(server_id, None)
+        self._release(server_id)
         self.events.job_ended(server_id, "launcher exited", False)
 
     async def _watch(self, server_id: str, proc: asyncio.subprocess.Process) -> None:
@@ -215,3 +230,15 @@ class LocalBackend(Backend):
         # Let the watchers report the exits before the pool goes away.
         if self._waiters:
             await asyncio.wait(self._waiters, timeout=2)
+
+
+def _held_by(pid: int) -> tuple[list[int], list[str]]:
+    """The cores and CUDA_VISIBLE_DEVICES of a running launcher (ours, from before a restart)."""
+    try:
+        cores = sorted(os.sched_getaffinity(pid))
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            env = dict(x.split(b"=", 1) for x in fh.read().split(b"\0") if b"=" in x)
+    except OSError:
+        return [], []
+    visible = env.get(ENV_GPUS.encode(), b"").decode(errors="replace")
+    return cores, [g for g in visible.split(",") if g]
