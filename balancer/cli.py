@@ -101,6 +101,13 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     control_url = _http_url(cfg.control_host, control_port)
     (run_dir / "url").write_text(url + "\n")  # for the operator CLI (balancer forecast ...)
     (run_dir / "control_url").write_text(control_url + "\n")  # a restart listens there again
+    # Signals from here on: a SIGINT while the backend starts (or the first forecast is awaited)
+    # lets start() finish and then shuts down gracefully, instead of a traceback.
+    stop = asyncio.Event()
+    reason = ["signal"]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda s=sig: (reason.__setitem__(0, s.name), stop.set()))
     try:
         await balancer.start(url, control_url)
     except ConfigError as exc:
@@ -126,11 +133,6 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
         f"(scheduler {cfg.scheduler}, run dir {run_dir})",
         flush=True,
     )
-    stop = asyncio.Event()
-    reason = ["signal"]
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda s=sig: (reason.__setitem__(0, s.name), stop.set()))
     await stop.wait()
     print(f"balancer: {reason[0]}: stopping (grace {cfg.shutdown_grace_s:g} s)", flush=True)
     # Stop accepting connections, let in-flight calls finish, then stop the servers.

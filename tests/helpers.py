@@ -80,7 +80,11 @@ class BalancerProc:
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
-        started = wait_until(lambda: self.find("balancer.started") or self._died(), 30, what="balancer start")
+        # This process's own start: a restart test shares the journal with the balancer before it.
+        pid = self.proc.pid
+        started = wait_until(
+            lambda: self.find("balancer.started", pid=pid) or self._died(), 30, what="balancer start"
+        )
         self.url: str = started["url"]
         self.control_url: str = started["control_url"]  # the launchers' listener
 
