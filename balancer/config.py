@@ -195,11 +195,16 @@ def _positive(key: str, value: Any, *, allow_zero: bool = False, integer: bool =
     return value
 
 
-def _parse_resources(key: str, raw: Any) -> Resources:
+def _table(key: str, raw: Any, known: set[str] | frozenset[str]) -> None:
+    """``raw`` is a table of only ``known`` keys: the one check every section starts with."""
     _typed(key, raw, dict, "a table")
     for k in raw:
-        if k not in _RES_KEYS:
-            raise ConfigError(f"{key}.{k}", f"unknown key (known: {', '.join(sorted(_RES_KEYS))})")
+        if k not in known:
+            raise ConfigError(f"{key}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _parse_resources(key: str, raw: Any) -> Resources:
+    _table(key, raw, _RES_KEYS)
     auto = tuple(k for k in ("cpus", "memory", "time_limit") if raw.get(k) == "auto")
     cpus = 1 if "cpus" in auto else _positive(f"{key}.cpus", raw.get("cpus", 1), integer=True)
     gpus = _positive(f"{key}.gpus", raw.get("gpus", 0), integer=True, allow_zero=True)
@@ -418,11 +423,7 @@ _FORECAST_KEYS = {f.name for f in fields(ForecastSettings)} - {"rules"}
 
 def parse_forecast(raw: Any) -> ForecastSettings:
     """The ``[forecast]`` table, rule keys included; every key typed, unknown keys refused."""
-    _typed("forecast", raw, dict, "a table")
-    for k in raw:
-        if k not in _RULE_KEYS and k not in _FORECAST_KEYS:
-            known = ", ".join(sorted(_FORECAST_KEYS | _RULE_KEYS))
-            raise ConfigError(f"forecast.{k}", f"unknown key (known: {known})")
+    _table("forecast", raw, _FORECAST_KEYS | _RULE_KEYS)
     rules = ForecastRules(**_typed_fields("forecast", ForecastRules, raw, set()))
     top = _typed_fields("forecast", ForecastSettings, {k: v for k, v in raw.items() if k in _FORECAST_KEYS},
                         {"rules", "history", "partition", "forecaster"})  # fmt: skip
@@ -440,11 +441,7 @@ def parse_forecast(raw: Any) -> ForecastSettings:
 
 def parse_notify(raw: Any) -> NotifySettings:
     """The ``[notify]`` table; each URL is checked by apprise itself, which must be installed."""
-    _typed("notify", raw, dict, "a table")
-    known = {f.name for f in fields(NotifySettings)}
-    for k in raw:
-        if k not in known:
-            raise ConfigError(f"notify.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+    _table("notify", raw, {f.name for f in fields(NotifySettings)})
     top = _typed_fields("notify", NotifySettings, raw, {"urls", "on", "title_prefix"})
     if "title_prefix" in raw:
         top["title_prefix"] = _typed("notify.title_prefix", raw["title_prefix"], str, "a string")
@@ -469,11 +466,7 @@ def parse_profiles(raw: Any) -> ProfileSettings:
     """The ``[profiles]`` table; sizes and times are checked now, not when a spec is sized."""
     from .sizing import parse_memory
 
-    _typed("profiles", raw, dict, "a table")
-    known = {f.name for f in fields(ProfileSettings)}
-    for k in raw:
-        if k not in known:
-            raise ConfigError(f"profiles.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+    _table("profiles", raw, {f.name for f in fields(ProfileSettings)})
     text = {"path", "min_memory", "max_time_limit", "default_memory", "default_time_limit"}
     top = _typed_fields("profiles", ProfileSettings, raw, text)
     for k in text & set(raw):

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .apiclient import EXIT_USAGE
 from .opcli import _dur, _table
 from .profiles import ProfileStore, default_profiles_path, profiles
 from .sizing import MIB
 
-EXIT_USAGE = 2
 FLAT = ("spec", "spec_hash", "model", "calls", "runs", "cpu_s_per_call", "cpu_util_p90", "rss_peak_bytes",
         "gpu_mem_peak_bytes", "startup_p50_s", "startup_max_s", "lifetime_max", "cpu_s", "wall_s",
         "io_read_bytes", "io_write_bytes", "ctx_vol", "ctx_invol", "minflt", "majflt", "iowait_mean_pct",
