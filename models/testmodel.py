@@ -1,13 +1,18 @@
 """UM-Bridge test model: model ``forward`` returns 2*x, with gradient, Jacobian and Hessian action.
 
-``TEST_DELAY`` (milliseconds, from the environment) adds a sleep per evaluation. Extra models for
-tests: ``fail`` raises, ``nan`` returns NaN and inf. Serves on ``$PORT``.
+``TEST_DELAY`` (milliseconds, from the environment) adds a sleep per evaluation. ``TEST_FACTOR``
+(default 2) replaces the 2 and ``TEST_INPUT_SIZES`` (default 1) the input size, so that tests can tell
+two builds apart. Extra models for tests: ``fail`` raises, ``nan`` returns NaN and inf. Serves on
+``$PORT``.
 """
 
 import os
 import time
 
 import umbridge
+
+FACTOR = float(os.environ.get("TEST_FACTOR", "2"))
+INPUT_SIZE = int(os.environ.get("TEST_INPUT_SIZES", "1"))
 
 
 def _delay() -> None:
@@ -21,14 +26,14 @@ class Forward(umbridge.Model):
         super().__init__("forward")
 
     def get_input_sizes(self, config):
-        return [1]
+        return [INPUT_SIZE]
 
     def get_output_sizes(self, config):
         return [1]
 
     def __call__(self, parameters, config):
         _delay()
-        return [[2.0 * parameters[0][0]]]
+        return [[FACTOR * parameters[0][0]]]
 
     def gradient(self, out_wrt, in_wrt, parameters, sens, config):
         return [2.0 * sens[0]]
