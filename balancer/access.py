@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from .events import Ev, EventBus, Throttled
 from .frontend import Reply, error_reply
-from .peer import PeerLookup
+from .peer import PeerLookup, user_uids
 
 LOG_S = 5.0
 
@@ -51,6 +51,11 @@ class PeerGate:
         self.allow_remote = allow_remote
         self.lookup = lookup or PeerLookup()
         self._refusals = Throttled(bus, Ev.PEER_REFUSED, LOG_S)
+
+    def allow(self, uids: Iterable[int], users: Iterable[str], remote: bool) -> None:
+        """A reload's ``allow_uids``/``allow_users``/``allow_remote``, for connections from now on."""
+        self.allowed = frozenset({self.owner, *uids, *user_uids(list(users)).values()})
+        self.allow_remote = remote
 
     def __call__(self, transport: asyncio.BaseTransport) -> Reply | None:
         local = transport.get_extra_info("sockname")

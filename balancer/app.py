@@ -35,6 +35,7 @@ from .peer import user_uids
 from .policy import Limits, StopReason
 from .pool import Pool
 from .probe import Probe
+from .reload import Reloader
 from .scaler import LaunchSettings, Scaler
 from .workload import UsageAggregator, journal_priors
 
@@ -84,7 +85,7 @@ class Balancer:
         self.metrics = Metrics(self.pool, lambda: self.calls.inflight, self.forecast)
         bus.subscribe(self.metrics)
         # Workload class per spec from server.usage (workload.py); the local backend pins CPU-bound.
-        self.workload = UsageAggregator(bus, self._busy, lambda spec: sorted(self.pool.specs[spec].models))
+        self.workload = UsageAggregator(bus, self._busy, self._models_of)
         bus.subscribe(self.workload)
         if hasattr(backend, "workload_of"):
             backend.workload_of = self.workload.current
@@ -100,10 +101,26 @@ class Balancer:
         feed.usage_latest = self.workload.latest
         self.dashboard = Dashboard(feed)
         self.url = f"http://{cfg.host}:{cfg.port}"
+        self.fronts: list[Any] = []  # the listeners (cli): a reload changes their body limit
+        # Live reload (reload.py); cli sets one that knows the file, its digest and the overrides.
+        self.reloader = Reloader(self, cfg, None, None)
+        self.operator.reloader = self.reloader
         self.files: FileRegistration | None = None
         if cfg.registration == "file":
             reg_dir = Path(cfg.registration_dir) if cfg.registration_dir else run_dir / "registration"
             self.files = FileRegistration(reg_dir, self.control, bus, cfg.lease_s)
+
+    def _models_of(self, spec: str) -> list[str]:
+        rt = self.pool.specs.get(spec)  # None: a reload removed it
+        return sorted(rt.models) if rt is not None else []
+
+    def set_notify(self, settings: Any) -> None:
+        """A reloaded ``[notify]``: the notifier takes it, or starts with the first address."""
+        if self.notifier is not None:
+            self.notifier.reconfigure(settings)
+        elif settings.urls:
+            self.notifier = Notifier(settings, self.bus)
+            self.bus.subscribe(self.notifier)
 
     def _busy(self) -> list[tuple[str, int, int, float]]:
         return [(s.id, s.calls, s.outstanding, s.busy_s) for s in self.pool.servers.values()]
@@ -120,6 +137,7 @@ class Balancer:
             **self.operator.status_extra(),
             "dashboard": self.dashboard.feed.status(),
             **({"profiles": self.profiler.status()} if self.profiler is not None else {}),
+            "config": self.reloader.status(),
         }
 
     async def start(self, url: str, control_url: str | None = None) -> None:
@@ -214,6 +232,7 @@ class Balancer:
         r.add("POST", "/TestShMem", test_shmem)
         r.add_prefix("POST", "/api/servers/", self.operator.server_action)  # drain, stop
         r.add_prefix("POST", "/api/specs/", self.operator.spec_action)
+        r.add("POST", "/api/reload", self.operator.reload)
         r.add("GET", "/api/servers", self.operator.servers)
         r.add("GET", "/api/status", control.status)
         r.add("GET", "/metrics", lambda req: self.metrics.endpoint(req, control.authorized))

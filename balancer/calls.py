@@ -73,9 +73,19 @@ class Calls:
         self._in_sizes: dict[tuple[str, bytes], list[int]] = LRU()
         self._out_sizes: dict[tuple[str, bytes], list[int]] = LRU()
         self._attempts: dict[str, int] = {}
+        self._reloads = 0
         self._support: dict[str, dict[str, Any]] = {}  # model -> ModelInfo's "support" flags
 
     # -- waiting for servers ---------------------------------------------------------------------
+
+    def reloaded(self, stale: set[str]) -> None:
+        """After a reload: retry limits are looked up again; the ``stale`` models (their servers'
+        command changed) have their cached metadata and sizes asked again of the new servers."""
+        self._attempts.clear()
+        self._reloads += 1
+        for cache in (self._meta, self._in_sizes, self._out_sizes):
+            for key in [k for k in cache if k[-2] in stale]:
+                del cache[key]
     def _max_startup(self) -> float:
         return max(rt.spec.startup_timeout_s for rt in self.pool.specs.values())
 
@@ -221,8 +231,9 @@ class Calls:
         fut = asyncio.get_running_loop().create_future()
         self._meta_inflight[key] = fut
         try:
+            reloads = self._reloads
             ans = await self._fetch_metadata(op, model, body)
-            if ans[0] == 200:
+            if ans[0] == 200 and reloads == self._reloads:  # not an old server's, asked before a reload
                 self._meta[key] = ans
             fut.set_result(ans)
             return ans, False

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .backends import backend_class
-from .config import SCHEDULERS, BalancerConfig, ConfigError, load_config, parse_config
+from .config import SCHEDULERS, BalancerConfig, ConfigError, parse_config, read_config
 from .events import Ev, EventBus
 from .journal import Journal
 
@@ -55,8 +55,14 @@ def _run_dir(cfg: BalancerConfig) -> Path:
     return d.resolve()
 
 
-async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
-    """Run until SIGINT/SIGTERM, then shut down gracefully. Returns the exit code."""
+async def serve(
+    cfg: BalancerConfig,
+    config_path: str | None = None,
+    digest: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> int:
+    """Run until SIGINT/SIGTERM, then shut down gracefully; SIGHUP reloads the configuration file
+    (``overrides``, the command line's options, still win over it). Returns the exit code."""
     from .app import Balancer
     from .backends import make_backend
     from .frontend import FrontServer, HttpLimits
@@ -74,6 +80,7 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     token_file.write_text(token)
     from .profiler import size_specs
 
+    parsed = cfg  # what a reload compares the file with: "auto" resources as written
     cfg = await size_specs(cfg, bus)  # "auto" resources from the profile store, before any backend
     try:
         backend = make_backend(cfg, run_dir)
@@ -82,11 +89,16 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
         journal.close()
         return 2
     balancer = Balancer(cfg, bus, run_dir, token, backend)
+    from .reload import Reloader
+
+    reloader = Reloader(balancer, parsed, config_path, digest, overrides)
+    balancer.reloader = balancer.operator.reloader = reloader
     soft = raise_fd_limit()
     # Leave descriptors for upstream connections, logs and subprocesses: never let clients exhaust them.
     limits = HttpLimits(max_body=cfg.max_body_bytes, max_connections=max(64, min(16384, soft // 2)))
     front = FrontServer(balancer.client_router(), limits, admit=balancer.gate)  # owner-only
     control = FrontServer(balancer.control_router(), limits)  # the launchers', token only
+    balancer.fronts = [front, control]
     where = f"{cfg.host}:{cfg.port}"
     try:
         port = await front.listen(cfg.host, cfg.port)
@@ -108,6 +120,8 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda s=sig: (reason.__setitem__(0, s.name), stop.set()))
+    hup: list[bool] = []  # a SIGHUP before the start is done reloads right after it
+    loop.add_signal_handler(signal.SIGHUP, lambda: hup.append(True))
     try:
         await balancer.start(url, control_url)
     except ConfigError as exc:
@@ -133,7 +147,18 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
         f"(scheduler {cfg.scheduler}, run dir {run_dir})",
         flush=True,
     )
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(_reload_on_signal(balancer))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if hup:
+        on_hup()
     await stop.wait()
+    loop.remove_signal_handler(signal.SIGHUP)
     print(f"balancer: {reason[0]}: stopping (grace {cfg.shutdown_grace_s:g} s)", flush=True)
     # Stop accepting connections, let in-flight calls finish, then stop the servers.
     await front.stop_listening()
@@ -143,6 +168,29 @@ async def serve(cfg: BalancerConfig, config_path: str | None = None) -> int:
     journal.close()
     print("balancer: stopped", flush=True)
     return 0
+
+
+async def _reload_on_signal(balancer: Any) -> None:
+    """SIGHUP: the same reload as ``balancer reload``; its outcome is one line here and journaled."""
+    ok, out = await balancer.reloader.reload(trigger="signal")
+    print(f"balancer: SIGHUP: {describe_reload(out) if ok else f'reload rejected: {out}'}", flush=True)
+
+
+def describe_reload(doc: Any) -> str:
+    """One line for an applied reload (the CLI and SIGHUP say the same)."""
+    parts = []
+    if doc.get("added"):
+        parts.append("added " + ", ".join(doc["added"]))
+    if doc.get("removed"):
+        parts.append("removed " + ", ".join(doc["removed"]) + " (draining)")
+    for name, keys in doc.get("changed", {}).items():
+        n = doc.get("replacing", {}).get(name)
+        more = f", replacing {n} server{'s' * (n != 1)} one by one" if n is not None else ""
+        parts.append(f"changed {name} ({', '.join(keys)}{more})")
+    if doc.get("settings"):
+        parts.append("settings " + ", ".join(doc["settings"]))
+    what = "; ".join(parts) or "no changes"
+    return f"reloaded {doc.get('path')} (hash {doc.get('hash')}): {what}"
 
 
 async def _listen_control(control: Any, cfg: BalancerConfig, run_dir: Path) -> int:
@@ -168,22 +216,23 @@ def _http_url(host: str, port: int) -> str:
 
 
 def _serve_main(args: argparse.Namespace) -> int:
+    overrides = {
+        "scheduler": args.scheduler,
+        "host": args.host,
+        "port": args.port,
+        "journal": args.journal,
+        "run_dir": args.run_dir,
+        "delay_ms": getattr(args, "delay_ms", None),
+        "control_host": args.control_host,
+        "control_port": args.control_port,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     try:
-        cfg = load_config(
-            args.config,
-            scheduler=args.scheduler,
-            host=args.host,
-            port=args.port,
-            journal=args.journal,
-            run_dir=args.run_dir,
-            delay_ms=getattr(args, "delay_ms", None),
-            control_host=args.control_host,
-            control_port=args.control_port,
-        )
+        cfg, digest = read_config(args.config, **overrides)
     except ConfigError as exc:
         print(f"balancer: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(cfg, args.config))
+    return asyncio.run(serve(cfg, os.path.abspath(args.config), digest, overrides))
 
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ A bad key ends the program with one line naming it (``ConfigError``), never a tr
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -63,6 +64,8 @@ class ServerSpec:
     resources: Resources = field(default_factory=Resources)
     # The scheduler's per-server options (partition, threads, ...): its ``ServerOptions`` dataclass.
     options: Any = None
+    # The job script's content digest when the file was read: a reload sees an edited script.
+    script_sha: str = ""
 
     def server_command(self) -> list[str]:
         """The command that starts one model server (it must listen on ``$PORT``)."""
@@ -171,7 +174,7 @@ class BalancerConfig:
         return int(self.max_body_mb * 1024 * 1024)
 
 
-_SPEC_KEYS = {f.name for f in fields(ServerSpec)} - {"options"}
+_SPEC_KEYS = {f.name for f in fields(ServerSpec)} - {"options", "script_sha"}
 _TOP_KEYS = {f.name for f in fields(BalancerConfig)} - {
     "servers", "backend_options", "forecast", "notify", "profiles"
 }
@@ -236,6 +239,7 @@ def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpe
     if (command is None) == (job_script is None):
         raise ConfigError(f"{key}.command", "give exactly one of 'command' or 'job_script'")
     cmd: tuple[str, ...] = ()
+    script_sha = ""
     if command is not None:
         if isinstance(command, str):
             cmd = tuple(shlex.split(command))
@@ -250,8 +254,11 @@ def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpe
         path = Path(job_script)
         if not path.is_absolute():
             path = base_dir / path
-        if not path.is_file():
-            raise ConfigError(f"{key}.job_script", f"no such file: {path}")
+        try:
+            script_sha = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        except OSError as exc:
+            why = "no such file" if not path.exists() else f"cannot read ({exc.strerror or exc})"
+            raise ConfigError(f"{key}.job_script", f"{why}: {path}") from None
         job_script = str(path)
     models = raw.get("models", [])
     if not (isinstance(models, list) and all(isinstance(m, str) and m for m in models)):
@@ -293,6 +300,7 @@ def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpe
         cwd=cwd,
         resources=_parse_resources(f"{key}.resources", raw.get("resources", {})),
         options=_options(scheduler, "ServerOptions", opts, key),
+        script_sha=script_sha,
     )
 
 
@@ -513,13 +521,24 @@ def _check_apprise_urls(urls: list[str]) -> None:
 
 
 def load_config(path: str | os.PathLike[str], **overrides: Any) -> BalancerConfig:
+    return read_config(path, **overrides)[0]
+
+
+def read_config(path: str | os.PathLike[str], **overrides: Any) -> tuple[BalancerConfig, str]:
+    """The validated configuration and the digest of the text it came from (shown by status)."""
     p = Path(path)
     try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
+        data = p.read_bytes()
+        text = data.decode()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(str(path), f"cannot read: {why}") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"invalid TOML: {exc}") from None
-    return parse_config(raw, base_dir=p.resolve().parent, **overrides)
+    return parse_config(raw, base_dir=p.resolve().parent, **overrides), config_digest(data)
+
+
+def config_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]

@@ -148,6 +148,12 @@ class Dispatcher:
             self.by_model.setdefault(m, []).append(server)
         self._hand(server)
 
+    def resized(self, server: Slot) -> None:
+        """``server``'s concurrency changed (a reload): a raised one takes waiting calls now; a
+        lowered one takes none until its calls in flight are below it."""
+        if server.serving:
+            self._hand(server)
+
     def remove(self, server: Slot) -> None:
         server.serving = False
         for m in server.models:

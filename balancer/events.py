@@ -66,6 +66,8 @@ class Ev:
     WORKLOAD_PRIOR: Final = "workload.prior"  # a spec's class guessed from its Python source at start
     WORKLOAD_CLASSIFIED: Final = "workload.classified"  # ... measured: first verdict, then each change
     SERVER_DEFERRED: Final = "server.deferred"  # a local start waits for free GPUs or cores
+    CONFIG_RELOADED: Final = "config.reloaded"  # a reload applied: specs added/removed/changed, settings
+    CONFIG_REJECTED: Final = "config.rejected"  # a reload refused with the reason; nothing changed
 
 
 EVENT_NAMES = frozenset(v for k, v in vars(Ev).items() if k.isupper())

@@ -126,7 +126,10 @@ class Notifier:
         self.started_m = clock()
         self.totals: Counter[str] = Counter()
         self.server_s = 0.0
-        on = set(settings.on)
+        self._handlers, self._on = self._handlers_for(set(settings.on))
+        self._closed = False
+
+    def _handlers_for(self, on: set[str]) -> tuple[dict[str, Callable[[Event], None]], set[str]]:
         handlers: dict[str, Callable[[Event], None]] = {
             Ev.SERVER_REQUESTED: self._requested,
             Ev.SERVER_ADOPTED: self._adopted,
@@ -145,9 +148,18 @@ class Notifier:
             handlers[Ev.CALL_FAILED] = self._call_failed
         if "forecast_window" in on:
             handlers[Ev.CAPACITY_SAMPLE] = self._capacity
-        self._handlers = handlers
-        self._on = on
-        self._closed = False
+        return handlers, on
+
+    def reconfigure(self, settings: NotifySettings) -> None:
+        """A reloaded ``[notify]``: thresholds, kinds and addresses apply from now on. Messages the
+        old addresses were already given still go out to them (their thread ends after them)."""
+        if settings.urls != self.settings.urls:
+            old = self._sender
+            self._sender = _Sender(settings.urls, self._from_thread)
+            old.stop()
+            self._unsent.clear()  # the old thread still reports them; nothing waits on them here
+        self.settings = settings
+        self._handlers, self._on = self._handlers_for(set(settings.on))
 
     def __call__(self, e: Event) -> None:
         if self._closed:  # shutdown sent the last messages; the sender is gone

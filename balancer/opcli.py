@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .apiclient import EXIT_USAGE, CliError, call, target, target_args
@@ -48,6 +49,10 @@ def add_operator_parsers(sub: Any) -> None:
         p.add_argument("spec", help="server spec name")
         target_args(p)
         p.set_defaults(func=_main(_spec_action), action=name)
+    p = sub.add_parser("reload", help="re-read the configuration file, apply what changed (no restart)")
+    p.add_argument("--config", help="read this file instead (it becomes the one later reloads read)")
+    target_args(p)
+    p.set_defaults(func=_main(_reload))
 
 
 Command = Callable[[argparse.Namespace, str, str], tuple[Any, str]]
@@ -95,6 +100,14 @@ def _scale(args: argparse.Namespace, url: str, token: str) -> tuple[Any, str]:
     return doc, text
 
 
+def _reload(args: argparse.Namespace, url: str, token: str) -> tuple[Any, str]:
+    from .cli import describe_reload
+
+    body = {"path": str(Path(args.config).resolve())} if args.config else {}
+    doc = call(url, token, "POST", "/api/reload", body)
+    return doc, f"balancer: {describe_reload(doc)}"
+
+
 def _spec_action(args: argparse.Namespace, url: str, token: str) -> tuple[Any, str]:
     doc = call(url, token, "POST", f"/api/specs/{args.spec}/{args.action}", {})
     if args.action == "pause":
@@ -133,13 +146,23 @@ def format_status(doc: dict[str, Any], url: str) -> str:
     ]
     rows = [["SPEC", "STATE", "READY", "STARTING", "DRAINING", "STOPPING", "MIN", "MAX", "BACKLOG", "MODELS"]]
     for name, sp in doc.get("specs", {}).items():
-        state = "held" if sp["held"] else "paused" if sp["paused"] else "running"
+        flags = (("removed", sp.get("removed")), ("held", sp["held"]), ("paused", sp["paused"]))
+        state = next((f for f, on in flags if on), "running")
         n = sp["servers"]
         counts = [str(n.get("ready", 0)), str(sum(n.get(s, 0) for s in STARTING))]
         counts += [str(n.get("draining", 0)), str(n.get("stopping", 0))]
         limits = [str(sp["min_servers"]), str(sp["max_servers"]), str(sp["backlog"])]
         rows.append([name, state, *counts, *limits, ",".join(sp["models"]) or "?"])
     lines += ["", _table(rows)]
+    conf = doc.get("config")
+    if conf:
+        last = str(conf.get("last_rejected"))
+        last = last if len(last) <= 90 else last[:87] + "..."
+        rej = f", {conf['rejected']} rejected, last: {last}" if conf.get("rejected") else ""
+        lines.append(
+            f"config: {conf.get('path') or '(none)'}  hash {conf.get('hash') or '-'}  loaded "
+            f"{_dur(conf.get('age_s'))} ago  ({conf.get('reloads', 0)} reloads{rej})"
+        )
     queues = {m: n for m, n in doc.get("queues", {}).items() if n}
     waiting = ", ".join(f"{m} {n}" for m, n in queues.items()) if queues else "no call waits"
     lines += ["", f"waiting: {waiting}"]

@@ -19,6 +19,7 @@ import orjson
 from .events import Ev, Event, EventBus
 from .frontend import Reply, Request, error_reply, json_reply
 from .gpus import server_gpus
+from .policy import SpecLimits
 from .pool import Pool, Server, ServerState
 from .scaler import Scaler
 
@@ -104,6 +105,7 @@ class OperatorApi:
         self.stats = CallStats()
         bus.subscribe(self.stats)
         self.workload: Any = None  # the app's UsageAggregator (workload.py): classes, last usage
+        self.reloader: Any = None  # the app's Reloader (reload.py)
 
     # -- views -----------------------------------------------------------------------------------
     def server_view(self, s: Server, now_m: float, now: float) -> dict[str, Any]:
@@ -132,12 +134,13 @@ class OperatorApi:
             c[s.state.value] = c.get(s.state.value, 0) + 1
         limits = {lim.name: lim for lim in self.scaler.limits.specs}
         for name, rt in self.pool.specs.items():
-            lim = limits[name]
+            lim = limits.get(name) or SpecLimits(name, 0, 0)
             out[name] = {
                 "min_servers": lim.min_servers,
                 "max_servers": lim.max_servers,
                 "backlog": lim.backlog,
                 "paused": rt.paused,
+                "removed": bool(rt.removed),
                 "held": rt.held,
                 "held_reason": rt.held_reason or None,
                 "models": sorted(rt.models),
@@ -205,6 +208,8 @@ class OperatorApi:
         if name not in self.pool.specs:
             msg = f"no server spec {name[:64]!r}; known: {sorted(self.pool.specs)}"
             return error_reply("NotFound", msg, 404)
+        if self.pool.specs[name].removed:
+            return error_reply("InvalidInput", f"spec {name!r} was removed by a config reload", 409)
         if action == "scale":
             return self._scale(request, name)
         if action == "pause":
@@ -215,6 +220,28 @@ class OperatorApi:
         resumed = self.pool.resume(name, "operator")
         self._journal(request, "resume", name, changed=changed, held_resumed=resumed)
         return json_reply({"spec": name, "paused": False, "resumed": resumed, "unpaused": changed})
+
+    async def reload(self, request: Request) -> Reply:
+        """``POST /api/reload`` with ``{"path": ...}`` or nothing (the file it was started with):
+        400 with the reason when the file is refused, and then nothing changed."""
+        if not self.authorized(request):
+            return error_reply(*_UNAUTHORIZED)
+        path = None
+        if request.body.strip():
+            try:
+                doc = orjson.loads(request.body)
+            except orjson.JSONDecodeError as exc:
+                return error_reply("InvalidInput", f"body is not JSON: {exc}", 400)
+            if not isinstance(doc, dict) or set(doc) - {"path"}:
+                return error_reply("InvalidInput", 'expected {} or {"path": "/absolute/config.toml"}', 400)
+            path = doc.get("path")
+            if path is not None and not (isinstance(path, str) and path.startswith("/")):
+                return error_reply("InvalidInput", f"path must be an absolute path, got {path!r}", 400)
+        who = request.headers.get(b"x-balancer-user", b"").decode("utf-8", "replace")[:64] or None
+        ok, out = await self.reloader.reload(path, "api", who, request.remote)
+        if not ok:
+            return error_reply("InvalidInput", str(out), 400)
+        return json_reply(out)
 
     def _scale(self, request: Request, name: str) -> Reply:
         try:

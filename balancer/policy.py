@@ -63,6 +63,8 @@ class ServerView(Protocol):
     requested_m: float
     deadline_m: float | None  # monotonic time its job will be killed, if known
     replaced: bool  # a replacement was already started for it (draining servers)
+    outdated: bool  # started from a spec a config reload has since changed: to be replaced
+    successor: bool  # started by a rolling replacement, not yet paired with an outdated server
 
     @property
     def phase(self) -> Phase: ...
@@ -233,6 +235,7 @@ class StartReason(str, enum.Enum):
     REPLACE = "replace"  # a server drains before its time limit
     RETRY = "retry"  # a held spec tries one start again, after a growing back-off
     PREWARM = "prewarm"  # demand, grown beyond the backlog into predicted idle capacity
+    ROLLOUT = "rollout"  # the successor of a server a config reload changed (rolling replacement)
 
 
 class StopReason(str, enum.Enum):
@@ -240,6 +243,8 @@ class StopReason(str, enum.Enum):
     TIME_LIMIT = "time limit ahead"
     POLITE = "cluster fills up"  # idle, stopped early: the forecast says others need the CPUs
     SHUTDOWN = "shutdown"
+    OUTDATED = "outdated by config reload"  # still starting when its spec changed: never made ready
+    MAX_SERVERS = "max_servers"  # idle beyond a lowered max_servers
 
 
 @dataclass(frozen=True)
@@ -271,10 +276,13 @@ class GiveUp:
 
 @dataclass(frozen=True)
 class Drain:
-    """Take no new calls: the server's job hits its time limit within the margin."""
+    """Take no new calls: the server's job hits its time limit within the margin, or (``retires``)
+    its successor from a rolling replacement is ready."""
 
     spec: str
     server: str
+    retires: str | None = None  # the ready successor that takes this outdated server's place
+    reason: StopReason = StopReason.TIME_LIMIT
 
 
 @dataclass(frozen=True)
@@ -404,7 +412,10 @@ def _decide_spec(
         if ph is Phase.READY:
             ready.append(s)
         elif ph is Phase.STARTING:
-            starting.append(s)
+            if s.outdated:  # a reload changed how it starts before it was ready: it never serves
+                out.append(Stop(lim.name, s.id, StopReason.OUTDATED, target=0))
+            else:
+                starting.append(s)
         elif ph is Phase.DRAINING:
             draining.append(s)
     # A start that never became ready within its timeout is given up (a failed start). It still
@@ -448,10 +459,42 @@ def _decide_spec(
                 drained_now.add(s.id)
                 n_ready -= 1
                 live -= 1
+    # Rolling replacement (a reload changed how this spec's servers start): an outdated server
+    # drains only once a successor is ready in its place, so the spec never has fewer ready servers
+    # than before; successors start below, up to the backlog at a time.
+    retired: set[str] = set()  # drained now with no replacement of their own to start
+    rollout = 0
+    old = [s for s in ready if s.outdated and s.id not in drained_now]
+    if old:
+        succ = [s for s in ready if s.successor and not s.outdated and s.id not in drained_now]
+        old.sort(key=lambda s: (s.outstanding, s.idle_since_m))
+        for y, x in zip(succ, old, strict=False):
+            out.append(Drain(lim.name, x.id, retires=y.id))
+            draining.append(x)
+            drained_now.add(x.id)
+            retired.add(x.id)
+            n_ready -= 1
+            live -= 1
+        rollout = max(0, len(old) - len(succ) - sum(1 for s in starting if s.successor))
+    # Above max_servers (it was lowered by a reload or the operator): idle servers stop now, busy
+    # ones drain, finishing their calls; replaced servers the block above drains are counted out.
+    surplus = n_ready - lim.max_servers
+    if surplus > 0:
+        rest = [s for s in ready if s.id not in drained_now]
+        for s in sorted(rest, key=lambda s: (s.outstanding, s.idle_since_m))[:surplus]:
+            if s.outstanding:
+                out.append(Drain(lim.name, s.id, reason=StopReason.MAX_SERVERS))
+                draining.append(s)
+            else:
+                out.append(Stop(lim.name, s.id, StopReason.MAX_SERVERS, target=live - 1))
+            drained_now.add(s.id)
+            retired.add(s.id)
+            n_ready -= 1
+            live -= 1
     for s in draining:
         if s.outstanding == 0:
             out.append(Stop(lim.name, s.id, StopReason.TIME_LIMIT, target=live))
-    unreplaced = [s.id for s in draining if not s.replaced]
+    unreplaced = [s.id for s in draining if not s.replaced and s.id not in retired]
     # How many to start, and why: min_servers, then demand, then replacements of draining servers.
     wanted, reason = 0, StartReason.MIN_SERVERS
     if n_ready + n_starting < lim.min_servers:
@@ -495,6 +538,12 @@ def _decide_spec(
         if budget is not None:
             budget[0] -= n * lim.cpus
         out.append(Start(lim.name, n, reason, target=live, replaces=replaces, time_limit_s=time_limit))
+        n_starting += n
+    if rollout and not obs.paused and not held and not backing_off:
+        k = min(rollout, lim.backlog - n_starting)
+        if k > 0:
+            live += k
+            out.append(Start(lim.name, k, StartReason.ROLLOUT, target=live))
     if obs.waiting == 0:
         timeout, why = lim.idle_timeout_s, StopReason.IDLE
         if fv is not None:

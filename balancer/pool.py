@@ -111,6 +111,8 @@ class Server:
     deadline_wall: float | None = None  # Unix time its job will be killed
     deadline_m: float | None = None  # the same on the monotonic clock, for the policy
     replaced: bool = False
+    outdated: bool = False  # a reload changed how its spec starts: a successor replaces it
+    successor: bool = False  # started in a rolling replacement, to take an outdated one's place
     drain_reason: str | None = None  # why the operator drained it (the policy's drains leave it None)
     lease_waiter: asyncio.Future[None] | None = None
     upstream: Upstream | None = None  # keep-alive connections, set when the server is ready
@@ -136,6 +138,7 @@ class SpecRuntime:
     held: bool = False
     held_reason: str = ""
     paused: bool = False  # the operator paused it: no starts until resumed
+    removed: str = ""  # why a reload removed it: its servers drain, it is forgotten once they are gone
 
 
 class Pool:
@@ -356,6 +359,61 @@ class Pool:
         self.bus.emit(Ev.SPEC_HELD, spec=spec, failures=failures, reason=reason)
         self.fail_unservable(rt.held_reason)
 
+    # -- a reloaded configuration (reload.py decides what changed) --------------------------------
+    def add_spec(self, spec: ServerSpec) -> None:
+        """A new spec: its listed models are servable at once, others once a server says them."""
+        self.specs[spec.name] = SpecRuntime(spec, set(spec.models), discovered=bool(spec.models))
+        self.changed()
+
+    def update_spec(self, spec: ServerSpec, relaunch: bool) -> list[Server]:
+        """Take a changed spec. Limits (concurrency too) apply to the running servers at once; with
+        ``relaunch`` (its command, environment, resources... changed) they become outdated and the
+        policy replaces them one by one. Returns the servers to be replaced."""
+        rt = self.specs[spec.name]
+        if spec.models != rt.spec.models and spec.models:
+            rt.models, rt.discovered = set(spec.models), True
+        rt.spec = spec
+        outdated = []
+        for s in self.servers.values():
+            if s.spec.name != spec.name:
+                continue
+            s.successor = False  # a new rollout pairs only its own successors
+            if relaunch and s.state in (*NOT_YET_READY, S.READY):
+                s.outdated = True
+                outdated.append(s)
+            elif not s.outdated:
+                s.spec = spec
+                if s.concurrency != spec.concurrency:
+                    s.concurrency = spec.concurrency
+                    if s.state is S.READY:
+                        self.dispatcher.resized(s)  # more slots: waiting calls take them now
+        if relaunch:
+            rt.failures = 0  # a fixed command deserves a fresh start, held or not
+            self.resume(spec.name, "its spec changed in a config reload")
+        self.changed()
+        return outdated
+
+    def remove_spec(self, name: str, reason: str) -> None:
+        """Start nothing more of ``name``: ready servers drain (their calls finish), others stop;
+        calls waiting for models no other spec serves fail now with ``reason``."""
+        rt = self.specs[name]
+        rt.removed = reason
+        for s in list(self.servers.values()):
+            if s.spec.name == name:
+                if s.state is S.READY:
+                    self.drain(s, reason)
+                elif s.state in NOT_YET_READY:
+                    self.stop(s, reason)
+        self.fail_unservable(reason)
+
+    def forget_removed(self) -> list[str]:
+        """Removed specs with no server left leave the pool; returns their names."""
+        busy = {s.spec.name for s in self.servers.values()}
+        gone = [n for n, rt in self.specs.items() if rt.removed and n not in busy]
+        for n in gone:
+            del self.specs[n]
+        return gone
+
     # -- BackendEvents ---------------------------------------------------------------------------
     def job_started(self, server_id: str, job_id: str, host: str) -> None:
         s = self.servers.get(server_id)
@@ -384,11 +442,17 @@ class Pool:
             return False
         if self.dispatcher.by_model.get(model):
             return True
-        return any(not rt.held and (model in rt.models or not rt.discovered) for rt in self.specs.values())
+        return any(
+            not rt.held and not rt.removed and (model in rt.models or not rt.discovered)
+            for rt in self.specs.values()
+        )
 
     def unservable_reason(self, model: str) -> str:
         if self.closing:
             return "the balancer is shutting down"
+        removed = [rt.removed for rt in self.specs.values() if rt.removed and model in rt.models]
+        if removed:
+            return f"no server for model '{model}': {removed[0]}"
         held = [rt.held_reason for rt in self.specs.values() if rt.held]
         return f"no server for model '{model}' became ready" + (f" ({'; '.join(held)})" if held else "")
 
@@ -402,15 +466,16 @@ class Pool:
     def known_models(self) -> list[str]:
         seen: dict[str, None] = {}
         for rt in self.specs.values():
-            for m in sorted(rt.models):
-                seen[m] = None
+            if not rt.removed:
+                for m in sorted(rt.models):
+                    seen[m] = None
         return list(seen)
 
     def all_discovered(self) -> bool:
-        return all(rt.discovered or rt.held for rt in self.specs.values())
+        return all(rt.discovered or rt.held or rt.removed for rt in self.specs.values())
 
     def serves(self, model: str) -> bool:
-        return any(model in rt.models for rt in self.specs.values())
+        return any(model in rt.models and not rt.removed for rt in self.specs.values())
 
     # -- waiting on pool state -------------------------------------------------------------------
     def changed(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
@@ -51,6 +52,7 @@ from .policy import (
 )
 from .pool import Pool, Server, ServerState
 
+RETIRED = "replaced by config reload"  # why an outdated server drains in a rolling replacement
 MIN_GAP_S = 0.01  # however many calls queue, at most one pass per 10 ms
 ERROR_REPEAT_S = 60.0  # the same error is journaled again after this long
 RECENT_DECISIONS = 100  # kept for a newly opened dashboard
@@ -129,9 +131,18 @@ class Scaler:
         except Exception as exc:
             self._failed(f"{type(exc).__name__}: {exc}")
             return []
+        if any(rt.removed for rt in self.pool.specs.values()):
+            self._forget_removed()
         self.passes += 1
         self.error = None
         return actions
+
+    def _forget_removed(self) -> None:
+        """A spec a reload removed leaves the pool and the limits once its last server is gone."""
+        gone = self.pool.forget_removed()
+        if gone:
+            specs = tuple(lim for lim in self.limits.specs if lim.name not in gone)
+            self.limits = dataclasses.replace(self.limits, specs=specs)
 
     def _failed(self, error: str) -> None:
         self.errors += 1
@@ -190,6 +201,9 @@ class Scaler:
                 if s is not None:
                     s.replaced = True
             servers = [pool.add_server(a.spec, a.reason.value) for _ in range(a.count)]
+            if a.reason is StartReason.ROLLOUT:
+                for s in servers:
+                    s.successor = True
             pool.spawn(self._submit([self._launch(s, a.time_limit_s) for s in servers]))
         elif isinstance(a, Stop):
             if a.reason in (StopReason.IDLE, StopReason.POLITE):
@@ -207,7 +221,18 @@ class Scaler:
                 pool.fail(s, "startup timeout")
         elif isinstance(a, Drain):
             s = pool.servers.get(a.server)
-            if s is not None:
+            if a.retires is not None:
+                succ = pool.servers.get(a.retires)
+                if succ is not None:
+                    succ.successor = False  # it has taken its place
+                if s is not None:
+                    self._decision(a.spec, "drain", RETIRED, 0, server=a.server, successor=a.retires)
+                    pool.drain(s, RETIRED)
+            elif a.reason is StopReason.MAX_SERVERS:
+                if s is not None:
+                    self._decision(a.spec, "drain", a.reason.value, 0, server=a.server)
+                    pool.drain(s, "above max_servers")
+            elif s is not None:
                 pool.transition(s, ServerState.DRAINING, StopReason.TIME_LIMIT.value)
         elif isinstance(a, Hold):
             pool.hold(a.spec, a.failures, a.reason)

@@ -42,6 +42,8 @@ class V:
     requested_m: float = 0.0
     deadline_m: float | None = None
     replaced: bool = False
+    outdated: bool = False
+    successor: bool = False
 
 
 def test_pick_server_least_outstanding_with_free_slot():

@@ -106,6 +106,8 @@ class _Server:
     idle_since_m: float = 0.0
     deadline_m: float | None = None
     replaced: bool = False
+    outdated: bool = False
+    successor: bool = False
     state: Phase = Phase.STARTING
     call: int = -1  # the call it computes, -1 for none
     attempt: int = 0  # bumped when a call is taken from it, so its completion is ignored
