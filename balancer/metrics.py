@@ -89,6 +89,7 @@ class Metrics(Collector):
             Ev.SERVER_REQUESTED: self._requested,
             Ev.SERVER_ADOPTED: self._adopted,
             Ev.SERVER_READY: self._ready,
+            Ev.CONFIG_RELOADED: self._ready,  # a new spec's listed models, a removed one's
             Ev.SERVER_FAILED: self._server_failed,
             Ev.SERVER_STOPPED: self._server_stopped,
             Ev.SPEC_HELD: self._spec_held,
@@ -152,7 +153,7 @@ class Metrics(Collector):
 
     def _ready(self, e: Event) -> None:
         # Discovery happens when a spec's first server is ready: its models become labels.
-        self._known = frozenset(m for rt in self.pool.specs.values() for m in rt.models)
+        self._known = frozenset(m for rt in self.pool.specs.values() if not rt.removed for m in rt.models)
 
     def _server_failed(self, e: Event) -> None:
         spec = self._server_spec.pop(e["server"], None)

@@ -65,6 +65,7 @@ class ServerView(Protocol):
     replaced: bool  # a replacement was already started for it (draining servers)
     outdated: bool  # started from a spec a config reload has since changed: to be replaced
     successor: bool  # started by a rolling replacement, not yet paired with an outdated server
+    deferred: bool  # its start waits for cores or GPUs this machine's servers hold (local backend)
 
     @property
     def phase(self) -> Phase: ...
@@ -468,6 +469,11 @@ def _decide_spec(
     if old:
         succ = [s for s in ready if s.successor and not s.outdated and s.id not in drained_now]
         old.sort(key=lambda s: (s.outstanding, s.idle_since_m))
+        # A successor whose start waits for the cores or GPUs the old servers hold (a machine
+        # already full) cannot come first: its predecessor drains now and frees them, one at a time.
+        freeing = drained_now or any(s.phase in (Phase.DRAINING, Phase.STOPPING) for s in obs.servers)
+        if not freeing:
+            succ += [s for s in starting if s.successor and s.deferred][:1]
         for y, x in zip(succ, old, strict=False):
             out.append(Drain(lim.name, x.id, retires=y.id))
             draining.append(x)
@@ -475,7 +481,8 @@ def _decide_spec(
             retired.add(x.id)
             n_ready -= 1
             live -= 1
-        rollout = max(0, len(old) - len(succ) - sum(1 for s in starting if s.successor))
+        waiting_succ = sum(1 for s in starting if s.successor and s.id not in {y.id for y in succ})
+        rollout = max(0, len(old) - len(succ) - waiting_succ)
     # Above max_servers (it was lowered by a reload or the operator): idle servers stop now, busy
     # ones drain, finishing their calls; replaced servers the block above drains are counted out.
     surplus = n_ready - lim.max_servers

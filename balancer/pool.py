@@ -113,6 +113,7 @@ class Server:
     replaced: bool = False
     outdated: bool = False  # a reload changed how its spec starts: a successor replaces it
     successor: bool = False  # started in a rolling replacement, to take an outdated one's place
+    deferred: bool = False  # the backend holds its start until cores or GPUs are free
     drain_reason: str | None = None  # why the operator drained it (the policy's drains leave it None)
     lease_waiter: asyncio.Future[None] | None = None
     upstream: Upstream | None = None  # keep-alive connections, set when the server is ready
@@ -415,10 +416,18 @@ class Pool:
         return gone
 
     # -- BackendEvents ---------------------------------------------------------------------------
+    def job_deferred(self, server_id: str) -> None:
+        """The backend holds this start until resources this machine's servers hold are free."""
+        s = self.servers.get(server_id)
+        if s is not None and not s.deferred:
+            s.deferred = True
+            self.changed()
+
     def job_started(self, server_id: str, job_id: str, host: str) -> None:
         s = self.servers.get(server_id)
         if s is None:
             return
+        s.deferred = False
         s.job, s.host = job_id, host
         fields = {"spec": s.spec.name, "job": job_id, "host": host}
         if not self.transition(s, S.STARTING, **fields):

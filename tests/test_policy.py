@@ -44,6 +44,7 @@ class V:
     replaced: bool = False
     outdated: bool = False
     successor: bool = False
+    deferred: bool = False
 
 
 def test_pick_server_least_outstanding_with_free_slot():

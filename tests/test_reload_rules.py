@@ -100,3 +100,13 @@ def test_lowered_max_servers_stops_idle_surplus_and_drains_busy_surplus():
     assert acts[2] == Drain("m", "a", reason=StopReason.MAX_SERVERS)
     assert len(acts) == 3  # one busy server keeps serving: the new max
     assert run(servers[:1], lim=LIM) == []
+
+
+def test_a_successor_waiting_for_the_old_servers_cores_lets_one_of_them_go_first():
+    old = [V("o1", outstanding=1, outdated=True), V("o2", outstanding=1, outdated=True)]
+    stuck = [V("n1", Phase.STARTING, successor=True, deferred=True),
+             V("n2", Phase.STARTING, successor=True, deferred=True)]  # fmt: skip
+    assert run([*old, *stuck], lim=lim(max_servers=2)) == [Drain("m", "o1", retires="n1")]
+    # While that one drains (its cores not yet free), no second old server goes.
+    draining = V("o1", Phase.DRAINING, outstanding=1, outdated=True, replaced=True)
+    assert run([draining, old[1], stuck[1]], lim=lim(max_servers=2)) == []

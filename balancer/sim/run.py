@@ -108,6 +108,7 @@ class _Server:
     replaced: bool = False
     outdated: bool = False
     successor: bool = False
+    deferred: bool = False
     state: Phase = Phase.STARTING
     call: int = -1  # the call it computes, -1 for none
     attempt: int = 0  # bumped when a call is taken from it, so its completion is ignored
