@@ -106,6 +106,9 @@ class Profiler:
         self.store = store
         self.specs = {s.name: s for s in cfg.servers}
         self.hashes = {s.name: spec_hash(s) for s in cfg.servers}
+        # Figures are kept per key: a spec's name for its current version, ``name\0hash`` for a
+        # version a reload replaced while its servers still run (``reconfigure``): key -> name.
+        self.names: dict[str, str] = {}
         self.servers: dict[str, _Server] = {}
         self.calls: dict[str, list[Any]] = {}  # call -> [op, model, server]
         self.spec_figs: dict[str, dict[str, Any]] = {}
@@ -116,6 +119,53 @@ class Profiler:
         self._task: asyncio.Task[None] | None = None
         self.flushes = 0
         self.error: str | None = None
+
+    # -- reload ------------------------------------------------------------------------------------
+    def reconfigure(self, cfg: Any) -> None:
+        """Take a reloaded configuration (sync: nothing is flushed here). A new spec gets figures
+        from now on. A spec whose ``spec_hash`` changed (command, job script) keeps its figures so
+        far, and the servers it still runs, under its old hash (a key of its own): its new servers'
+        figures go to the new hash's profile, never merged with the old one; a change back to a hash
+        seen earlier in the run continues that hash's figures. A removed spec stays known until the
+        run ends, so its remaining servers' figures flush under its hash. ``[profiles] path`` is
+        the store opened at start; the other settings apply at once."""
+        self.settings = cfg.profiles
+        for spec in cfg.servers:
+            name, new = spec.name, spec_hash(spec)
+            old = self.hashes.get(name)
+            if old is not None and old != new:
+                self._rekey(name, f"{name}\0{old}")
+                if f"{name}\0{new}" in self.hashes:
+                    self._rekey(f"{name}\0{new}", name)
+            before = self.specs.get(name)
+            self.specs[name], self.hashes[name] = spec, new
+            if before is not None and before.resources != spec.resources:
+                res = spec.resources
+                f = self.spec_figs.get(name)
+                if f is not None:  # the store keeps the latest resources given (a replace key)
+                    f["resources"] = {"cpus": res.cpus, "memory": res.memory, "gpus": res.gpus,
+                                      "time_limit": res.time_limit}  # fmt: skip
+                for k in [k for k in self.mismatches if k[0] == name]:  # advice on what was given
+                    del self.mismatches[k]
+
+    def _rekey(self, src: str, dst: str) -> None:
+        """Move the figures, servers and advice of key ``src`` to ``dst`` (a free key)."""
+        name = self.names.pop(src, src)
+        if dst != name:
+            self.names[dst] = name
+        self.specs[dst] = self.specs.pop(src)
+        self.hashes[dst] = self.hashes.pop(src)
+        if src in self.spec_figs:
+            self.spec_figs[dst] = self.spec_figs.pop(src)
+        for spec, model in [k for k in self.model_figs if k[0] == src]:
+            self.model_figs[(dst, model)] = self.model_figs.pop((spec, model))
+        for k in [k for k in self._op_figs if k[0] == src]:
+            del self._op_figs[k]  # a lookup cache of the dicts just moved
+        for spec, resource in [k for k in self.mismatches if k[0] == src]:
+            self.mismatches[(dst, resource)] = self.mismatches.pop((spec, resource))
+        for s in self.servers.values():
+            if s.spec == src:
+                s.spec = dst
 
     # -- the event path ----------------------------------------------------------------------------
     def __call__(self, e: Event) -> None:
@@ -296,7 +346,8 @@ class Profiler:
                 self._mismatch(spec, "memory", res.memory, used_m, text)
 
     def _mismatch(self, spec: str, resource: str, given: Any, used: Any, advice: str) -> None:
-        doc = {"spec": spec, "resource": resource, "given": given, "used": used, "advice": advice}
+        name = self.names.get(spec, spec)
+        doc = {"spec": name, "resource": resource, "given": given, "used": used, "advice": advice}
         self.mismatches[(spec, resource)] = doc
         self.bus.emit(PROFILE_MISMATCH, **doc)
 
@@ -319,10 +370,11 @@ class Profiler:
                 f["lifetime_max"] = max(f.get("lifetime_max", 0.0), now_m - s.ready_m)
                 s.wall_mark = now_m
         now: dict[tuple[str, str, str], dict[str, Any]] = {}
+        names = self.names
         for spec, f in self.spec_figs.items():
-            now[(spec, self.hashes[spec], SPEC_ROW)] = f
+            now[(names.get(spec, spec), self.hashes[spec], SPEC_ROW)] = f
         for (spec, model), f in self.model_figs.items():
-            now[(spec, self.hashes[spec], model)] = f
+            now[(names.get(spec, spec), self.hashes[spec], model)] = f
         now = json.loads(json.dumps({"\0".join(k): v for k, v in now.items()}))  # a deep copy
         out, new = {}, set()
         for joined, figs in now.items():

@@ -159,8 +159,9 @@ class UsageAggregator:
     def __init__(self, bus: EventBus, busy: Busy, models: Callable[[str], list[str]]) -> None:
         self.bus = bus
         self.busy = busy
-        self.models = models
+        self._models_of = models
         self.specs: dict[str, SpecWorkload] = {}
+        self._old: set[str] = set()  # servers of a spec version a reload replaced (``forget``)
         self.latest: dict[str, dict[str, Any]] = {}  # server -> its last usage sample (GPU use)
         self._last: dict[str, _Last] = {}
         self._usage = getattr(Ev, "SERVER_USAGE", "server.usage")
@@ -186,6 +187,21 @@ class UsageAggregator:
         for spec, w in self.specs.items():
             if w.verdict is not None and w.verdict.cls is not None:
                 self._emit(spec, w, w.verdict, final=True)
+
+    def models(self, spec: str) -> list[str]:
+        """The spec's models, [] for one a reload removed (or any lookup that fails)."""
+        try:
+            return list(self._models_of(spec))
+        except Exception:
+            return []
+
+    def forget(self, spec: str) -> None:
+        """A reload changed what ``spec`` runs (command, environment, job script): its counters,
+        verdict and prior so far were of the old version, so they go (``journal_priors`` for the
+        new version sets the prior again); samples of the servers still running the old version are
+        not counted from now on. Sync, cheap; no event."""
+        self.specs.pop(spec, None)
+        self._old.update(sid for sid, e in self.latest.items() if e.get("spec") == spec)
 
     def _emit(self, spec: str, w: SpecWorkload, v: Verdict, final: bool = False) -> None:
         self.bus.emit(
@@ -257,6 +273,7 @@ class UsageAggregator:
         elif ev in ("server.stopped", "server.failed"):
             self._last.pop(e.get("server", ""), None)
             self.latest.pop(e.get("server", ""), None)
+            self._old.discard(e.get("server", ""))
 
     def _sample(self, e: dict[str, Any]) -> None:
         sid, spec = e.get("server"), e.get("spec")
@@ -273,7 +290,7 @@ class UsageAggregator:
         running = self.busy_at(sid, end - dt, end)
         last = self._last.get(sid)
         self._last[sid] = now
-        if last is None or running < BUSY_MIN:
+        if last is None or running < BUSY_MIN or sid in self._old:
             return  # the first sample has no deltas; a (mostly) idle interval says nothing of the model
         w = self.specs.setdefault(spec, SpecWorkload())
         c = w.counters
@@ -299,11 +316,14 @@ class UsageAggregator:
         w.verdict = v
 
 
-async def journal_priors(specs: list[Any], bus: EventBus, agg: UsageAggregator, store: Any = None) -> None:
+async def journal_priors(
+    specs: Iterable[Any], bus: EventBus, agg: UsageAggregator, store: Any = None
+) -> None:
     """The prior of every spec, journaled as ``workload.prior`` before the first start, so the local
     backend already pins a model that looks CPU-bound: the class its profile's counters give (earlier
     runs measured it: ``profiles.py`` keeps them), else the guess from its Python source. Both read
-    files, off the event loop."""
+    files, off the event loop. A reload calls it again for its new and changed specs only: each
+    call sets the priors of the specs it is given and touches no other."""
     from .workload_prior import as_fields, prior_of
 
     for spec in specs:

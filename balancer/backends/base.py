@@ -10,8 +10,10 @@ limit at a known time. Registration itself comes from the launcher over HTTP, no
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -121,7 +123,20 @@ class Backend(ABC):
         self.events = events
 
     async def start(self) -> None:  # noqa: B027 - optional hook, a no-op by default
-        """Prepare (connect to the scheduler, validate options). Raise ConfigError on bad config."""
+        """Prepare (connect to the scheduler, validate options). Raise ConfigError on bad config;
+        the per-spec part of that validation is ``check_specs``, which ``start`` calls."""
+
+    async def check_specs(self, specs: Sequence[ServerSpec]) -> None:  # noqa: B027 - optional hook
+        """Raise ConfigError (``servers.<name>.<field>``) for a spec this backend could never start.
+        Called by ``start`` for every spec, and by a reload for its new and changed specs before
+        anything is applied: it changes nothing, so a rejected reload leaves the backend as it was."""
+
+    def reconfigure(self, cfg: BalancerConfig) -> None:
+        """Take a reloaded configuration (its specs already passed ``check_specs``): later submits
+        use its live settings (``delay_ms``, ...). ``[backend]`` options are fixed at start: a
+        backend keeps the ones it started with. Each launch carries its own spec (``Launch.spec``),
+        so nothing here may stand in for what a launch asks for."""
+        self.cfg = dataclasses.replace(cfg, backend_options=self.cfg.backend_options)
 
     @abstractmethod
     async def submit(self, launches: list[Launch]) -> None:

@@ -29,16 +29,16 @@ import math
 import shutil
 import time
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import ConfigError, ServerSpec
+from ..config import BalancerConfig, ConfigError, ServerSpec
 from ..policy import format_time_limit
 from .base import Backend, Launch, Submissions
 from .commands import run_command
-from .jobscript import JobScripts
+from .jobscript import JobScripts, read_directives
 from .options import BatchOptions, BatchServerOptions
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,9 @@ class BatchBackend(JobScripts, Backend):
     TOOLS: ClassVar[tuple[str, ...]] = ()  # commands that must be on PATH
     STATES: ClassVar[dict[str, JobState]] = {}  # native state -> JobState
 
-    async def check(self) -> None:
-        """Validate what needs the scheduler (partitions, queues); raise ConfigError."""
+    async def check(self, specs: Sequence[ServerSpec]) -> None:
+        """Validate what of ``specs`` needs the scheduler (partitions, queues); raise ConfigError.
+        Called at start for every spec and on a reload for the new and changed ones."""
 
     @abstractmethod
     def submit_argv(self, spec: ServerSpec, n_jobs: int, script: Path, log_dir: Path) -> list[str]:
@@ -145,6 +146,7 @@ class BatchBackend(JobScripts, Backend):
         self.jobs: dict[tuple[str, str], _Job] = {}
         self.by_server: dict[str, _Job] = {}
         self.scripts: dict[str, Path] = {}
+        self._script_texts: dict[str, str] = {}
         self._directives: dict[str, list[str]] = {}
         self.job_names: dict[str, str] = {}  # spec -> job name
         self._submissions = Submissions()
@@ -168,16 +170,38 @@ class BatchBackend(JobScripts, Backend):
                     f"{self.name}: {tool} is not on PATH (load the {self.name} module first)",
                 )
             self._bin[tool] = path
-        for spec in self.cfg.servers:
+        await self.check_specs(self.cfg.servers)
+        self._name_jobs(self.cfg.servers)
+        self._poller = asyncio.create_task(self._poll_loop(), name=f"{self.name}-poll")
+
+    async def check_specs(self, specs: Sequence[ServerSpec]) -> None:
+        """Each job script readable (read afresh, not from the cache), then the scheduler's own
+        ``check`` (partitions, ...). The tools found at start are not looked for again."""
+        for spec in specs:
+            if not spec.job_script:
+                continue
             try:
-                self.directives(spec)
+                await asyncio.to_thread(read_directives, spec.job_script, self.DIRECTIVE)
             except OSError as exc:
                 raise ConfigError(
                     f"servers.{spec.name}.job_script", f"cannot read: {exc.strerror or exc}"
                 ) from None
-            self.job_names[spec.name] = f"{self.opts.job_name}-{spec.name}-{self.run_id}"
-        await self.check()
-        self._poller = asyncio.create_task(self._poll_loop(), name=f"{self.name}-poll")
+        await self.check(specs)
+
+    def _name_jobs(self, specs: Iterable[ServerSpec]) -> None:
+        """A job name for each spec not named yet; a known spec keeps its name (its jobs, ended or
+        not, are found by it; the names are fixed per run directory, so a restart finds them too)."""
+        for spec in specs:
+            self.job_names.setdefault(spec.name, f"{self.opts.job_name}-{spec.name}-{self.run_id}")
+
+    def reconfigure(self, cfg: BalancerConfig) -> None:
+        """New specs get job names; a removed spec keeps its name, so its jobs are still polled
+        until they end. The cached directives are dropped (a job script changed in place is read
+        again); the generated script follows each launch's spec (``_script``), and so do its
+        resources (``submit_argv``): nothing cached at start stands in for them."""
+        super().reconfigure(cfg)
+        self._name_jobs(cfg.servers)
+        self._directives.clear()
 
     async def run(self, tool: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
         """Run one of the scheduler's commands off the event loop: (exit code, stdout, stderr)."""
@@ -201,8 +225,8 @@ class BatchBackend(JobScripts, Backend):
         self._submissions.begin(ids)
         argv = [self.TOOLS[0] if self.TOOLS else self.name]
         try:
-            argv = self.submit_argv(spec, n_jobs, self._script(spec, log_dir), log_dir)
             async with self._submit_lock:
+                argv = self.submit_argv(spec, n_jobs, self._script(spec, log_dir), log_dir)
                 wait = self._last_submit_m + self.cfg.delay_ms / 1000 - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)

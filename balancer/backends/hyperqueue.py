@@ -26,12 +26,13 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..config import BalancerConfig, ConfigError, ServerSpec
 from ..procgroup import OUTER_GRACE_S, end_group, group_env_has
 from .base import ENV_JOB_ID, Backend, Launch, Submissions, launcher_argv
 from .hq_client import HqClient
@@ -116,7 +117,8 @@ class HyperQueueBackend(Backend):
         self.opts: HqOptions = self.cfg.backend_options
         self.jobs: dict[str, _Job] = {}
         self.server = HqServer(self.opts, self.run_dir)
-        self.requests: dict[str, HqRequest] = {}
+        self.requests: dict[str, HqRequest] = {}  # spec name -> its request (also for the collectors)
+        self._request_specs: dict[str, ServerSpec] = {}  # spec name -> the spec its request is of
         self._client: HqClient | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hyperqueue")
         self._poller: asyncio.Task[None] | None = None
@@ -136,7 +138,8 @@ class HyperQueueBackend(Backend):
                 "needs the hyperqueue package: pip install 'umbridge-balancer[hyperqueue]'",
             )
         await self.server.resolve()
-        self._check_specs()
+        await self.check_specs(self.cfg.servers)
+        self._cache_requests(self.cfg.servers)
         try:
             self._client = await self.server.start(self._call)
         except BaseException:
@@ -144,12 +147,32 @@ class HyperQueueBackend(Backend):
             raise
         self._poller = asyncio.create_task(self._poll_loop(), name="hyperqueue-poll")
 
-    def _check_specs(self) -> None:
-        """Turn requests no worker can satisfy into config errors, not servers that never start."""
+    async def check_specs(self, specs: Sequence[ServerSpec]) -> None:
+        """Turn requests no worker can satisfy into config errors, not servers that never start
+        (after ``server.resolve``: whether the workers are the embedded ones decides)."""
+        self._check_specs(specs)
+
+    def _cache_requests(self, specs: Sequence[ServerSpec]) -> None:
+        """Each spec's request (its ``#HQ`` directives read now), for ``submit``."""
+        try:
+            self.requests = {spec.name: hq_request(spec, self.opts.gpu_resource) for spec in specs}
+        except (ConfigError, OSError):  # the script changed since check_specs: each submit asks afresh
+            self.requests = {}
+        self._request_specs = {spec.name: spec for spec in specs}
+
+    def reconfigure(self, cfg: BalancerConfig) -> None:
+        """Later submits use the reloaded specs' requests (a job script's ``#HQ`` lines read again)."""
+        super().reconfigure(cfg)
+        self._cache_requests(cfg.servers)
+
+    def _check_specs(self, specs: Sequence[ServerSpec]) -> None:
         cpus_per_worker = self.opts.cpus_per_worker
-        for spec in self.cfg.servers:
+        for spec in specs:
             key = f"servers.{spec.name}"
-            req = hq_request(spec, self.opts.gpu_resource)
+            try:
+                req = hq_request(spec, self.opts.gpu_resource)
+            except OSError as exc:
+                raise ConfigError(f"{key}.job_script", f"cannot read: {exc.strerror or exc}") from None
             if req.ignored:
                 log.warning(
                     "%s: #HQ %s not supported through the Python API, ignored", key, " ".join(req.ignored)
@@ -168,7 +191,6 @@ class HyperQueueBackend(Backend):
                         f"asks for {req.cpus} CPUs but the embedded workers have {cpus_per_worker} each "
                         "([backend] cpus_per_worker)",
                     )
-            self.requests[spec.name] = req
 
     # -- submit ----------------------------------------------------------------------------------
     async def submit(self, launches: list[Launch]) -> None:
@@ -198,7 +220,9 @@ class HyperQueueBackend(Backend):
             stale.unlink(missing_ok=True)
         args = ["/bin/sh", "-c", WRAPPER, "hq-launch", str(pidfile), str(logfile)]
         args += launcher_argv(launch.spec.server_command(), self.opts.python)
-        req = self.requests.get(launch.spec.name) or hq_request(launch.spec, self.opts.gpu_resource)
+        spec = launch.spec  # the cached request only for the very spec it was made for (reloads)
+        req = self.requests.get(spec.name) if self._request_specs.get(spec.name) == spec else None
+        req = req or hq_request(spec, self.opts.gpu_resource)
         cwd = launch.spec.cwd or str(self.run_dir)
         self._submissions.begin([sid])
         try:

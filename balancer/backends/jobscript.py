@@ -61,14 +61,18 @@ class JobScripts:
     INHERITED_ENV: ClassVar[tuple[str, ...]] = ()  # env prefixes a balancer in a job must not pass on
     opts: Any
     scripts: dict[str, Path]
-    _directives: dict[str, list[str]]
+    _script_texts: dict[str, str]  # spec name -> the text of its script in ``scripts``
+    _directives: dict[str, list[str]]  # job script path -> its directives
 
     def directives(self, spec: ServerSpec) -> list[str]:
-        """The directive lines of the spec's own job script, read once."""
-        if spec.name not in self._directives:
-            script = spec.job_script
-            self._directives[spec.name] = read_directives(script, self.DIRECTIVE) if script else []
-        return self._directives[spec.name]
+        """The directive lines of the spec's own job script, read once (per path: after a reload
+        an old and a new version of a spec may name different scripts)."""
+        script = spec.job_script
+        if not script:
+            return []
+        if script not in self._directives:
+            self._directives[script] = read_directives(script, self.DIRECTIVE)
+        return self._directives[script]
 
     def job_script(self, spec: ServerSpec, log_dir: Path) -> str:
         """The script every job of ``spec`` runs: m launchers, each exporting its task index."""
@@ -110,13 +114,18 @@ class JobScripts:
         return "\n".join(body) + "\n"
 
     def _script(self, spec: ServerSpec, log_dir: Path) -> Path:
+        """The spec's generated script, written again when its text changed (a reload changed the
+        command or job script; building the text costs microseconds, the submit milliseconds).
+        Called under the submit lock: a submission's file is not rewritten before it was read."""
+        text = self.job_script(spec, log_dir)
         path = self.scripts.get(spec.name)
-        if path is None:
+        if path is None or self._script_texts.get(spec.name) != text:
             log_dir.mkdir(parents=True, exist_ok=True)
             path = log_dir / f"job-{spec.name}.sh"
-            path.write_text(self.job_script(spec, log_dir))
+            path.write_text(text)
             path.chmod(0o700)
             self.scripts[spec.name] = path
+            self._script_texts[spec.name] = text
         return path
 
     def submit_env(self, launches: list[Launch]) -> dict[str, str]:

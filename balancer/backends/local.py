@@ -17,11 +17,11 @@ import asyncio
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..config import ConfigError, ServerSpec
 from ..events import Ev
 from ..gpus import CoreAllocator, GpuAllocator, discover
 from ..procgroup import OUTER_GRACE_S, end_child, end_group, group_alive
@@ -59,11 +59,16 @@ class LocalBackend(Backend):
         held = self.gpus.held  # adopted servers' devices, if any came back before the start
         self.gpus = GpuAllocator(devices)
         self.gpus.held.update(held)
-        for spec in self.cfg.servers:
-            if spec.resources.gpus > len(devices):
+        await self.check_specs(self.cfg.servers)
+
+    async def check_specs(self, specs: Sequence[ServerSpec]) -> None:
+        """A spec asking more GPUs than the devices found at start could never start."""
+        n = len(self.gpus.devices)
+        for spec in specs:
+            if spec.resources.gpus > n:
                 raise ConfigError(
                     f"servers.{spec.name}.resources.gpus",
-                    f"asks for {spec.resources.gpus} GPUs but this machine has {len(devices)} "
+                    f"asks for {spec.resources.gpus} GPUs but this machine has {n} "
                     f"(from {self.gpu_source}; set [backend] gpus to list them)",
                 )
 

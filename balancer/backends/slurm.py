@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,12 +125,13 @@ class SlurmBackend(BatchBackend):
         value = getattr(spec.options, key)
         return getattr(self.opts, key) if value is None else value
 
-    async def check(self) -> None:
+    async def check(self, specs: Sequence[ServerSpec]) -> None:
+        """SLURM answers ``sinfo`` and each spec's partition (its own, else the site default) exists."""
         rc, out, err = await self.run("sinfo", "-a", "-h", "-o", "%R")
         if rc != 0:
             raise ConfigError("balancer.scheduler", f"slurm: sinfo failed: {self.error_text(err)}")
         partitions = set(out.split())
-        for spec in self.cfg.servers:
+        for spec in specs:
             part = self._opt(spec, "partition")
             if part is not None and part not in partitions:
                 known = ", ".join(sorted(partitions)) or "none"
