@@ -208,6 +208,10 @@ class Reloader:
     def _apply(self, cfg: BalancerConfig, diff: ConfigDiff) -> dict[str, int]:
         b = self.b
         pool = b.pool
+        # Backend and profiler first: the next server of a new or changed spec is theirs to know.
+        b.backend.reconfigure(cfg)
+        if b.profiler is not None:
+            b.profiler.reconfigure(cfg)
         by_name = {s.name: s for s in cfg.servers}
         stale: set[str] = set()  # models whose cached metadata a new command may answer otherwise
         for name in diff.removed:
@@ -220,6 +224,7 @@ class Reloader:
             relaunch = name in diff.relaunch
             if relaunch:
                 stale |= pool.specs[name].models
+                b.workload.forget(name)  # a new command's class is measured afresh
             outdated = pool.update_spec(by_name[name], relaunch)
             if relaunch:
                 replacing[name] = len(outdated)
@@ -230,9 +235,6 @@ class Reloader:
         for m in stale:
             pool.model_sizes.pop(m, None)
         b.cfg = pool.cfg = cfg
-        b.backend.reconfigure(cfg)
-        if b.profiler is not None:
-            b.profiler.reconfigure(cfg)
         pool.changed()
         return replacing
 

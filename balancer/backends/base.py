@@ -55,6 +55,9 @@ def launcher_argv(server_command: list[str], python: str | None = None) -> list[
 class BackendEvents(Protocol):
     """What a backend tells the pool. All calls are made from the event loop thread."""
 
+    def job_deferred(self, server_id: str) -> None:
+        """The start waits for cores or GPUs this machine's own servers hold (local backend)."""
+
     def job_started(self, server_id: str, job_id: str, host: str) -> None:
         """The job holding ``server_id`` exists (local: process spawned; slurm: running)."""
 

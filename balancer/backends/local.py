@@ -110,6 +110,7 @@ class LocalBackend(Backend):
                 return True
             if sid not in self._deferred:  # journaled once per server, not per retry
                 self._deferred.add(sid)
+                self.events.job_deferred(sid)  # a rolling replacement lets an old server go first
                 bus = getattr(self.events, "bus", None)
                 if bus is not None:
                     bus.emit(Ev.SERVER_DEFERRED, server=sid, spec=launch.spec.name, reason=why)
