@@ -8,6 +8,7 @@ reload changes nothing and says why; SIGHUP, ``balancer reload`` and ``POST /api
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -425,7 +426,7 @@ def test_sighup_cli_and_api_reload_alike_and_metadata_follows_the_new_servers(st
     other = tmp_path / "other.toml"
     cfg["servers"][0]["env"] = {"TEST_INPUT_SIZES": "2"}
     write_cfg(other, cfg)
-    by_cli = reload_cli(b, "--config", str(other))
+    by_cli = reload_cli(b, "--config", os.path.relpath(other, ROOT))  # relative to the CLI's cwd
     third = replaced(second)
     assert model.get_input_sizes() == [2]
     assert by_cli["path"] == str(other.resolve()) and by_signal["path"] == str(b.config)
