@@ -447,10 +447,13 @@ def test_sighup_cli_and_api_reload_alike_and_metadata_follows_the_new_servers(st
 
     # POST /api/reload without a path re-reads OTHER now; a limit applies, nothing is replaced.
     cfg["servers"][0]["max_servers"] = 2
+    cfg["balancer"]["lease_s"] = 20.0
     write_cfg(other, cfg)
     status, doc = api(b, "POST", "/api/reload", {})
     assert status == 200 and doc["ok"] is True and doc["path"] == str(other.resolve()), doc
     assert doc["changed"] == {"testmodel": ["max_servers"]} and not doc["replacing"], doc
+    assert doc["settings"] == ["balancer.lease_s"], doc
+    assert api(b, "GET", "/api/status")[1]["specs"]["testmodel"]["max_servers"] == 2
     # ... and so does SIGHUP (the current path is OTHER now), here with nothing to change.
     b.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: len(b.events("config.reloaded")) == 4, 20, what="the second SIGHUP")
