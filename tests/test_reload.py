@@ -294,6 +294,8 @@ def test_add_remove_replace_and_resize_under_load_lose_no_call(start_balancer):
         at = index_of(evs, r)
         at_reload, fewest = fewest_ready_after(evs, "a", at, len(evs))
         assert (at_reload, fewest) == (2, 2), f"ready servers of a: {at_reload} at the reload, then {fewest}"
+        early = [e["server"] for e in evs[:at] if e["ev"] == "server.requested" and e["reason"] == "rollout"]
+        assert not early, f"rollout servers {early} journaled before their config.reloaded line"
         new = [e["server"] for e in evs[at:] if e["ev"] == "server.requested" and e["spec"] == "a"]
         assert len(new) >= 2 and all(
             e["reason"] == "rollout" for e in evs[at:] if e["ev"] == "server.requested" and e["spec"] == "a"
@@ -440,7 +442,8 @@ def test_sighup_cli_and_api_reload_alike_and_metadata_follows_the_new_servers(st
     evs = b.events()
     for r, old in ((by_signal, {first}), (by_cli, second)):
         at = index_of(evs, r)
-        assert [e["reason"] for e in evs[at:] if e["ev"] == "server.requested"][:1] == ["rollout"]
+        got = [e["reason"] for e in evs[at:] if e["ev"] == "server.requested"][:1]
+        assert got == ["rollout"], f"no rollout server journaled after {r}"
         assert [e["reason"] for e in evs[at:] if e["ev"] == "server.draining" and e["server"] in old] == [
             "replaced by config reload"
         ]
