@@ -143,13 +143,12 @@ class Reloader:
         async with self._lock:
             where = path or self.path
             try:
-                doc = await self._reload(path)
+                doc = await self._reload(path, {"trigger": trigger, "who": who, "remote": remote})
             except ConfigError as exc:
                 reason = str(exc)
             except Exception as exc:  # a check that broke (a scheduler command, the profile store)
                 reason = f"reload failed: {type(exc).__name__}: {exc}"
             else:
-                self.b.bus.emit(Ev.CONFIG_RELOADED, trigger=trigger, who=who, remote=remote, **doc)
                 return True, {"ok": True, **doc}
             self.rejected += 1
             self.last_rejected = reason
@@ -158,7 +157,7 @@ class Reloader:
             )
             return False, reason
 
-    async def _reload(self, path: str | None) -> dict[str, Any]:
+    async def _reload(self, path: str | None, who: dict[str, Any]) -> dict[str, Any]:
         from .profiler import size_specs
         from .workload import journal_priors
 
@@ -192,10 +191,7 @@ class Reloader:
         self.raw, self.path, self.digest = new, str(path), digest
         self.loaded_at = time.time()
         self.reloads += 1
-        if fresh:  # the workload class of a new command: the prior again until it is measured
-            store = b.profiler.store if b.profiler is not None else None
-            await journal_priors([sized[s.name] for s in fresh], b.bus, b.workload, store)
-        return {
+        doc = {
             "path": self.path,
             "hash": digest,
             "added": list(diff.added),
@@ -204,6 +200,14 @@ class Reloader:
             "replacing": replacing,
             "settings": list(diff.settings),
         }
+        b.bus.emit(Ev.CONFIG_RELOADED, **who, **doc)  # before any server the change starts
+        if fresh:  # the workload class of a new command: the prior again until it is measured
+            store = b.profiler.store if b.profiler is not None else None
+            try:
+                await journal_priors([sized[s.name] for s in fresh], b.bus, b.workload, store)
+            except Exception as exc:  # applied already: a prior that cannot be read is not a rejection
+                b.bus.emit(Ev.BALANCER_ERROR, where="reload", error=f"{type(exc).__name__}: {exc}", count=1)
+        return doc
 
     def _apply(self, cfg: BalancerConfig, diff: ConfigDiff) -> dict[str, int]:
         b = self.b
