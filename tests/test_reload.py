@@ -470,3 +470,34 @@ def test_sighup_cli_and_api_reload_alike_and_metadata_follows_the_new_servers(st
     ), conf  # fmt: skip
     assert conf["last_rejected"] is None and conf["age_s"] >= 0 and conf["loaded_at"] > 0
     assert b.stop() == 0
+
+
+# -- a full machine: the successor cannot start beside its predecessor -------------------------------
+def test_a_rollout_on_a_full_machine_lets_the_old_server_go_first(start_balancer):
+    """One GPU (``[backend] gpus``, no device needed), held by the one server: its successor is
+    deferred, so the old server drains first (one ready server fewer, for a moment) and no call is
+    lost; the successor then gets the GPU instead of waiting into its start-up timeout."""
+    spec = test_model_spec(models=["forward"], min_servers=1, max_servers=1, resources={"gpus": 1})
+    b = start_balancer([spec], backend={"gpus": [0]})
+    old = b.wait_event("server.ready")["server"]
+    load = Load(b.url, threads=2)
+    try:
+        load.set_phase("gpu rollout")
+        load.more(10)
+        cfg = read_cfg(b.config)
+        cfg["servers"][0]["env"] = {"TEST_FACTOR": "3"}
+        write_cfg(b.config, cfg)
+        with load.lock:
+            load.factors = {2.0, 3.0}
+        reload_cli(b)
+        deferred = b.wait_event("server.deferred", timeout=30)
+        drained = b.wait_event("server.draining", server=old, timeout=30)
+        assert drained["reason"] == "replaced by config reload", drained
+        b.wait_event("server.ready", server=deferred["server"], timeout=60)
+        load.more(10, timeout=60)
+    finally:
+        load.close()
+    print(f"calls during the GPU rollout: {load.calls}, lost: {load.lost}")
+    assert load.lost == {"gpu rollout": []}, load.lost
+    assert not b.events("call.failed") and not b.events("server.failed")
+    assert b.stop() == 0
