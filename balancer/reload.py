@@ -201,6 +201,10 @@ class Reloader:
             "settings": list(diff.settings),
         }
         b.bus.emit(Ev.CONFIG_RELOADED, **who, **doc)  # before any server the change starts
+        by = who.get("who") or who.get("remote") or who.get("trigger")
+        specs = ", ".join(dict.fromkeys([*diff.added, *diff.removed, *diff.changed])) or "config"
+        line = {"t": time.time(), "spec": specs, "action": "operator", "reason": f"reload by {by}"}
+        b.scaler.recent.append(line)  # the dashboard lists it among the decisions
         if fresh:  # the workload class of a new command: the prior again until it is measured
             store = b.profiler.store if b.profiler is not None else None
             try:
