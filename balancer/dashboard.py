@@ -33,6 +33,7 @@ from .frontend import Reply, Request, Stream, StreamOut, error_reply
 from .gpus import server_gpus
 from .operator import as_decision
 from .pool import Pool, Server
+from .reload import reload_decision
 
 WINDOW_S = 300  # the charts' and the latency percentiles' span: the last five minutes
 MAX_BACKLOG = 1 << 20  # bytes a tab may leave unread before it is closed
@@ -171,6 +172,7 @@ class Feed:
             Ev.CALL_FAILED: self._call_failed,
             Ev.SCALE_DECISION: self._decision,
             Ev.OPERATOR_ACTION: self._operator,
+            Ev.CONFIG_RELOADED: self._reloaded,
             Ev.CAPACITY_SAMPLE: self._capacity,
             Ev.SERVER_FAILED: self._server_failed,
             Ev.SPEC_HELD: self._spec_held,
@@ -300,6 +302,9 @@ class Feed:
 
     def _operator(self, e: dict[str, Any]) -> None:
         self._note({"kind": "decision", **as_decision(e)})
+
+    def _reloaded(self, e: dict[str, Any]) -> None:
+        self._note({"kind": "decision", **reload_decision(e)})
 
     def _capacity(self, e: dict[str, Any]) -> None:
         self._note({"kind": "capacity", **_strip(e)})

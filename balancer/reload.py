@@ -85,6 +85,13 @@ def diff_config(old: BalancerConfig, new: BalancerConfig) -> ConfigDiff:
     )
 
 
+def reload_decision(e: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.reloaded`` as a line among the scaler's decisions: "a, b  operator  reload by ann"."""
+    specs = ", ".join(dict.fromkeys([*e.get("added", ()), *e.get("removed", ()), *e.get("changed", {})]))
+    by = e.get("who") or e.get("remote") or e.get("trigger")
+    return {"t": e["t"], "spec": specs or "config", "action": "operator", "reason": f"reload by {by}"}
+
+
 def merge_limits(current: Limits, cfg: BalancerConfig, diff: ConfigDiff, keep: set[str]) -> Limits:
     """The scaler's limits after a reload: a new spec's from the file; a changed spec's current ones
     (an operator's ``scale`` included) with only the keys the file changed; ``keep``: removed specs
@@ -201,10 +208,7 @@ class Reloader:
             "settings": list(diff.settings),
         }
         b.bus.emit(Ev.CONFIG_RELOADED, **who, **doc)  # before any server the change starts
-        by = who.get("who") or who.get("remote") or who.get("trigger")
-        specs = ", ".join(dict.fromkeys([*diff.added, *diff.removed, *diff.changed])) or "config"
-        line = {"t": time.time(), "spec": specs, "action": "operator", "reason": f"reload by {by}"}
-        b.scaler.recent.append(line)  # the dashboard lists it among the decisions
+        b.scaler.recent.append(reload_decision({"t": time.time(), **who, **doc}))  # a dashboard opened later
         if fresh:  # the workload class of a new command: the prior again until it is measured
             store = b.profiler.store if b.profiler is not None else None
             try:
