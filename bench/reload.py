@@ -13,7 +13,12 @@ journal's ``m`` clock), latency, outcome. After a steady phase before each, the 
    (the load generator retries refused connections and counts them).
 
 Server events come from the journal (RUN_DIR/journal.jsonl). It prints one table row per change and a
-restart-vs-reload line. Targets: 0 calls lost in every reload; fewest ready servers >= N during a
+restart-vs-reload line. "before" is the steady phase at N servers just before the change (for N+2 -> N,
+the one before N -> N+2); "time to complete" runs from ``config.reloaded`` to the last old server's
+``server.stopped`` (rollout, removal, shrink) or to N+2 ready (growth); for the restart from the SIGINT
+to N ready servers. "seconds without service" is the longest gap between two answers.
+
+Targets: 0 calls lost in every reload; fewest ready servers >= N during a
 rolling replacement; throughput during a reload >= 0.8 of the steady phase before it. Nothing timed is
 asserted; the exit status is 1 only when a reload lost a call or a rollout dipped below N ready (so the
 script doubles as a smoke check).
