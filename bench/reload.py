@@ -348,7 +348,7 @@ def print_table(rows: list[Row], n: int) -> None:
     for r in rows:
         b, d = r.before, r.during
         print(
-            f"{r.change:<28} {len(d.calls):>12} {d.lost():>5} "
+            f"{r.change:<28} {len(d.calls) - d.refused():>12} {d.lost():>5} "  # refused: not a call
             f"{f'{d.rate():.0f}/{b.rate():.0f}={d.rate() / b.rate():.2f}':>17} "
             f"{f'{b.pct(0.5) * 1e3:.1f}/{d.pct(0.5) * 1e3:.1f} ms':>19} "
             f"{f'{b.pct(0.99) * 1e3:.1f}/{d.pct(0.99) * 1e3:.1f} ms':>19} "
