@@ -189,7 +189,7 @@ def test_a_mail_server_that_never_answers_delays_no_call(tmp_path: Path) -> None
         blackhole = await loop.create_server(_Silent, "127.0.0.1", 0)
         port = blackhole.sockets[0].getsockname()[1]
         notify = {
-            "urls": [MAIL.format(port=port) + "&cto=10"],  # apprise's socket timeout for mail
+            "urls": [MAIL.format(port=port) + "&cto=5"],  # apprise's socket timeout for mail
             "on": ["server_failures"],
             "failure_threshold": 1,
             "coalesce_s": 0.0,
