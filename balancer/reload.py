@@ -272,6 +272,8 @@ class Reloader:
         b.forecast.settings = cfg.forecast
         if b.monitor is not None:
             b.monitor.interval_s = cfg.forecast.collect_interval_s
+        if b.history is not None:
+            b.history.retention_s = cfg.forecast.retention_days * 86400.0
         trained = ("grid_s", "horizon_s", "min_history_s", "forecaster", "partition", "retention_days")
         if any(f"forecast.{k}" in keys for k in trained):
             b.forecast.retrain()
