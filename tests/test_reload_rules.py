@@ -110,3 +110,36 @@ def test_a_successor_waiting_for_the_old_servers_cores_lets_one_of_them_go_first
     # While that one drains (its cores not yet free), no second old server goes.
     draining = V("o1", Phase.DRAINING, outstanding=1, outdated=True, replaced=True)
     assert run([draining, old[1], stuck[1]], lim=lim(max_servers=2)) == []
+
+
+def test_live_settings_reach_the_parts_that_use_them_and_a_refused_file_changes_nothing(tmp_path: Path):
+    import asyncio
+
+    import tomli_w
+
+    from tests.fakes import running
+
+    spec = {"name": "t", "command": [PY, "-c", "pass"], "models": ["forward"], "max_servers": 3}
+    path = tmp_path / "balancer.toml"
+
+    def write(top: dict, **tables) -> None:
+        path.write_text(tomli_w.dumps({"balancer": {"port": 0, **top}, "servers": [spec], **tables}))
+
+    async def main() -> None:
+        async with running(tmp_path, [spec]) as h:
+            b = h.balancer
+            write({"scale_interval_s": 0.5, "lease_s": 7.0, "max_body_mb": 2.0, "port": 5})
+            ok, why = await b.reloader.reload(str(path))
+            assert not ok and "balancer.port" in why
+            assert (b.scaler.interval_s, b.control.lease_s, b.calls.max_body_mb) == (0.05, 30.0, 64.0)
+            write({"scale_interval_s": 0.5, "lease_s": 7.0, "max_body_mb": 2.0},
+                  forecast={"cooldown_s": 5.0, "enabled": False})  # fmt: skip
+            ok, doc = await b.reloader.reload(str(path))
+            assert ok, doc
+            assert (b.scaler.interval_s, b.control.lease_s, b.calls.max_body_mb) == (0.5, 7.0, 2.0)
+            assert b.scaler.launch.lease_s == 7.0  # servers started from now on are told
+            assert b.scaler.limits.rules.cooldown_s == 5.0 and b.forecast.enabled is False
+            assert h.of("forecast.changed")[-1]["change"] == "disabled"
+            assert b.reloader.status()["reloads"] == 1 and b.reloader.status()["rejected"] == 1
+
+    asyncio.run(main())
