@@ -43,10 +43,6 @@ log = logging.getLogger(__name__)
 
 EVAL_OPS = frozenset({"Evaluate", "Gradient", "ApplyJacobian", "ApplyHessian"})
 MAX_SPANS = 100_000  # calls kept per server between two usage samples
-SERVER_USAGE = getattr(Ev, "SERVER_USAGE", "server.usage")
-WORKLOAD_CLASSIFIED = getattr(Ev, "WORKLOAD_CLASSIFIED", "workload.classified")
-PROFILE_SIZED = getattr(Ev, "PROFILE_SIZED", "profile.sized")
-PROFILE_MISMATCH = getattr(Ev, "PROFILE_MISMATCH", "profile.mismatch")
 
 
 def open_store(settings: Any) -> ProfileStore:
@@ -79,7 +75,7 @@ async def size_specs(cfg: Any, bus: EventBus) -> Any:
             res, reasons = size(spec.resources, figures.get(spec.name), settings)
             spec = dataclasses.replace(spec, resources=res)
             for r in reasons:
-                bus.emit(PROFILE_SIZED, spec=spec.name, field=r.field, value=r.value, source=r.source)
+                bus.emit(Ev.PROFILE_SIZED, spec=spec.name, field=r.field, value=r.value, source=r.source)
         specs.append(spec)
     return dataclasses.replace(cfg, servers=tuple(specs))
 
@@ -188,14 +184,14 @@ class Profiler:
             if c is not None and c[2] in self.servers:
                 self._span(self.servers[c[2]], e, done=False)
                 c[2] = None
-        elif ev == SERVER_USAGE:
+        elif ev == Ev.SERVER_USAGE:
             self._usage(e)
         elif ev in (Ev.SERVER_REQUESTED, Ev.SERVER_ADOPTED):
             if e.get("spec") in self.specs:
                 self.servers[e["server"]] = _Server(e["spec"], e["m"] if ev == Ev.SERVER_REQUESTED else None)
         elif ev == Ev.SERVER_READY:
             self._ready(e)
-        elif ev == WORKLOAD_CLASSIFIED:
+        elif ev == Ev.WORKLOAD_CLASSIFIED:
             if e.get("spec") in self.specs and isinstance(e.get("counters"), dict):
                 f = self._spec(e["spec"])
                 f["workload"] = dict(e["counters"])  # the run's busy-sample sums so far (workload.py)
@@ -349,7 +345,7 @@ class Profiler:
         name = self.names.get(spec, spec)
         doc = {"spec": name, "resource": resource, "given": given, "used": used, "advice": advice}
         self.mismatches[(spec, resource)] = doc
-        self.bus.emit(PROFILE_MISMATCH, **doc)
+        self.bus.emit(Ev.PROFILE_MISMATCH, **doc)
 
     def status(self) -> dict[str, Any]:
         """For ``/api/status``: the run's mismatch advice and the store's flushes."""

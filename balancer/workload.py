@@ -164,7 +164,6 @@ class UsageAggregator:
         self._old: set[str] = set()  # servers of a spec version a reload replaced (``forget``)
         self.latest: dict[str, dict[str, Any]] = {}  # server -> its last usage sample (GPU use)
         self._last: dict[str, _Last] = {}
-        self._usage = getattr(Ev, "SERVER_USAGE", "server.usage")
         # server -> (wall time, calls answered, calls running, busy seconds) snapshots, oldest first
         self._hist: dict[str, deque[tuple[float, int, int, float]]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -268,9 +267,9 @@ class UsageAggregator:
 
     def __call__(self, e: dict[str, Any]) -> None:
         ev = e["ev"]
-        if ev == self._usage:
+        if ev == Ev.SERVER_USAGE:
             self._sample(e)
-        elif ev in ("server.stopped", "server.failed"):
+        elif ev in (Ev.SERVER_STOPPED, Ev.SERVER_FAILED):
             self._last.pop(e.get("server", ""), None)
             self.latest.pop(e.get("server", ""), None)
             self._old.discard(e.get("server", ""))
