@@ -236,11 +236,7 @@ class Profiler:
         service = e.get("service_s")
         if s is None or service is None:
             return
-        start = s.open.pop(e["call"], None)
-        if start is not None:
-            if len(s.spans) >= MAX_SPANS:  # no usage samples come (monitoring off): bounded anyway
-                s.spans.popleft()
-            s.spans.append((start, e["t"], True))
+        self._span(s, e, done=True)
         key = (s.spec, c[1] or "?", c[0])
         figs = self._op_figs.get(key)
         if figs is None:
