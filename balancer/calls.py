@@ -76,8 +76,6 @@ class Calls:
         self._reloads = 0
         self._support: dict[str, dict[str, Any]] = {}  # model -> ModelInfo's "support" flags
 
-    # -- waiting for servers ---------------------------------------------------------------------
-
     def reloaded(self, stale: set[str]) -> None:
         """After a reload: retry limits are looked up again; the ``stale`` models (their servers'
         command changed) have their cached metadata and sizes asked again of the new servers."""
@@ -86,6 +84,8 @@ class Calls:
         for cache in (self._meta, self._in_sizes, self._out_sizes):
             for key in [k for k in cache if k[-2] in stale]:
                 del cache[key]
+
+    # -- waiting for servers ---------------------------------------------------------------------
     def _max_startup(self) -> float:
         return max(rt.spec.startup_timeout_s for rt in self.pool.specs.values())
 

@@ -520,10 +520,6 @@ def _check_apprise_urls(urls: list[str]) -> None:
             raise ConfigError(f"notify.urls[{i}]", detail)
 
 
-def load_config(path: str | os.PathLike[str], **overrides: Any) -> BalancerConfig:
-    return read_config(path, **overrides)[0]
-
-
 def read_config(path: str | os.PathLike[str], **overrides: Any) -> tuple[BalancerConfig, str]:
     """The validated configuration and the digest of the text it came from (shown by status)."""
     p = Path(path)
@@ -537,8 +533,4 @@ def read_config(path: str | os.PathLike[str], **overrides: Any) -> tuple[Balance
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"invalid TOML: {exc}") from None
-    return parse_config(raw, base_dir=p.resolve().parent, **overrides), config_digest(data)
-
-
-def config_digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:12]
+    return parse_config(raw, base_dir=p.resolve().parent, **overrides), hashlib.sha256(data).hexdigest()[:12]

@@ -245,7 +245,8 @@ class StopReason(str, enum.Enum):
     POLITE = "cluster fills up"  # idle, stopped early: the forecast says others need the CPUs
     SHUTDOWN = "shutdown"
     OUTDATED = "outdated by config reload"  # still starting when its spec changed: never made ready
-    MAX_SERVERS = "max_servers"  # idle beyond a lowered max_servers
+    MAX_SERVERS = "max_servers"  # beyond a lowered max_servers: idle ones stop, busy ones drain
+    RETIRED = "replaced by config reload"  # outdated, drained once its successor is ready
 
 
 @dataclass(frozen=True)
@@ -283,7 +284,7 @@ class Drain:
     spec: str
     server: str
     retires: str | None = None  # the ready successor that takes this outdated server's place
-    reason: StopReason = StopReason.TIME_LIMIT
+    reason: StopReason = StopReason.TIME_LIMIT  # (with ``retires``: RETIRED) time limit: replaced
 
 
 @dataclass(frozen=True)
@@ -481,8 +482,9 @@ def _decide_spec(
             retired.add(x.id)
             n_ready -= 1
             live -= 1
-        waiting_succ = sum(1 for s in starting if s.successor and s.id not in {y.id for y in succ})
-        rollout = max(0, len(old) - len(succ) - waiting_succ)
+        paired = {y.id for y in succ}
+        on_way = sum(1 for s in starting if s.successor and s.id not in paired)
+        rollout = max(0, len(old) - len(succ) - on_way)
     # Above max_servers (it was lowered by a reload or the operator): idle servers stop now, busy
     # ones drain, finishing their calls; replaced servers the block above drains are counted out.
     surplus = n_ready - lim.max_servers

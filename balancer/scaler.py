@@ -52,7 +52,6 @@ from .policy import (
 )
 from .pool import Pool, Server, ServerState
 
-RETIRED = "replaced by config reload"  # why an outdated server drains in a rolling replacement
 MIN_GAP_S = 0.01  # however many calls queue, at most one pass per 10 ms
 ERROR_REPEAT_S = 60.0  # the same error is journaled again after this long
 RECENT_DECISIONS = 100  # kept for a newly opened dashboard
@@ -220,20 +219,19 @@ class Scaler:
             if s is not None:
                 pool.fail(s, "startup timeout")
         elif isinstance(a, Drain):
+            succ = pool.servers.get(a.retires) if a.retires is not None else None
+            if succ is not None:
+                succ.successor = False  # it has taken its place
             s = pool.servers.get(a.server)
-            if a.retires is not None:
-                succ = pool.servers.get(a.retires)
-                if succ is not None:
-                    succ.successor = False  # it has taken its place
-                if s is not None:
-                    self._decision(a.spec, "drain", RETIRED, 0, server=a.server, successor=a.retires)
-                    pool.drain(s, RETIRED)
-            elif a.reason is StopReason.MAX_SERVERS:
-                if s is not None:
-                    self._decision(a.spec, "drain", a.reason.value, 0, server=a.server)
-                    pool.drain(s, "above max_servers")
-            elif s is not None:
-                pool.transition(s, ServerState.DRAINING, StopReason.TIME_LIMIT.value)
+            why = StopReason.RETIRED if a.retires is not None else a.reason
+            if s is None:
+                pass
+            elif why is StopReason.TIME_LIMIT:  # not replaced yet: the policy starts one
+                pool.transition(s, ServerState.DRAINING, why.value)
+            else:  # retired in a rolling replacement, or beyond max_servers: no replacement
+                extra = {"successor": a.retires} if a.retires is not None else {}
+                self._decision(a.spec, "drain", why.value, 0, server=a.server, **extra)
+                pool.drain(s, why.value)
         elif isinstance(a, Hold):
             pool.hold(a.spec, a.failures, a.reason)
 
