@@ -80,6 +80,11 @@ async def size_specs(cfg: Any, bus: EventBus) -> Any:
     return dataclasses.replace(cfg, servers=tuple(specs))
 
 
+def _given(res: Any) -> dict[str, Any]:
+    """A spec's resources as its profile row keeps them (``resources``)."""
+    return {"cpus": res.cpus, "memory": res.memory, "gpus": res.gpus, "time_limit": res.time_limit}
+
+
 @dataclasses.dataclass
 class _Server:
     spec: str
@@ -136,11 +141,9 @@ class Profiler:
             before = self.specs.get(name)
             self.specs[name], self.hashes[name] = spec, new
             if before is not None and before.resources != spec.resources:
-                res = spec.resources
                 f = self.spec_figs.get(name)
                 if f is not None:  # the store keeps the latest resources given (a replace key)
-                    f["resources"] = {"cpus": res.cpus, "memory": res.memory, "gpus": res.gpus,
-                                      "time_limit": res.time_limit}  # fmt: skip
+                    f["resources"] = _given(spec.resources)
                 for k in [k for k in self.mismatches if k[0] == name]:  # advice on what was given
                     del self.mismatches[k]
 
@@ -207,8 +210,7 @@ class Profiler:
     def _spec(self, spec: str) -> dict[str, Any]:
         f = self.spec_figs.get(spec)
         if f is None:
-            res = self.specs[spec].resources
-            given = {"cpus": res.cpus, "memory": res.memory, "gpus": res.gpus, "time_limit": res.time_limit}
+            given = _given(self.specs[spec].resources)
             f = self.spec_figs[spec] = {
                 "calls": 0, "servers": 0, "samples": 0, "busy_samples": 0, "cpu_s": 0.0,
                 "cpu_s_window": 0.0, "calls_window": 0, "wall_s": 0.0, "util_sum_busy": 0.0,
