@@ -271,15 +271,12 @@ def node_sample() -> dict[str, Any]:
     }
 
 
-# The fields of one sample the balancer journals, with their types; anything else is left out.
+# The fields of one sample the balancer journals, all numbers; anything else is left out.
 _NUM = (int, float)
-SAMPLE_FIELDS: dict[str, tuple[type, ...]] = {
-    k: _NUM
-    for k in (
-        "t", "interval_s", "cpu_s", "cpu_util", "rss_bytes", "rss_peak_bytes", "io_read_bytes",
-        "io_write_bytes", "threads", "ctx_vol", "ctx_invol", "procs", "minflt", "majflt",
-    )
-}  # fmt: skip
+SAMPLE_FIELDS = (
+    "t", "interval_s", "cpu_s", "cpu_util", "rss_bytes", "rss_peak_bytes", "io_read_bytes",
+    "io_write_bytes", "threads", "ctx_vol", "ctx_invol", "procs", "minflt", "majflt",
+)  # fmt: skip
 NODE_FIELDS = ("cpu_pct", "iowait_pct", "mem_used_pct", "load1", "cpus")
 GPU_FIELDS = ("index", "util_pct", "mem_used_bytes", "mem_total_bytes")
 MAX_BATCH = 1000  # samples taken from one lease poll; more are dropped (a launcher keeps 100)
