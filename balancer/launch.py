@@ -84,7 +84,7 @@ def _stop_and_mtime(stop: Path, alive: Path) -> tuple[bool, float | None]:
 
 def _offer_usage(path: Path, batch: list[dict[str, Any]]) -> bool:
     """Write a usage batch for file registration, unless the balancer has not taken the last one."""
-    if not batch or path.exists():
+    if path.exists():
         return False
     write_atomic(path, json.dumps({"usage": batch}))
     return True
@@ -255,8 +255,8 @@ class Launcher:
                     self.balancer_said_stop = True
                     self.request_stop("balancer asked to stop (stop file)")
                     return
-                batch = self._take_usage()
-                if not await asyncio.to_thread(_offer_usage, usage_file, batch):
+                batch = self._take_usage()  # most polls have none: no thread hop for them
+                if batch and not await asyncio.to_thread(_offer_usage, usage_file, batch):
                     self._keep_usage(batch)
                 if mtime != seen:
                     seen, changed = mtime, time.monotonic()
