@@ -102,8 +102,8 @@ class Balancer:
         self.dashboard = Dashboard(feed)
         self.url = f"http://{cfg.host}:{cfg.port}"
         self.fronts: list[Any] = []  # the listeners (cli): a reload changes their body limit
-        # Live reload (reload.py); cli sets one that knows the file, its digest and the overrides.
-        self.reloader = Reloader(self, cfg, None, None)
+        # Live reload (reload.py); cli tells it the file, its digest and the command line's options.
+        self.reloader = Reloader(self, cfg)
         self.operator.reloader = self.reloader
         self.files: FileRegistration | None = None
         if cfg.registration == "file":

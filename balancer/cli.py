@@ -89,10 +89,7 @@ async def serve(
         journal.close()
         return 2
     balancer = Balancer(cfg, bus, run_dir, token, backend)
-    from .reload import Reloader
-
-    reloader = Reloader(balancer, parsed, config_path, digest, overrides)
-    balancer.reloader = balancer.operator.reloader = reloader
+    balancer.reloader.source(parsed, config_path, digest, overrides or {})
     soft = raise_fd_limit()
     # Leave descriptors for upstream connections, logs and subprocesses: never let clients exhaust them.
     limits = HttpLimits(max_body=cfg.max_body_bytes, max_connections=max(64, min(16384, soft // 2)))
@@ -172,25 +169,10 @@ async def serve(
 
 async def _reload_on_signal(balancer: Any) -> None:
     """SIGHUP: the same reload as ``balancer reload``; its outcome is one line here and journaled."""
+    from .reload import describe_reload
+
     ok, out = await balancer.reloader.reload(trigger="signal")
     print(f"balancer: SIGHUP: {describe_reload(out) if ok else f'reload rejected: {out}'}", flush=True)
-
-
-def describe_reload(doc: Any) -> str:
-    """One line for an applied reload (the CLI and SIGHUP say the same)."""
-    parts = []
-    if doc.get("added"):
-        parts.append("added " + ", ".join(doc["added"]))
-    if doc.get("removed"):
-        parts.append("removed " + ", ".join(doc["removed"]) + " (draining)")
-    for name, keys in doc.get("changed", {}).items():
-        n = doc.get("replacing", {}).get(name)
-        more = f", replacing {n} server{'s' * (n != 1)} one by one" if n is not None else ""
-        parts.append(f"changed {name} ({', '.join(keys)}{more})")
-    if doc.get("settings"):
-        parts.append("settings " + ", ".join(doc["settings"]))
-    what = "; ".join(parts) or "no changes"
-    return f"reloaded {doc.get('path')} (hash {doc.get('hash')}): {what}"
 
 
 async def _listen_control(control: Any, cfg: BalancerConfig, run_dir: Path) -> int:

@@ -117,20 +117,24 @@ def merge_limits(current: Limits, cfg: BalancerConfig, diff: ConfigDiff, keep: s
 class Reloader:
     """One reload at a time, from the operator API or SIGHUP; keeps the file's path, digest and age."""
 
-    def __init__(
-        self, balancer: Any, cfg: BalancerConfig, path: str | None, digest: str | None,
-        overrides: dict[str, Any] | None = None,
-    ) -> None:  # fmt: skip
+    def __init__(self, balancer: Any, cfg: BalancerConfig) -> None:
         self.b = balancer
         self.raw = cfg  # as parsed, "auto" unsized: what the next file is compared with
-        self.path = path
-        self.digest = digest
-        self.overrides = overrides or {}  # serve's command-line options win over every reload too
+        self.path: str | None = None  # None: started without a file (tests, ``load-balancer``)
+        self.digest: str | None = None
+        self.overrides: dict[str, Any] = {}  # serve's command-line options win over every reload too
         self.loaded_at = time.time()
         self.reloads = 0
         self.rejected = 0
         self.last_rejected: str | None = None
         self._lock = asyncio.Lock()
+
+    def source(
+        self, parsed: BalancerConfig, path: str | None, digest: str | None, overrides: dict[str, Any]
+    ) -> None:
+        """The file the balancer was started from, as parsed ("auto" resources unsized), with the
+        command-line options that win over it."""
+        self.raw, self.path, self.digest, self.overrides = parsed, path, digest, overrides
 
     def status(self) -> dict[str, Any]:
         return {
@@ -281,3 +285,20 @@ class Reloader:
             b.set_notify(cfg.notify)
         if b.profiler is not None:
             b.profiler.settings = cfg.profiles
+
+
+def describe_reload(doc: Any) -> str:
+    """One line for an applied reload (the CLI and SIGHUP say the same)."""
+    parts = []
+    if doc.get("added"):
+        parts.append("added " + ", ".join(doc["added"]))
+    if doc.get("removed"):
+        parts.append("removed " + ", ".join(doc["removed"]) + " (draining)")
+    for name, keys in doc.get("changed", {}).items():
+        n = doc.get("replacing", {}).get(name)
+        more = f", replacing {n} server{'s' * (n != 1)} one by one" if n is not None else ""
+        parts.append(f"changed {name} ({', '.join(keys)}{more})")
+    if doc.get("settings"):
+        parts.append("settings " + ", ".join(doc["settings"]))
+    what = "; ".join(parts) or "no changes"
+    return f"reloaded {doc.get('path')} (hash {doc.get('hash')}): {what}"
