@@ -150,22 +150,6 @@ class HyperQueueBackend(Backend):
     async def check_specs(self, specs: Sequence[ServerSpec]) -> None:
         """Turn requests no worker can satisfy into config errors, not servers that never start
         (after ``server.resolve``: whether the workers are the embedded ones decides)."""
-        self._check_specs(specs)
-
-    def _cache_requests(self, specs: Sequence[ServerSpec]) -> None:
-        """Each spec's request (its ``#HQ`` directives read now), for ``submit``."""
-        try:
-            self.requests = {spec.name: hq_request(spec, self.opts.gpu_resource) for spec in specs}
-        except (ConfigError, OSError):  # the script changed since check_specs: each submit asks afresh
-            self.requests = {}
-        self._request_specs = {spec.name: spec for spec in specs}
-
-    def reconfigure(self, cfg: BalancerConfig) -> None:
-        """Later submits use the reloaded specs' requests (a job script's ``#HQ`` lines read again)."""
-        super().reconfigure(cfg)
-        self._cache_requests(cfg.servers)
-
-    def _check_specs(self, specs: Sequence[ServerSpec]) -> None:
         cpus_per_worker = self.opts.cpus_per_worker
         for spec in specs:
             key = f"servers.{spec.name}"
@@ -191,6 +175,19 @@ class HyperQueueBackend(Backend):
                         f"asks for {req.cpus} CPUs but the embedded workers have {cpus_per_worker} each "
                         "([backend] cpus_per_worker)",
                     )
+
+    def _cache_requests(self, specs: Sequence[ServerSpec]) -> None:
+        """Each spec's request (its ``#HQ`` directives read now), for ``submit``."""
+        try:
+            self.requests = {spec.name: hq_request(spec, self.opts.gpu_resource) for spec in specs}
+        except (ConfigError, OSError):  # the script changed since check_specs: each submit asks afresh
+            self.requests = {}
+        self._request_specs = {spec.name: spec for spec in specs}
+
+    def reconfigure(self, cfg: BalancerConfig) -> None:
+        """Later submits use the reloaded specs' requests (a job script's ``#HQ`` lines read again)."""
+        super().reconfigure(cfg)
+        self._cache_requests(cfg.servers)
 
     # -- submit ----------------------------------------------------------------------------------
     async def submit(self, launches: list[Launch]) -> None:
