@@ -255,7 +255,7 @@ class Reloader:
         return replacing
 
     def _settings(self, cfg: BalancerConfig, diff: ConfigDiff) -> None:
-        """The live [balancer], [forecast], [notify] and [profiles] settings, where they are used."""
+        """The live [balancer], [forecast] and [notify] settings, where they are used."""
         b = self.b
         keys = set(diff.settings)
         b.scaler.interval_s = cfg.scale_interval_s
@@ -282,9 +282,7 @@ class Reloader:
         if any(f"forecast.{k}" in keys for k in trained):
             b.forecast.retrain()
         if any(k.startswith("notify.") for k in keys):
-            b.set_notify(cfg.notify)
-        if b.profiler is not None:
-            b.profiler.settings = cfg.profiles
+            b.set_notify(cfg.notify)  # [profiles]: profiler.reconfigure took them in _apply
 
 
 def describe_reload(doc: Any) -> str:
