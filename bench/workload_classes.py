@@ -30,7 +30,7 @@ MODELS = ROOT / "models"
 X = {"eigen": 300.0}  # eigen's input is its matrix size; the others scale their work by it
 
 
-def spec(name: str, model: str | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+def spec(name: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     s: dict[str, Any] = {"name": name, "command": [sys.executable, str(MODELS / f"{name}.py")],
                          "min_servers": 1, "max_servers": 1}  # fmt: skip
     if env:
@@ -68,9 +68,9 @@ def run(tmp: Path, names: list[str], seconds: float, interval: float) -> list[di
             t.join()
         b.stop()  # the final verdicts are journaled at shutdown
         rows = []
+        verdicts = b.events("workload.classified")
         for n in names:
             prior = b.find("workload.prior", spec=n) or {}
-            verdicts = b.events("workload.classified")
             last = [e for e in verdicts if e["spec"] == n and not e.get("final")]
             final = [e for e in verdicts if e["spec"] == n and e.get("final")]
             v = final[-1] if final else last[-1] if last else {}
