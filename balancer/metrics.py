@@ -220,10 +220,10 @@ class Metrics(Collector):
         yield from self._forecast_gauges()
 
     @staticmethod
-    def _per_spec(name: str, doc: str, labels: tuple[str, ...], counts: dict[Any, int]) -> Any:
+    def _per_spec(name: str, doc: str, labels: tuple[str, ...], counts: dict[tuple[str, ...], int]) -> Any:
         c = CounterMetricFamily(PREFIX + name, doc, labels=labels)
         for key, n in sorted(counts.items()):
-            c.add_metric(key if isinstance(key, tuple) else (key,), n)
+            c.add_metric(key, n)
         return c
 
     def _state_gauges(self, specs: list[str]) -> Iterator[Any]:
