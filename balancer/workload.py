@@ -80,7 +80,7 @@ def figures_of(c: dict[str, Any]) -> dict[str, float]:
     busy_s = max(float(c.get("busy_s") or 0.0), 1e-9)
     ctx = float(c.get("ctx_vol", 0.0)) + float(c.get("ctx_invol", 0.0))
     cpu = float(c.get("cpu_s", 0.0)) / slot_s
-    share = min(1.0, max(0.05, float(c.get("share_s") or busy_s) / busy_s)) if c.get("share_s") else 1.0
+    share = min(1.0, max(0.05, float(c["share_s"]) / busy_s)) if c.get("share_s") else 1.0
     return {
         "samples": int(c.get("samples", 0)),
         "busy_s": round(float(c.get("busy_s", 0.0)), 1),
