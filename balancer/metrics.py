@@ -33,6 +33,7 @@ BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 )  # fmt: skip
+_BOUNDS = (*(repr(float(b)) for b in BUCKETS), "+Inf")  # the buckets' ``le`` labels, formatted once
 UNKNOWN = "_unknown"  # a model name no spec serves (clients choose names: never a label of its own)
 NONE = "_none"  # a call without a model (Info, an unreadable body)
 _STATES = tuple(s.value for s in ServerState if s is not ServerState.GONE)
@@ -49,14 +50,10 @@ class _Hist:
 
     def family_args(self) -> tuple[list[tuple[str, float]], float]:
         acc, out = 0, []
-        for bound, n in zip((*map(_fmt, BUCKETS), "+Inf"), self.buckets, strict=True):
+        for bound, n in zip(_BOUNDS, self.buckets, strict=True):
             acc += n
             out.append((bound, acc))
         return out, self.sum
-
-
-def _fmt(b: float) -> str:
-    return repr(float(b))
 
 
 class Metrics(Collector):
