@@ -126,10 +126,11 @@ class Notifier:
         self.started_m = clock()
         self.totals: Counter[str] = Counter()
         self.server_s = 0.0
-        self._handlers, self._on = self._handlers_for(set(settings.on))
+        self._on = set(settings.on)
+        self._handlers = self._handlers_for(self._on)
         self._closed = False
 
-    def _handlers_for(self, on: set[str]) -> tuple[dict[str, Callable[[Event], None]], set[str]]:
+    def _handlers_for(self, on: set[str]) -> dict[str, Callable[[Event], None]]:
         handlers: dict[str, Callable[[Event], None]] = {
             Ev.SERVER_REQUESTED: self._requested,
             Ev.SERVER_ADOPTED: self._adopted,
@@ -148,7 +149,7 @@ class Notifier:
             handlers[Ev.CALL_FAILED] = self._call_failed
         if "forecast_window" in on:
             handlers[Ev.CAPACITY_SAMPLE] = self._capacity
-        return handlers, on
+        return handlers
 
     def reconfigure(self, settings: NotifySettings) -> None:
         """A reloaded ``[notify]``: thresholds, kinds and addresses apply from now on. Messages the
@@ -159,7 +160,8 @@ class Notifier:
             old.stop()
             self._unsent.clear()  # the old thread still reports them; nothing waits on them here
         self.settings = settings
-        self._handlers, self._on = self._handlers_for(set(settings.on))
+        self._on = set(settings.on)
+        self._handlers = self._handlers_for(self._on)
 
     def __call__(self, e: Event) -> None:
         if self._closed:  # shutdown sent the last messages; the sender is gone
