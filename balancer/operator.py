@@ -94,6 +94,11 @@ def as_decision(e: Event) -> dict[str, Any]:
     }
 
 
+def _who(request: Request) -> str | None:
+    """The user name the CLI sends (``X-Balancer-User``), journaled with a change."""
+    return request.headers.get(b"x-balancer-user", b"").decode("utf-8", "replace")[:64] or None
+
+
 class OperatorApi:
     def __init__(
         self, pool: Pool, scaler: Scaler, bus: EventBus, authorized: Callable[[Request], bool]
@@ -164,9 +169,7 @@ class OperatorApi:
     # -- changes ---------------------------------------------------------------------------------
     def _journal(self, request: Request, action: str, target: str, **fields: Any) -> None:
         """Journal the change; it also joins the scaler's recent decisions (the dashboard lists them)."""
-        who = request.headers.get(b"x-balancer-user", b"").decode("utf-8", "replace")[:64] or None
-        remote = request.remote
-        doc = {"action": action, "target": target, "who": who, "remote": remote, **fields}
+        doc = {"action": action, "target": target, "who": _who(request), "remote": request.remote, **fields}
         self.scaler.recent.append(as_decision({"t": time.time(), **doc}))
         self.bus.emit(Ev.OPERATOR_ACTION, **doc)
 
@@ -237,8 +240,7 @@ class OperatorApi:
             path = doc.get("path")
             if path is not None and not (isinstance(path, str) and path.startswith("/")):
                 return error_reply("InvalidInput", f"path must be an absolute path, got {path!r}", 400)
-        who = request.headers.get(b"x-balancer-user", b"").decode("utf-8", "replace")[:64] or None
-        ok, out = await self.reloader.reload(path, "api", who, request.remote)
+        ok, out = await self.reloader.reload(path, "api", _who(request), request.remote)
         if not ok:
             return error_reply("InvalidInput", str(out), 400)
         return json_reply(out)
