@@ -25,7 +25,7 @@ from .scaler import Scaler
 
 _UNAUTHORIZED = ("Unauthorized", "missing or wrong balancer token", 401)
 RATE_WINDOW_S = 60  # calls/s in status is the mean over this many seconds
-_SCALE_KEYS = {"min_servers": "min", "max_servers": "max", "backlog": "backlog"}
+_SCALE_KEYS = ("min_servers", "max_servers", "backlog")
 
 
 class CallStats:
