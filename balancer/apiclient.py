@@ -11,8 +11,10 @@ import argparse
 import getpass
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,27 @@ EXIT_USAGE = 2
 
 class CliError(Exception):
     pass
+
+
+# One command: (args, url, token) -> (the API's answer, the screen that shows it).
+Command = Callable[[argparse.Namespace, str, str], tuple[Any, str]]
+
+
+def command(fn: Command) -> Callable[[argparse.Namespace], int]:
+    """``fn`` as an argparse ``func``: finds the balancer, prints its screen (or JSON with ``--json``);
+    a ``CliError`` is one line on stderr and exit status 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            url, token = target(args)
+            doc, text = fn(args, url, token)
+        except CliError as exc:
+            print(f"balancer: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(json.dumps(doc, indent=2) if args.json else text)
+        return 0
+
+    return run
 
 
 def target_args(q: argparse.ArgumentParser) -> None:

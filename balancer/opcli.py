@@ -7,13 +7,10 @@ prints one screen (or the API's JSON with ``--json``). Errors: one line on stder
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .apiclient import EXIT_USAGE, CliError, call, target, target_args
+from .apiclient import CliError, call, command, target_args
 
 STATES = ("requested", "starting", "registered", "ready", "draining", "stopping")
 STARTING = ("requested", "starting", "registered")  # one column on the status screen
@@ -22,10 +19,10 @@ STARTING = ("requested", "starting", "registered")  # one column on the status s
 def add_operator_parsers(sub: Any) -> None:
     p = sub.add_parser("status", help="one screen: specs, servers by state, queues, calls/s, errors")
     target_args(p)
-    p.set_defaults(func=_main(_status))
+    p.set_defaults(func=command(_status))
     p = sub.add_parser("servers", help="every live server: state, job, host, calls, time left")
     target_args(p)
-    p.set_defaults(func=_main(_servers))
+    p.set_defaults(func=command(_servers))
     for name, help_ in (
         ("drain", "let a server finish its calls, then stop it (demand starts a new one as needed)"),
         ("stop", "stop a server now (its calls in flight are retried on another server)"),
@@ -33,14 +30,14 @@ def add_operator_parsers(sub: Any) -> None:
         p = sub.add_parser(name, help=help_)
         p.add_argument("server", help="server id (see `balancer servers`)")
         target_args(p)
-        p.set_defaults(func=_main(_server_action), action=name)
+        p.set_defaults(func=command(_server_action), action=name)
     p = sub.add_parser("scale", help="change a spec's limits while it runs")
     p.add_argument("spec", help="server spec name")
     p.add_argument("--min", type=int, dest="min_servers", help="servers kept warm at all times")
     p.add_argument("--max", type=int, dest="max_servers", help="most servers at once")
     p.add_argument("--backlog", type=int, help="most starts in flight at once")
     target_args(p)
-    p.set_defaults(func=_main(_scale))
+    p.set_defaults(func=command(_scale))
     for name, help_ in (
         ("pause", "start no servers of a spec (running ones serve, its waiting calls wait)"),
         ("resume", "start servers of a paused or held spec again"),
@@ -48,28 +45,11 @@ def add_operator_parsers(sub: Any) -> None:
         p = sub.add_parser(name, help=help_)
         p.add_argument("spec", help="server spec name")
         target_args(p)
-        p.set_defaults(func=_main(_spec_action), action=name)
+        p.set_defaults(func=command(_spec_action), action=name)
     p = sub.add_parser("reload", help="re-read the configuration file, apply what changed (no restart)")
     p.add_argument("--config", help="read this file instead (it becomes the one later reloads read)")
     target_args(p)
-    p.set_defaults(func=_main(_reload))
-
-
-Command = Callable[[argparse.Namespace, str, str], tuple[Any, str]]
-
-
-def _main(fn: Command) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            url, token = target(args)
-            doc, text = fn(args, url, token)
-        except CliError as exc:
-            print(f"balancer: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        print(json.dumps(doc, indent=2) if args.json else text)
-        return 0
-
-    return run
+    p.set_defaults(func=command(_reload))
 
 
 def _status(args: argparse.Namespace, url: str, token: str) -> tuple[Any, str]:

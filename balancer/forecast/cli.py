@@ -8,17 +8,16 @@ directory (``--run-dir``, default: the newest one under ``.balancer-runs``) or g
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from typing import Any
 
-from ..apiclient import EXIT_USAGE, CliError, call, target, target_args
+from ..apiclient import CliError, call, command, target_args
 
 
 def add_forecast_parser(sub: Any) -> None:
     p = sub.add_parser("forecast", help="the cluster idle-capacity forecast: status, switches, backtests")
     fsub = p.add_subparsers(dest="forecast_command", required=True, parser_class=type(p))
+    run = command(_run)
     for name, help_ in (
         ("status", "show the forecast and whether the scaler uses it"),
         ("enable", "let the scaler use the forecast"),
@@ -27,14 +26,14 @@ def add_forecast_parser(sub: Any) -> None:
     ):
         q = fsub.add_parser(name, help=help_)
         target_args(q)
-        q.set_defaults(func=_run, action=name)
+        q.set_defaults(func=run, action=name)
     q = fsub.add_parser("override", help="set the idle capacity by hand until an expiry")
     target_args(q)
     q.add_argument("--idle-cpus", type=float, required=True, help="idle CPUs to assume (0: cluster full)")
     q.add_argument("--idle-gpus", type=float, help="idle GPUs to assume")
     q.add_argument("--for", dest="duration", required=True, help="how long: seconds or 30m, 2h, 1d")
     q.add_argument("--reason", default="", help="journaled with the override")
-    q.set_defaults(func=_run, action="override")
+    q.set_defaults(func=run, action="override")
     try:
         from .backtest import add_backtest_parser
     except ImportError:
@@ -60,28 +59,22 @@ def request(url: str, token: str, method: str, body: dict[str, Any] | None = Non
     return call(url, token, method, "/api/forecast", body)
 
 
-def _run(args: argparse.Namespace) -> int:
-    try:
-        url, token = target(args)
-        action = args.action
-        if action == "status":
-            doc = request(url, token, "GET")
-        elif action in ("enable", "disable"):
-            doc = request(url, token, "PUT", {"enabled": action == "enable"})
-        elif action == "clear":
-            doc = request(url, token, "DELETE")
-        else:
-            ov: dict[str, Any] = {"idle_cpus": args.idle_cpus, "expires_in_s": parse_duration(args.duration)}
-            if args.idle_gpus is not None:
-                ov["idle_gpus"] = args.idle_gpus
-            if args.reason:
-                ov["reason"] = args.reason
-            doc = request(url, token, "PUT", {"override": ov})
-    except CliError as exc:
-        print(f"balancer: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    print(json.dumps(doc, indent=2) if args.json else format_status(doc))
-    return 0
+def _run(args: argparse.Namespace, url: str, token: str) -> tuple[Any, str]:
+    action = args.action
+    if action == "status":
+        doc = request(url, token, "GET")
+    elif action in ("enable", "disable"):
+        doc = request(url, token, "PUT", {"enabled": action == "enable"})
+    elif action == "clear":
+        doc = request(url, token, "DELETE")
+    else:
+        ov: dict[str, Any] = {"idle_cpus": args.idle_cpus, "expires_in_s": parse_duration(args.duration)}
+        if args.idle_gpus is not None:
+            ov["idle_gpus"] = args.idle_gpus
+        if args.reason:
+            ov["reason"] = args.reason
+        doc = request(url, token, "PUT", {"override": ov})
+    return doc, format_status(doc)
 
 
 def format_status(doc: dict[str, Any]) -> str:
