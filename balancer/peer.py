@@ -116,19 +116,18 @@ def proc_uid(src: Addr, dst: Addr) -> int | None:
     width = 4 if fam == socket.AF_INET else 16
     local = f"{_proc_hex(s[:width])}:{src[1]:04X}"
     remote = f"{_proc_hex(d[:width])}:{dst[1]:04X}"
-    names = ["/proc/net/tcp"] if fam == socket.AF_INET else ["/proc/net/tcp6"]
     if fam == socket.AF_INET:  # an IPv4 client of a dual-stack socket shows up mapped in tcp6
-        names.append("/proc/net/tcp6")
         mapped = "0000000000000000FFFF0000"
-        local6, remote6 = mapped + local, mapped + remote
-    for name in names:
-        want = (local, remote) if name == names[0] else (local6, remote6)
+        tables = [("/proc/net/tcp", local, remote), ("/proc/net/tcp6", mapped + local, mapped + remote)]
+    else:
+        tables = [("/proc/net/tcp6", local, remote)]
+    for name, want_local, want_remote in tables:
         try:
             with open(name) as f:
                 next(f, None)
                 for row in f:
                     cols = row.split(None, 8)
-                    if cols[1] == want[0] and cols[2] == want[1]:
+                    if cols[1] == want_local and cols[2] == want_remote:
                         return int(cols[7])
         except OSError:
             continue
