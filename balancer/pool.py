@@ -416,11 +416,13 @@ class Pool:
         return gone
 
     # -- BackendEvents ---------------------------------------------------------------------------
-    def job_deferred(self, server_id: str) -> None:
-        """The backend holds this start until resources this machine's servers hold are free."""
+    def job_deferred(self, server_id: str, reason: str) -> None:
+        """The backend holds this start until resources this machine's servers hold are free (a
+        rolling replacement then lets an old server go first)."""
         s = self.servers.get(server_id)
         if s is not None and not s.deferred:
             s.deferred = True
+            self.bus.emit(Ev.SERVER_DEFERRED, server=server_id, spec=s.spec.name, reason=reason)
             self.changed()
 
     def job_started(self, server_id: str, job_id: str, host: str) -> None:

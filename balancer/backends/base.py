@@ -55,7 +55,7 @@ def launcher_argv(server_command: list[str], python: str | None = None) -> list[
 class BackendEvents(Protocol):
     """What a backend tells the pool. All calls are made from the event loop thread."""
 
-    def job_deferred(self, server_id: str) -> None:
+    def job_deferred(self, server_id: str, reason: str) -> None:
         """The start waits for cores or GPUs this machine's own servers hold (local backend)."""
 
     def job_started(self, server_id: str, job_id: str, host: str) -> None:

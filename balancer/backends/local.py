@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, ServerSpec
-from ..events import Ev
 from ..gpus import CoreAllocator, GpuAllocator, discover
 from ..procgroup import OUTER_GRACE_S, end_child, end_group, group_alive
 from .base import ENV_JOB_ID, ENV_TASK_INDEX, Backend, Launch, launcher_argv
@@ -110,10 +109,7 @@ class LocalBackend(Backend):
                 return True
             if sid not in self._deferred:  # journaled once per server, not per retry
                 self._deferred.add(sid)
-                self.events.job_deferred(sid)  # a rolling replacement lets an old server go first
-                bus = getattr(self.events, "bus", None)
-                if bus is not None:
-                    bus.emit(Ev.SERVER_DEFERRED, server=sid, spec=launch.spec.name, reason=why)
+                self.events.job_deferred(sid, why)
             waker = asyncio.get_running_loop().create_future()
             self._wakers[waker] = None
             try:
