@@ -15,29 +15,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import protocol
-from .access import PeerGate
-from .backends.base import Backend
-from .calls import Calls, shmem_unsupported, test_shmem
-from .config import BalancerConfig
-from .control import Control
-from .dashboard import Dashboard, Feed
-from .dispatcher import NoServerError
-from .events import Ev, EventBus
-from .filereg import FileRegistration
-from .forecast.api import ForecastApi
-from .forecast.service import ForecastService
-from .frontend import Reply, Request, Router
-from .metrics import Metrics
-from .notify import Notifier
-from .operator import OperatorApi
-from .peer import user_uids
-from .policy import Limits, StopReason
-from .pool import Pool
-from .probe import Probe
-from .reload import Reloader
-from .scaler import LaunchSettings, Scaler
-from .workload import UsageAggregator, journal_priors
+from balancer.backends.base import Backend
+from balancer.calls import protocol
+from balancer.calls.dispatcher import NoServerError
+from balancer.calls.path import Calls, shmem_unsupported, test_shmem
+from balancer.capacity.api import ForecastApi
+from balancer.capacity.service import ForecastService
+from balancer.config.load import BalancerConfig
+from balancer.control.api import Control
+from balancer.control.filereg import FileRegistration
+from balancer.control.probe import Probe
+from balancer.http.server import Reply, Request, Router
+from balancer.observe.events import Ev, EventBus
+from balancer.observe.metrics import Metrics
+from balancer.observe.notify import Notifier
+from balancer.ops.access import PeerGate
+from balancer.ops.api import OperatorApi
+from balancer.ops.dashboard import Dashboard, Feed
+from balancer.ops.peer import user_uids
+from balancer.ops.reload import Reloader
+from balancer.policy.decide import Limits, StopReason
+from balancer.pool.pool import Pool
+from balancer.pool.scaler import LaunchSettings, Scaler
+from balancer.profiling.workload import UsageAggregator, journal_priors
 
 STOP_WAIT_S = 5.0  # after the stop of every server, how long to wait for their jobs to end
 FIRST_FORECAST_S = 10.0  # at start, how long the first scaling pass waits for a first forecast
@@ -69,8 +69,8 @@ class Balancer:
         self.monitor: Any = None
         self._first: asyncio.Future[None] | None = None
         if fc.collect:
-            from .cluster.collectors import make_collector
-            from .cluster.monitor import CapacityMonitor
+            from balancer.capacity.collectors import make_collector
+            from balancer.capacity.monitor import CapacityMonitor
 
             collector = make_collector(cfg, backend)
             self.monitor = CapacityMonitor(collector, self.history, self.forecast, bus, fc.collect_interval_s)
@@ -246,7 +246,7 @@ class Balancer:
 
 def _history(fc: Any) -> Any:
     """The capacity history (SQLite, outlives the run) at the configured or the default path."""
-    from .cluster.history import History, default_history_path
+    from balancer.capacity.history import History, default_history_path
 
     path = Path(fc.history).expanduser() if fc.history else default_history_path()
     return History(path, retention_s=fc.retention_days * 86400.0)
@@ -257,7 +257,7 @@ def _profiler(cfg: BalancerConfig, bus: EventBus) -> Any:
     the run goes on without profiles."""
     if not cfg.profiles.enabled:
         return None
-    from .profiler import Profiler, open_store
+    from balancer.profiling.recorder import Profiler, open_store
 
     try:
         store = open_store(cfg.profiles)

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .journal import read_journal
+from balancer.observe.journal import read_journal
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -35,7 +35,8 @@ def child(path: str) -> None:
     t_import = time.perf_counter()
     import analysis.journal
     import analysis.summary  # noqa: F401 - imported here so import time is not counted as loading
-    from analysis import load_run
+
+    from balancer.analysis import load_run
 
     import_s = time.perf_counter() - t_import
     rss_before = _rss_mb()
@@ -61,7 +62,7 @@ def main() -> int:
         child(args.load)
         return 0
 
-    from analysis.synthetic import write_journal
+    from balancer.analysis.synthetic import write_journal
 
     with tempfile.TemporaryDirectory(prefix="analysis-scale-") as tmp:
         path = Path(args.keep or tmp) / "journal.jsonl"

@@ -23,8 +23,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from balancer.events import Ev, EventBus  # noqa: E402
-from balancer.journal import Journal  # noqa: E402
+from balancer.observe.events import Ev, EventBus  # noqa: E402
+from balancer.observe.journal import Journal  # noqa: E402
 
 _OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
 

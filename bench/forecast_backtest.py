@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from balancer.forecast.backtest import BacktestResult, backtest, format_table, load_history, parse_duration
-from balancer.forecast.models import FORECASTERS
+from balancer.capacity.backtest import BacktestResult, backtest, format_table, load_history, parse_duration
+from balancer.capacity.forecasters import FORECASTERS
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 SITES = {"KTH SP2": "KTH-SP2-1996-2.1-cln.swf.gz", "LANL CM-5": "LANL-CM5-1994-4.1-cln.swf.gz"}

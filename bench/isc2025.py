@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 import tomli_w  # noqa: E402 - after the path set-up, like the project imports below
 import umbridge  # noqa: E402
 
-from analysis import analyze_journal  # noqa: E402
-from balancer.journal import read_journal  # noqa: E402
+from balancer.analysis import analyze_journal  # noqa: E402
+from balancer.observe.journal import read_journal  # noqa: E402
 from tests.helpers import wait_until  # noqa: E402
 
 ISC_DATA = ROOT.parent / "shared" / "data" / "isc2025"

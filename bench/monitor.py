@@ -29,7 +29,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from balancer.usage import UsageSampler  # noqa: E402
+from balancer.launcher.usage import UsageSampler  # noqa: E402
 from tests.helpers import MODELS, BalancerProc  # noqa: E402
 
 DEFAULT_S = 5.0

@@ -85,7 +85,7 @@ def run_load(url: str, inflight: int, seconds: float) -> dict:
 
 def measure(root: Path, args: argparse.Namespace) -> dict[int, tuple[dict, dict, float, float]]:
     """One balancer (the package under ``root``) in front of one trivial server: direct vs via."""
-    from balancer.journal import read_journal
+    from balancer.observe.journal import read_journal
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     cfg = tmp / "bench.toml"

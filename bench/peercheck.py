@@ -29,10 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from balancer.access import PeerGate  # noqa: E402
-from balancer.events import EventBus  # noqa: E402
-from balancer.frontend import FrontServer, HttpLimits, Request, Router, json_reply  # noqa: E402
-from balancer.peer import NetlinkLookup, proc_uid  # noqa: E402
+from balancer.http.server import FrontServer, HttpLimits, Request, Router, json_reply  # noqa: E402
+from balancer.observe.events import EventBus  # noqa: E402
+from balancer.ops.access import PeerGate  # noqa: E402
+from balancer.ops.peer import NetlinkLookup, proc_uid  # noqa: E402
 
 
 def raise_nofile(want: int) -> int:

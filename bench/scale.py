@@ -119,7 +119,8 @@ _current = contextvars.ContextVar("upstream", default=None)
 
 def instrument(handed: dict[object, float], latencies: list[float]) -> None:
     """Time from the dispatcher's hand-off of a slot to the write of that call's request."""
-    from balancer import dispatcher, upstream
+    from balancer.calls import dispatcher
+    from balancer.http import upstream
 
     hand = dispatcher.Dispatcher._hand
 
@@ -164,10 +165,10 @@ def rss_now_mb() -> float:
 
 async def run(args: argparse.Namespace) -> None:
     from balancer.app import Balancer
-    from balancer.config import parse_config
-    from balancer.events import EventBus
-    from balancer.frontend import Request
-    from balancer.journal import Journal
+    from balancer.config.load import parse_config
+    from balancer.http.server import Request
+    from balancer.observe.events import EventBus
+    from balancer.observe.journal import Journal
     from tests.fakes import FakeScheduler, until
 
     handed: dict[object, float] = {}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from balancer.cluster.swf import read_swf
+from balancer.capacity.swf import read_swf
 from balancer.sim.campaign import lognormal
 from balancer.sim.report import METRICS, metrics, table
 from balancer.sim.run import POLICIES, Replay, SimConfig, simulate

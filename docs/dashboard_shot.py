@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 def history(path: Path, days: float = 3.0, step_s: float = 300.0) -> None:
     """Idle CPUs of a 2-CPU machine that is busy in the working day, every 5 minutes."""
-    from balancer.cluster.history import History
-    from balancer.cluster.sample import CapacitySample
+    from balancer.capacity.history import History
+    from balancer.capacity.sample import CapacitySample
 
     now = time.time()
     samples = []

@@ -6,7 +6,7 @@
 # reference load balancer picks by file name, our config says explicitly).
 #
 # For every server the balancer submits one HQ task that runs, on a worker,
-#     python -m balancer.launch -- bash <this script>
+#     python -m balancer.launcher -- bash <this script>
 # The launcher exports PORT, waits until the model answers /Info there, registers it with the
 # balancer and keeps it on a lease. So this script only starts the model on $PORT, with `exec`:
 # the model stays the task's process, under HyperQueue's control. No `&`, no `sleep infinity`, no

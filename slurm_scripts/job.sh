@@ -7,7 +7,7 @@
 #
 # For every server the balancer submits a job (several at once: one job array) whose script is
 # generated from this one: your #SBATCH lines below, then
-#     python -m balancer.launch -- bash <this script>
+#     python -m balancer.launcher -- bash <this script>
 # The launcher exports PORT, waits until the model answers /Info there, registers it with the
 # balancer and keeps it on a lease. So this script only starts the model on $PORT, with `exec`.
 # No `&`, no `sleep infinity`, no url file: the launcher does all that (and writes

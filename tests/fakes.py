@@ -24,9 +24,9 @@ import aiohttp
 
 from balancer.app import Balancer
 from balancer.backends.base import Backend, Launch
-from balancer.config import BalancerConfig, parse_config
-from balancer.events import EventBus
-from balancer.frontend import FrontServer, HttpLimits
+from balancer.config.load import BalancerConfig, parse_config
+from balancer.http.server import FrontServer, HttpLimits
+from balancer.observe.events import EventBus
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token"

@@ -15,7 +15,7 @@ from typing import Any
 
 import tomli_w
 
-from balancer.journal import read_journal
+from balancer.observe.journal import read_journal
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

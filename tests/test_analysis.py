@@ -12,11 +12,11 @@ import numpy as np
 import orjson
 import pytest
 
-from analysis import AnalysisError, analyze_journal, load_run
-from analysis.cli import add_subcommands, main
-from analysis.model import CALL_COLUMNS, SERVER_COLUMNS, queue_length
-from analysis.summary import METRICS, format_table
-from analysis.synthetic import write_journal
+from balancer.analysis import AnalysisError, analyze_journal, load_run
+from balancer.analysis.cli import add_subcommands, main
+from balancer.analysis.model import CALL_COLUMNS, SERVER_COLUMNS, queue_length
+from balancer.analysis.summary import METRICS, format_table
+from balancer.analysis.synthetic import write_journal
 
 ROOT = Path(__file__).resolve().parents[1]
 ISC = ROOT.parent / "shared" / "data" / "isc2025"
@@ -246,7 +246,7 @@ def test_unknown_format_is_one_clear_error(tmp_path: Path, content: bytes,
 def test_cli_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
     p = tmp_path / "notes.txt"
     p.write_text("hello\n")
-    out = subprocess.run([sys.executable, "-m", "analysis", "analyze", str(p), str(tmp_path / "missing")],
+    out = subprocess.run([sys.executable, "-m", "balancer.analysis", "analyze", str(p), str(tmp_path / "missing")],
                          capture_output=True, text=True, cwd=ROOT, check=False, timeout=60)
     assert out.returncode == 2
     assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
@@ -297,7 +297,7 @@ def test_add_subcommands_registers_analyze_and_plot() -> None:
 
 
 def test_progress_bar_goes_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from analysis.progress import ByteProgress
+    from balancer.analysis.progress import ByteProgress
 
     p = tmp_path / "f.bin"
     p.write_bytes(b"x" * 1000)
@@ -311,7 +311,7 @@ def test_progress_bar_goes_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixtu
 # --- plots -------------------------------------------------------------------------------------
 
 def test_plots_have_labels_and_are_written(synthetic, tmp_path: Path) -> None:
-    from analysis.plots import make_figures, save_figures
+    from balancer.analysis.plots import make_figures, save_figures
 
     runs = [analyze_journal(synthetic[0]), load_run(DATA / "hq_current.jsonl"),
             load_run(DATA / "sacct_2205.json")]

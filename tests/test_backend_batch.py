@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from balancer import launch
 from balancer.backends import SCHEDULERS, make_backend
 from balancer.backends.base import ENV_SERVER_ID, Launch
-from balancer.backends.batch import BatchBackend, JobState, StatusRow
-from balancer.backends.slurm import STATES, SlurmBackend
-from balancer.config import ConfigError, parse_config
+from balancer.backends.batch.base import BatchBackend, JobState, StatusRow
+from balancer.backends.batch.slurm import STATES, SlurmBackend
+from balancer.config.load import ConfigError, parse_config
+from balancer.launcher import main as launch
 
 
 def slurm_cfg(tmp_path: Path, spec: dict[str, Any], backend: dict[str, Any] | None = None):
@@ -43,7 +43,7 @@ def test_slurm_job_script_keeps_the_users_directives_and_exports_what_the_launch
     lines = script.splitlines()
     assert lines[:3] == ["#!/bin/bash", "#SBATCH --time=5", "#SBATCH --mem=1G"]  # -J is ours
     assert "export UMBRIDGE_BALANCER_TASK_INDEX=$first" in lines
-    assert lines[-1] == f"exec {sys.executable} -m balancer.launch -- bash {user}"
+    assert lines[-1] == f"exec {sys.executable} -m balancer.launcher -- bash {user}"
     # The job id the launcher gets, as scancel and the reference's url-<job>.txt write it.
     export = next(x for x in lines if x.startswith("export UMBRIDGE_BALANCER_JOB_ID="))
     cases = (({"SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "3"}, "7_3"), ({"SLURM_JOB_ID": "9"}, "9"))
@@ -80,7 +80,7 @@ def test_slurm_several_servers_per_job_start_their_launchers_by_index(tmp_path):
     subprocess.run(["bash", "-c", script], env=env, check=True, timeout=30)
     # Array task 1 of two servers per job runs the launchers of c and d.
     assert sorted(p.name for p in logs.iterdir()) == ["c.log", "d.log"]
-    assert (logs / "c.log").read_text() == "index 2 job 7_1: -m balancer.launch -- model\n"
+    assert (logs / "c.log").read_text() == "index 2 job 7_1: -m balancer.launcher -- model\n"
     assert (logs / "d.log").read_text().startswith("index 3 job 7_1")
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from balancer.backends import SCHEDULERS, backend_class
 from balancer.backends.options import BackendOptions, args, one_of, parse_options, positive, word
-from balancer.config import ConfigError, parse_config
+from balancer.config.load import ConfigError, parse_config
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ import pytest
 
 from balancer.backends import make_backend
 from balancer.backends.base import Launch
+from balancer.backends.batch.slurm import SlurmBackend
 from balancer.backends.local import LocalBackend
-from balancer.backends.slurm import SlurmBackend
-from balancer.config import ConfigError, parse_config
-from balancer.events import EventBus
-from balancer.profiler import Profiler
-from balancer.profiles import SPEC_ROW, ProfileStore, spec_hash
-from balancer.workload import UsageAggregator, journal_priors
+from balancer.config.load import ConfigError, parse_config
+from balancer.observe.events import EventBus
+from balancer.profiling.recorder import Profiler
+from balancer.profiling.store import SPEC_ROW, ProfileStore, spec_hash
+from balancer.profiling.workload import UsageAggregator, journal_priors
 from tests.helpers import MODELS
 
 pytestmark = pytest.mark.timeout(30)
@@ -281,7 +281,7 @@ def usage(sid: str, spec: str, t: float, cpu_s: float) -> dict[str, Any]:
 
 
 def test_workload_survives_a_removed_spec_and_forgets_a_changed_one() -> None:
-    from balancer.config import ServerSpec
+    from balancer.config.load import ServerSpec
 
     pool_specs = {"w": ["m"], "gone": ["g"]}
     bus = EventBus()

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from balancer.calls import LRU
+from balancer.calls.path import LRU
 from tests.fakes import model_server, running, until
 from tests.helpers import ROOT, wait_until
 

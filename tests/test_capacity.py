@@ -21,19 +21,19 @@ import numpy as np
 import psutil
 import pytest
 
-from balancer.backends.slurm import SlurmBackend, parse_slurm_time
-from balancer.cluster.cli import add_capacity_parser
-from balancer.cluster.collect import CollectError
-from balancer.cluster.collect_hq import HqCollector, parse_allocations, parse_jobs, parse_workers
-from balancer.cluster.collect_local import LocalCollector
-from balancer.cluster.collect_slurm import ProbeJob, SlurmCollector, gres_gpus, parse_node_gres, parse_sinfo
-from balancer.cluster.collectors import make_collector
-from balancer.cluster.history import History, default_history_path
-from balancer.cluster.sample import CapacitySample
-from balancer.cluster.swf import TraceError
-from balancer.cluster.traces import load_series, sacct_idle
-from balancer.config import parse_config
-from balancer.forecast.series import Series
+from balancer.backends.batch.slurm import SlurmBackend, parse_slurm_time
+from balancer.capacity.collect import CollectError
+from balancer.capacity.collect_hq import HqCollector, parse_allocations, parse_jobs, parse_workers
+from balancer.capacity.collect_local import LocalCollector
+from balancer.capacity.collect_slurm import ProbeJob, SlurmCollector, gres_gpus, parse_node_gres, parse_sinfo
+from balancer.capacity.collectors import make_collector
+from balancer.capacity.history import History, default_history_path
+from balancer.capacity.sample import CapacitySample
+from balancer.capacity.series import Series
+from balancer.capacity.swf import TraceError
+from balancer.capacity.traces import load_series, sacct_idle
+from balancer.cli.cluster import add_capacity_parser
+from balancer.config.load import parse_config
 from tests.helpers import ROOT, wait_until
 from tests.slurm.fixture import SlurmCluster
 
@@ -370,8 +370,8 @@ def test_local_collector_follows_psutil():
 
 def test_hq_embedded_collector_sees_its_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     pytest.importorskip("hyperqueue")
-    from balancer.backends import hyperqueue as hqb
     from balancer.backends.base import ENV_SERVER_ID, Launch
+    from balancer.backends.hyperqueue import backend as hqb
 
     monkeypatch.setattr(hqb, "launcher_argv", lambda command, python=None: list(command))
     raw = {

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from balancer.backends.base import ENV_SERVER_ID, ENV_TOKEN
-from balancer.config import parse_config
-from balancer.events import EVENT_NAMES, EventBus
-from balancer.policy import decide
-from balancer.pool import TRANSITIONS, Pool, ServerState
+from balancer.config.load import parse_config
+from balancer.observe.events import EVENT_NAMES, EventBus
+from balancer.policy.decide import decide
+from balancer.pool.pool import TRANSITIONS, Pool, ServerState
 from tests.fakes import TOKEN, FakeScheduler, model_server, running, until
 
 S = ServerState
@@ -216,7 +216,7 @@ def test_a_server_drains_before_its_time_limit_is_replaced_and_loses_no_call(tmp
 
 
 def test_refused_authentications_are_journaled_with_a_count_per_interval(tmp_path: Path, monkeypatch):
-    from balancer import control
+    from balancer.control import api as control
 
     monkeypatch.setattr(control, "AUTH_LOG_S", 0.5)
 

@@ -14,9 +14,9 @@ import aiohttp
 import requests
 import umbridge
 
-from balancer.dashboard import MAX_BACKLOG, Tab
-from balancer.events import Ev
-from balancer.frontend import FrontServer, HttpLimits, Router, Stream, StreamOut
+from balancer.http.server import FrontServer, HttpLimits, Router, Stream, StreamOut
+from balancer.observe.events import Ev
+from balancer.ops.dashboard import MAX_BACKLOG, Tab
 from tests.browser import chromium, new_page  # noqa: F401 - the fixture
 from tests.fakes import running, until
 from tests.helpers import test_model_spec, wait_until

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from balancer.forecast.backtest import BacktestResult, backtest, choose, format_table, parse_duration
-from balancer.forecast.models import BASELINE, FORECASTERS, Blend, SeasonalNaive, make
-from balancer.forecast.series import DAY_S, WEEK_S, Series
+from balancer.capacity.backtest import BacktestResult, backtest, choose, format_table, parse_duration
+from balancer.capacity.forecasters import BASELINE, FORECASTERS, Blend, SeasonalNaive, make
+from balancer.capacity.series import DAY_S, WEEK_S, Series
 
 ROOT = Path(__file__).resolve().parents[1]
 KTH = Path(__file__).resolve().parents[2] / "shared/data/traces/KTH-SP2-1996-2.1-cln.swf.gz"
@@ -152,7 +152,7 @@ needs_kth = pytest.mark.skipif(not KTH.is_file(), reason=f"KTH SP2 trace not fou
 
 @needs_kth
 def test_backtest_on_kth_is_reproducible_and_reports_seasonal_naive() -> None:
-    from balancer.forecast.backtest import load_history
+    from balancer.capacity.backtest import load_history
 
     names = ["seasonal-naive-day", "seasonal-naive-week", "blend"]
     runs = []
@@ -172,7 +172,7 @@ def test_backtest_on_kth_is_reproducible_and_reports_seasonal_naive() -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "balancer.forecast.backtest", *args],
+        [sys.executable, "-m", "balancer.capacity.backtest", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from balancer.app import Balancer
-from balancer.forecast.service import Override
+from balancer.capacity.service import Override
 from tests.fakes import in_loop, running, until
 
 SPEC = {"name": "m", "command": "true", "models": ["forward"], "max_servers": 8, "backlog": 2,

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from analysis.load import load_run
+from balancer.analysis.load import load_run
 
 
 def _journal(path, samples):

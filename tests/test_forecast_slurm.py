@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from balancer.cluster.history import History
-from balancer.cluster.sample import CapacitySample
+from balancer.capacity.history import History
+from balancer.capacity.sample import CapacitySample
 from tests.helpers import ROOT, test_model_spec, wait_until
 from tests.slurm.fixture import SlurmCluster
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from balancer.frontend import FrontServer, HttpLimits, Reply, Request, Router, error_reply, json_reply
+from balancer.http.server import FrontServer, HttpLimits, Reply, Request, Router, error_reply, json_reply
 from tests.fakes import running
 
 BODY = b'{"name": "forward", "input": [[1.0]]}'

@@ -17,8 +17,8 @@ import pytest
 
 from balancer.backends.local import LocalBackend
 from balancer.backends.options import LocalOptions, parse_options
-from balancer.config import ConfigError
-from balancer.gpus import CoreAllocator, GpuAllocator, discover, nvml_gpus
+from balancer.config.load import ConfigError
+from balancer.profiling.gpus import CoreAllocator, GpuAllocator, discover, nvml_gpus
 
 from .helpers import BalancerProc, reap, test_model_spec, wait_until
 
@@ -137,7 +137,7 @@ def test_two_gpu_servers_disjoint_third_waits(tmp_path: Path) -> None:
 
 def test_server_gpus_view() -> None:
     """What `balancer servers` and the dashboard show: assigned devices with the last sample's use."""
-    from balancer.gpus import server_gpus
+    from balancer.profiling.gpus import server_gpus
 
     class Backend:
         def server_resources(self, sid: str) -> dict[str, list[Any]] | None:

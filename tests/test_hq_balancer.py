@@ -23,7 +23,7 @@ def hq_helpers(run_dir) -> list[psutil.Process]:
     out = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "hq_embedded" in cmd and str(run_dir) in cmd:
+        if "hyperqueue.embedded" in cmd and str(run_dir) in cmd:
             out.append(p)
     return out
 

@@ -17,12 +17,12 @@ from typing import Any
 import psutil
 import pytest
 
-from balancer.backends import hyperqueue as hqb
 from balancer.backends.base import ENV_SERVER_ID, Launch
-from balancer.backends.hq_client import HqClient
-from balancer.backends.hq_embedded import EmbeddedCluster
-from balancer.backends.hq_resources import HqRequest, hq_request, parse_duration, reference_job_script
-from balancer.config import ConfigError, parse_config
+from balancer.backends.hyperqueue import backend as hqb
+from balancer.backends.hyperqueue.client import HqClient
+from balancer.backends.hyperqueue.embedded import EmbeddedCluster
+from balancer.backends.hyperqueue.resources import HqRequest, hq_request, parse_duration, reference_job_script
+from balancer.config.load import ConfigError, parse_config
 
 pytest.importorskip("hyperqueue")
 

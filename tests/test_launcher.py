@@ -11,10 +11,10 @@ from pathlib import Path
 import requests
 import umbridge
 
-from balancer.journal import read_journal
+from balancer.observe.journal import read_journal
 from tests.helpers import MODELS, ROOT, pid_alive, wait_until
 
-LAUNCH = [sys.executable, "-m", "balancer.launch", "--"]
+LAUNCH = [sys.executable, "-m", "balancer.launcher", "--"]
 
 
 def test_launcher_writes_reference_url_file_and_forwards_sigterm(tmp_path):

@@ -10,7 +10,7 @@ import requests
 import umbridge
 from prometheus_client.parser import text_string_to_metric_families
 
-from balancer.metrics import BUCKETS, Metrics
+from balancer.observe.metrics import BUCKETS, Metrics
 from tests.helpers import test_model_spec, wait_until
 
 P = "umbridge_balancer_"
@@ -139,7 +139,7 @@ class _Pool:
     """Just what ``Metrics`` reads of a pool."""
 
     def __init__(self) -> None:
-        from balancer.dispatcher import Dispatcher
+        from balancer.calls.dispatcher import Dispatcher
 
         self.specs = {"a": _Spec("a", {"m"})}
         self.dispatcher = Dispatcher()

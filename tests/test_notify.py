@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
-from balancer.config import ConfigError, NotifySettings, parse_config
-from balancer.events import EventBus
-from balancer.notify import Notifier
+from balancer.config.load import ConfigError, NotifySettings, parse_config
+from balancer.observe.events import EventBus
+from balancer.observe.notify import Notifier
 from tests.fakes import model_server, running, until
 
 SPEC = {"name": "t", "command": [sys.executable], "models": ["forward"], "max_start_failures": 1}

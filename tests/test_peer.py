@@ -19,10 +19,10 @@ import orjson
 import pytest
 import umbridge
 
-from balancer.access import PeerGate
-from balancer.config import ConfigError, parse_config
-from balancer.events import EventBus
-from balancer.peer import NetlinkLookup, PeerLookup, peer_uid, proc_uid
+from balancer.config.load import ConfigError, parse_config
+from balancer.observe.events import EventBus
+from balancer.ops.access import PeerGate
+from balancer.ops.peer import NetlinkLookup, PeerLookup, peer_uid, proc_uid
 from tests.fakes import TOKEN, running
 from tests.helpers import BalancerProc, reap, test_model_spec, wait_until
 from tests.test_security import other_user

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from balancer.policy import (
+from balancer.policy.decide import (
     Drain,
     ForecastView,
     GiveUp,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
-from balancer.policy import (
+from balancer.policy.decide import (
     ForecastRules,
     ForecastView,
     Limits,

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import umbridge
 
-from balancer.config import ConfigError, ProfileSettings, Resources, parse_config
-from balancer.events import EventBus
-from balancer.profiler import Profiler, size_specs
-from balancer.profiles import SPEC_ROW, ProfileStore, merge, profiles, spec_hash
-from balancer.sizing import MIB, format_duration, parse_memory, size
+from balancer.config.load import ConfigError, ProfileSettings, Resources, parse_config
+from balancer.observe.events import EventBus
+from balancer.profiling.recorder import Profiler, size_specs
+from balancer.profiling.sizing import MIB, format_duration, parse_memory, size
+from balancer.profiling.store import SPEC_ROW, ProfileStore, merge, profiles, spec_hash
 from tests.helpers import MODELS, ROOT, test_model_spec, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -89,7 +89,7 @@ def test_store_round_trip_and_merge_of_two_runs(tmp_path: Path) -> None:
 
 
 def test_workload_counters_add_up_over_runs_and_classify_again(tmp_path: Path) -> None:
-    from balancer.workload import classify
+    from balancer.profiling.workload import classify
 
     path = tmp_path / "p.sqlite"
     for cls in ("wait", "cpu"):
@@ -263,9 +263,9 @@ def test_mismatch_is_journaled_once_per_spec_and_resource(tmp_path: Path) -> Non
 
 
 def test_status_and_analyze_show_the_advice(tmp_path: Path) -> None:
-    from analysis.journal import read_journal
-    from balancer.journal import Journal
-    from balancer.opcli import format_status
+    from balancer.analysis.journal import read_journal
+    from balancer.cli.operator import format_status
+    from balancer.observe.journal import Journal
 
     cfg = cfg_of({"cpus": 4}, mismatch_samples=5)
     seen = fake_run(ProfileStore(tmp_path / "p.sqlite"), cfg, calls=30, cpu_per_call=0.01, util=0.02)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from balancer.config import parse_config
-from balancer.policy import Drain, Limits, Phase, Start, StartReason, Stop, StopReason
-from balancer.reload import diff_config, merge_limits
+from balancer.config.load import parse_config
+from balancer.ops.reload import diff_config, merge_limits
+from balancer.policy.decide import Drain, Limits, Phase, Start, StartReason, Stop, StopReason
 from tests.test_policy import LIM, V, lim, run
 
 PY = sys.executable

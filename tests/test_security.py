@@ -11,7 +11,7 @@ from pathlib import Path
 
 import umbridge
 
-from balancer.probe import exposed_addresses
+from balancer.control.probe import exposed_addresses
 from tests.fakes import running
 from tests.helpers import BalancerProc, reap, test_model_spec, wait_until
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from balancer.cluster.swf import read_swf
+from balancer.capacity.swf import read_swf
+from balancer.cli.simulate import main
 from balancer.sim.campaign import lognormal
-from balancer.sim.cli import main
 from balancer.sim.cluster import Cluster
 from balancer.sim.report import metrics, table
 from balancer.sim.run import POLICIES, Replay, SimConfig, simulate
@@ -173,11 +173,11 @@ def test_cli_unknown_option_exits_2(capsys):
     assert capsys.readouterr().err.startswith("balancer: error: ")
 
 
-# -- the replace-ahead rule the simulator motivated (balancer/policy.py) -----------------------------
+# -- the replace-ahead rule the simulator motivated (balancer/policy/decide.py) -----------------------------
 
 
 def _decide(servers, fv, waiting=100, max_servers=4):
-    from balancer.policy import Limits, Observed, SpecLimits, SpecObserved, decide
+    from balancer.policy.decide import Limits, Observed, SpecLimits, SpecObserved, decide
 
     lim = SpecLimits("m", max_servers=max_servers, backlog=2, startup_timeout_s=3600, max_time_limit_s=14400)
     return decide(
@@ -186,7 +186,7 @@ def _decide(servers, fv, waiting=100, max_servers=4):
 
 
 def test_with_a_forecast_a_full_pool_queues_successors_before_its_jobs_end():
-    from balancer.policy import Drain, ForecastView, Start
+    from balancer.policy.decide import Drain, ForecastView, Start
     from tests.test_policy import V
 
     fv = ForecastView(900.0, (8.0, 8.0))

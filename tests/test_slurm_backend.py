@@ -18,7 +18,7 @@ import requests
 import tomli_w
 import umbridge
 
-from balancer.backends.slurm import parse_slurm_time, read_directives
+from balancer.backends.batch.slurm import parse_slurm_time, read_directives
 from tests.helpers import MODELS, ROOT, pid_alive, test_model_spec, wait_until
 from tests.slurm.fixture import SlurmCluster
 

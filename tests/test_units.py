@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from balancer.backends import SCHEDULERS
-from balancer.config import ConfigError, parse_config
-from balancer.protocol import ProtocolError, check_sizes, parse_request
+from balancer.calls.protocol import ProtocolError, check_sizes, parse_request
+from balancer.config.load import ConfigError, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

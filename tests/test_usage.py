@@ -13,8 +13,9 @@ import psutil
 import pytest
 import umbridge
 
-from balancer import launch, usage
-from balancer.usage import UsageSampler, clean_samples, journal_fields, tree_pids, visible_gpus
+from balancer.launcher import main as launch
+from balancer.launcher import usage
+from balancer.launcher.usage import UsageSampler, clean_samples, journal_fields, tree_pids, visible_gpus
 from tests.helpers import MODELS, wait_until
 
 # A root that starts a CPU-burning child and burns CPU itself; it prints once the child runs.

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import umbridge
 
-from balancer import workload as wl
-from balancer.events import EventBus
-from balancer.workload import UsageAggregator, classify
-from balancer.workload_prior import prior_of, prior_of_source
+from balancer.observe.events import EventBus
+from balancer.profiling import workload as wl
+from balancer.profiling.prior import prior_of, prior_of_source
+from balancer.profiling.workload import UsageAggregator, classify
 
 from .helpers import BalancerProc, reap, wait_until
 
@@ -209,7 +209,7 @@ def test_analyze_prints_the_classes(tmp_path: Path) -> None:
     """``balancer analyze``'s workload block: the prior, the final verdict over earlier ones, why."""
     import orjson
 
-    from analysis.workload import format_workload, workload_rows
+    from balancer.analysis.workload import format_workload, workload_rows
 
     lines = [
         {"ev": "workload.prior", "spec": "m", "cls": "wait"},
@@ -232,8 +232,8 @@ def test_prior_from_a_profile_before_the_source() -> None:
     """A spec measured in earlier runs (profiles.py keeps the counters) starts with that class."""
     import asyncio
 
-    from balancer.config import ServerSpec
-    from balancer.workload import journal_priors
+    from balancer.config.load import ServerSpec
+    from balancer.profiling.workload import journal_priors
 
     class Store:
         def __init__(self, figures: dict[str, Any] | None) -> None:

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..config import BalancerConfig
-    from .base import Backend
+    from balancer.backends.base import Backend
+    from balancer.config.load import BalancerConfig
 
 BACKENDS: dict[str, str] = {
     "local": "local:LocalBackend",
-    "slurm": "slurm:SlurmBackend",
-    "hyperqueue": "hyperqueue:HyperQueueBackend",
+    "slurm": "batch.slurm:SlurmBackend",
+    "hyperqueue": "hyperqueue.backend:HyperQueueBackend",
 }
 SCHEDULERS = tuple(BACKENDS)
 

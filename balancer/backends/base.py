@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..config import BalancerConfig, ServerSpec
-from .options import BackendOptions, ServerOptions
+from balancer.backends.options import BackendOptions, ServerOptions
+from balancer.config.load import BalancerConfig, ServerSpec
 
 # Environment the launcher reads (set by the backend around the launcher process).
 ENV_URL = "UMBRIDGE_BALANCER_URL"
@@ -30,7 +30,7 @@ ENV_STARTUP = "UMBRIDGE_BALANCER_STARTUP_TIMEOUT_S"
 ENV_CONCURRENCY = "UMBRIDGE_SERVER_CONCURRENCY"  # tells the model how many calls run at once
 ENV_REGISTRATION_DIR = "UMBRIDGE_BALANCER_REGISTRATION_DIR"  # register through files there, not HTTP
 ENV_SPEC = "UMBRIDGE_BALANCER_SPEC"  # the server's spec, sent with registration (re-adoption)
-ENV_MONITOR = "UMBRIDGE_BALANCER_MONITOR_S"  # usage sample period (balancer/usage.py); 0: no sampling
+ENV_MONITOR = "UMBRIDGE_BALANCER_MONITOR_S"  # usage sample period (balancer/launcher/usage.py); 0: no sampling
 # Set by a backend's job script (the launcher knows no scheduler's own variables):
 ENV_TASK_INDEX = "UMBRIDGE_BALANCER_TASK_INDEX"  # which id of a comma list in ENV_SERVER_ID is ours
 ENV_JOB_ID = "UMBRIDGE_BALANCER_JOB_ID"  # the job's id as the scheduler writes it, for url-<job>.txt
@@ -49,7 +49,7 @@ class Launch:
 
 def launcher_argv(server_command: list[str], python: str | None = None) -> list[str]:
     """The command line that runs ``server_command`` under the launcher."""
-    return [python or sys.executable, "-m", "balancer.launch", "--", *server_command]
+    return [python or sys.executable, "-m", "balancer.launcher", "--", *server_command]
 
 
 class BackendEvents(Protocol):

@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, ServerSpec
-from ..gpus import CoreAllocator, GpuAllocator, discover
-from ..procgroup import OUTER_GRACE_S, end_child, end_group, group_alive
-from .base import ENV_JOB_ID, ENV_TASK_INDEX, Backend, Launch, launcher_argv
-from .options import LocalOptions
+from balancer.backends.base import ENV_JOB_ID, ENV_TASK_INDEX, Backend, Launch, launcher_argv
+from balancer.backends.options import LocalOptions
+from balancer.config.load import ConfigError, ServerSpec
+from balancer.launcher.procgroup import OUTER_GRACE_S, end_child, end_group, group_alive
+from balancer.profiling.gpus import CoreAllocator, GpuAllocator, discover
 
 ADOPTED_POLL_S = 0.5  # an adopted launcher is not our child: its exit is noticed by polling
 ENV_GPUS = "CUDA_VISIBLE_DEVICES"

@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from ..config import ConfigError
+from balancer.config.load import ConfigError
 
 
 def positive(default: Any) -> Any:
@@ -61,7 +61,7 @@ def devices() -> Any:
 class LocalOptions(BackendOptions):
     """``[backend]`` keys of the local backend."""
 
-    # The GPUs to hand out, one set per server through its CUDA_VISIBLE_DEVICES (balancer/gpus.py);
+    # The GPUs to hand out, one set per server through its CUDA_VISIBLE_DEVICES (balancer/profiling/gpus.py);
     # None: those NVML finds, or none. An empty list: none, even where NVML finds some.
     gpus: tuple[str, ...] | None = devices()
 

@@ -51,7 +51,7 @@ def from_times(times: np.ndarray, n: int, rate_per_s: float | None = None, seed:
 
 def journal_times(path: str) -> np.ndarray:
     """Evaluation compute times of a balancer journal (needs the analysis extra)."""
-    from analysis.load import load_run
+    from balancer.analysis.load import load_run
 
     calls = load_run(path, progress=False).calls
     ev = calls[(calls["op"] == "Evaluate") & (calls["outcome"] == "ok")]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..cluster.swf import SwfTrace
+from balancer.capacity.swf import SwfTrace
 
 PENDING, RUNNING, DONE = 0, 1, 2
 

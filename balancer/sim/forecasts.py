@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..forecast.models import make
-from ..forecast.series import DAY_S, Series
-from ..policy import ForecastView
-from .cluster import Cluster
+from balancer.capacity.forecasters import make
+from balancer.capacity.series import DAY_S, Series
+from balancer.policy.decide import ForecastView
+from balancer.sim.cluster import Cluster
 
 HISTORY_SLOTS_DAYS = 56  # the forecaster sees the last 8 weeks: weekly seasons and then some
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .run import Result
+from balancer.sim.run import Result
 
 # (key, label, format) in table order.
 METRICS: tuple[tuple[str, str, str], ...] = (

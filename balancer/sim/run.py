@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..cluster.swf import SwfTrace
-from ..policy import (
+from balancer.capacity.swf import SwfTrace
+from balancer.policy.decide import (
     Drain,
     ForecastRules,
     ForecastView,
@@ -35,9 +35,9 @@ from ..policy import (
     admissible_cpus,
     decide,
 )
-from .campaign import Campaign
-from .cluster import PENDING, Cluster, JobEvent
-from .forecasts import Learned, Oracle
+from balancer.sim.campaign import Campaign
+from balancer.sim.cluster import PENDING, Cluster, JobEvent
+from balancer.sim.forecasts import Learned, Oracle
 
 SPEC = "model"
 POLICIES = ("demand", "forecast", "oracle")

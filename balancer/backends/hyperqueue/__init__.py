@@ -1,0 +1,1 @@
+"""balancer.backends.hyperqueue."""

@@ -1,0 +1,536 @@
+"""TOML configuration: parsed once at start-up into frozen dataclasses, every key validated.
+
+A bad key ends the program with one line naming it (``ConfigError``), never a traceback later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+from balancer.backends import SCHEDULERS, backend_class
+from balancer.policy.decide import ForecastRules, parse_time_limit
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the user, naming the offending key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config error: {key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the cluster backends ask the scheduler for, per server."""
+
+    cpus: int = 1
+    memory: str | None = None  # e.g. "2G", passed to the scheduler as is
+    gpus: int = 0
+    time_limit: str | None = None  # SLURM syntax, e.g. "01:00:00"
+    # Fields given as "auto": sized from the spec's profile at start (sizing.py); until then defaults.
+    auto: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One kind of model server and how many of it the pool may run."""
+
+    name: str
+    command: tuple[str, ...] = ()
+    job_script: str | None = None
+    models: tuple[str, ...] = ()  # empty: discovered from /Info of the first server
+    concurrency: int = 1
+    min_servers: int = 0
+    max_servers: int = 4
+    backlog: int = 2
+    idle_timeout_s: float = 60.0
+    startup_timeout_s: float = 120.0
+    max_attempts: int = 3
+    max_start_failures: int = 3
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
+    resources: Resources = field(default_factory=Resources)
+    # The scheduler's per-server options (partition, threads, ...): its ``ServerOptions`` dataclass.
+    options: Any = None
+    # The job script's content digest when the file was read: a reload sees an edited script.
+    script_sha: str = ""
+
+    def server_command(self) -> list[str]:
+        """The command that starts one model server (it must listen on ``$PORT``)."""
+        if self.job_script:
+            return ["bash", self.job_script]
+        return list(self.command)
+
+
+@dataclass(frozen=True)
+class ForecastSettings:
+    """The ``[forecast]`` table: collect the cluster's capacity, forecast it, scale by it.
+
+    The rule switches and thresholds (``admission``, ``max_pending_wait_s``, ``prewarm``, ...) sit in
+    the same table and become ``rules``; see ``policy.ForecastRules``."""
+
+    enabled: bool = True  # false: demand-only scaling until switched on (API/CLI)
+    collect: bool = True  # sample the cluster's capacity into the history (false: no sinfo/squeue)
+    history: str | None = None  # SQLite history; default ~/.local/share/umbridge-balancer/capacity.sqlite
+    retention_days: float = 400.0
+    collect_interval_s: float = 60.0
+    grid_s: float = 900.0
+    horizon_s: float = 48 * 3600.0
+    train_every_s: float = 86400.0
+    min_history_s: float = 2 * 86400.0  # less history than this: cold, no forecast
+    forecaster: str = "auto"  # "auto": the best backtest on the site's history, never worse than naive
+    partition: str | None = None  # SLURM partition whose capacity counts (default: the specs' own)
+    rules: ForecastRules = field(default_factory=ForecastRules)
+
+
+NOTIFY_KINDS = ("spec_held", "server_failures", "spec_lost", "run_finished", "forecast_window")
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """The ``[notify]`` table: where to send (apprise URLs) and which kinds of notice (notify.py)."""
+
+    urls: tuple[str, ...] = ()  # apprise URLs: mailto://, json://, slack://, matrix://, ...
+    on: tuple[str, ...] = ("spec_held", "server_failures", "spec_lost", "run_finished")
+    failure_threshold: int = 3  # server failures within failure_window_s before a notice
+    failure_window_s: float = 300.0
+    coalesce_s: float = 30.0  # a notice waits this long for more of its kind, then goes as one message
+    min_interval_s: float = 300.0  # at most one message per kind this often; the rest is counted in
+    title_prefix: str = "umbridge-balancer"
+    window_cpus: int = 1  # forecast_window: the predicted idle CPUs rise to at least this many
+    shutdown_wait_s: float = 5.0  # shutdown waits at most this long for the last messages
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """The ``[profiles]`` table: the model profile store and the headroom of ``"auto"`` resources."""
+
+    enabled: bool = True
+    path: str | None = None  # SQLite store; default ~/.local/share/umbridge-balancer/profiles.sqlite
+    flush_s: float = 300.0  # a run's figures go to the store this often, and at shutdown
+    memory_headroom: float = 1.3  # memory = "auto": peak RSS times this
+    time_headroom: float = 1.5  # time_limit = "auto": longest server lifetime times this
+    min_memory: str = "512M"
+    max_time_limit: str = "1-00:00:00"
+    default_memory: str | None = None  # "auto" without a profile: these (None: the scheduler's default)
+    default_cpus: int = 1
+    default_time_limit: str | None = None
+    mismatch_samples: int = 10  # busy usage samples of a spec before given and used are compared
+
+
+@dataclass(frozen=True)
+class BalancerConfig:
+    host: str = "127.0.0.1"
+    port: int = 4242
+    scheduler: str = "local"
+    journal: str | None = None
+    run_dir: str | None = None
+    max_body_mb: float = 64.0
+    lease_s: float = 30.0
+    shutdown_grace_s: float = 30.0
+    scale_interval_s: float = 0.25
+    delay_ms: int = 0
+    # Address the launchers use to reach the balancer (defaults to host:port).
+    advertise_url: str | None = None
+    # "http": launchers register and hold their lease over HTTP; "file": through files in
+    # registration_dir, for compute nodes that cannot reach the login node (filereg.py).
+    registration: str = "http"
+    registration_dir: str | None = None  # default RUN_DIR/registration
+    # Launchers sample their server's process tree, node and GPUs this often (server.usage); 0: off.
+    monitor_interval_s: float = 5.0
+    # The launchers' control API (register, lease, exited) listens here, apart from the client
+    # port; port 0: a free one, or the one this run directory had before a restart.
+    control_host: str = "127.0.0.1"
+    control_port: int = 0
+    # Owner-only client port (access.py): other users' UIDs let in; clients on other hosts let in.
+    allow_uids: tuple[int, ...] = ()
+    allow_users: tuple[str, ...] = ()
+    allow_remote: bool = False
+    servers: tuple[ServerSpec, ...] = ()
+    # The [backend] table as the scheduler's ``Options`` dataclass (see backends/options.py).
+    backend_options: Any = None
+    forecast: ForecastSettings = field(default_factory=ForecastSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
+    profiles: ProfileSettings = field(default_factory=ProfileSettings)
+
+    @property
+    def rules(self) -> ForecastRules:
+        return self.forecast.rules
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+_SPEC_KEYS = {f.name for f in fields(ServerSpec)} - {"options", "script_sha"}
+_TOP_KEYS = {f.name for f in fields(BalancerConfig)} - {
+    "servers", "backend_options", "forecast", "notify", "profiles"
+}
+_RES_KEYS = {f.name for f in fields(Resources)} - {"auto"}
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _typed(key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else ()):
+        raise ConfigError(key, f"expected {what}, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(key, f"expected {what}, got {value!r}")
+    return value
+
+
+def _positive(key: str, value: Any, *, allow_zero: bool = False, integer: bool = False) -> Any:
+    kind: type | tuple[type, ...] = int if integer else (int, float)
+    _typed(key, value, kind, "an integer" if integer else "a number")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return value
+
+
+def _table(key: str, raw: Any, known: set[str] | frozenset[str]) -> None:
+    """``raw`` is a table of only ``known`` keys: the one check every section starts with."""
+    _typed(key, raw, dict, "a table")
+    for k in raw:
+        if k not in known:
+            raise ConfigError(f"{key}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _parse_resources(key: str, raw: Any) -> Resources:
+    _table(key, raw, _RES_KEYS)
+    auto = tuple(k for k in ("cpus", "memory", "time_limit") if raw.get(k) == "auto")
+    cpus = 1 if "cpus" in auto else _positive(f"{key}.cpus", raw.get("cpus", 1), integer=True)
+    gpus = _positive(f"{key}.gpus", raw.get("gpus", 0), integer=True, allow_zero=True)
+    memory = None if "memory" in auto else raw.get("memory")
+    if memory is not None:
+        memory = str(_typed(f"{key}.memory", memory, (str, int), 'a size such as "4G"'))
+    time_limit = None if "time_limit" in auto else raw.get("time_limit")
+    if time_limit is not None:
+        time_limit = _typed(f"{key}.time_limit", time_limit, str, 'a time such as "01:00:00"')
+        try:
+            parse_time_limit(time_limit)
+        except ValueError:
+            msg = f'expected a time such as "01:00:00", got {time_limit!r}'
+            raise ConfigError(f"{key}.time_limit", msg) from None
+    return Resources(cpus=cpus, memory=memory, gpus=gpus, time_limit=time_limit, auto=auto)
+
+
+def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpec:
+    key = f"servers[{idx}]"
+    _typed(key, raw, dict, "a table")
+    name = raw.get("name", f"server{idx}")
+    _typed(f"{key}.name", name, str, "a string")
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"{key}.name", f"use letters, digits, '.', '_' and '-' only, got {name!r}")
+    key = f"servers.{name}"
+    opts = {k: v for k, v in raw.items() if k not in _SPEC_KEYS}  # the scheduler's own keys
+    command = raw.get("command")
+    job_script = raw.get("job_script")
+    if (command is None) == (job_script is None):
+        raise ConfigError(f"{key}.command", "give exactly one of 'command' or 'job_script'")
+    cmd: tuple[str, ...] = ()
+    script_sha = ""
+    if command is not None:
+        if isinstance(command, str):
+            cmd = tuple(shlex.split(command))
+        elif isinstance(command, list) and all(isinstance(c, str) for c in command):
+            cmd = tuple(command)
+        else:
+            raise ConfigError(f"{key}.command", "expected a string or a list of strings")
+        if not cmd:
+            raise ConfigError(f"{key}.command", "is empty")
+    if job_script is not None:
+        _typed(f"{key}.job_script", job_script, str, "a path")
+        path = Path(job_script)
+        if not path.is_absolute():
+            path = base_dir / path
+        try:
+            script_sha = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        except OSError as exc:
+            why = "no such file" if not path.exists() else f"cannot read ({exc.strerror or exc})"
+            raise ConfigError(f"{key}.job_script", f"{why}: {path}") from None
+        job_script = str(path)
+    models = raw.get("models", [])
+    if not (isinstance(models, list) and all(isinstance(m, str) and m for m in models)):
+        raise ConfigError(f"{key}.models", "expected a list of model names")
+    env = raw.get("env", {})
+    _typed(f"{key}.env", env, dict, "a table of strings")
+    env_items = []
+    for k, v in env.items():
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise ConfigError(f"{key}.env.{k}", f"expected a string or number, got {v!r}")
+        env_items.append((str(k), str(v)))
+    cwd = raw.get("cwd")
+    if cwd is not None:
+        _typed(f"{key}.cwd", cwd, str, "a directory")
+        cwd_path = Path(cwd) if Path(cwd).is_absolute() else base_dir / cwd
+        if not cwd_path.is_dir():
+            raise ConfigError(f"{key}.cwd", f"no such directory: {cwd_path}")
+        cwd = str(cwd_path)
+    min_servers = _positive(f"{key}.min_servers", raw.get("min_servers", 0), allow_zero=True, integer=True)
+    max_servers = _positive(f"{key}.max_servers", raw.get("max_servers", 4), integer=True)
+    if min_servers > max_servers:
+        raise ConfigError(f"{key}.min_servers", f"{min_servers} exceeds max_servers = {max_servers}")
+    return ServerSpec(
+        name=name,
+        command=cmd,
+        job_script=job_script,
+        models=tuple(models),
+        concurrency=_positive(f"{key}.concurrency", raw.get("concurrency", 1), integer=True),
+        min_servers=min_servers,
+        max_servers=max_servers,
+        backlog=_positive(f"{key}.backlog", raw.get("backlog", 2), integer=True),
+        idle_timeout_s=float(_positive(f"{key}.idle_timeout_s", raw.get("idle_timeout_s", 60.0))),
+        startup_timeout_s=float(_positive(f"{key}.startup_timeout_s", raw.get("startup_timeout_s", 120.0))),
+        max_attempts=_positive(f"{key}.max_attempts", raw.get("max_attempts", 3), integer=True),
+        max_start_failures=_positive(
+            f"{key}.max_start_failures", raw.get("max_start_failures", 3), integer=True
+        ),
+        env=tuple(env_items),
+        cwd=cwd,
+        resources=_parse_resources(f"{key}.resources", raw.get("resources", {})),
+        options=_options(scheduler, "ServerOptions", opts, key),
+        script_sha=script_sha,
+    )
+
+
+def _options(scheduler: str, which: str, raw: dict[str, Any], prefix: str) -> Any:
+    """The scheduler's typed ``Options``/``ServerOptions`` from a table (unknown key: ConfigError)."""
+    from balancer.backends.options import parse_options  # imported here: the backends import this module
+
+    return parse_options(getattr(backend_class(scheduler), which), raw, prefix, scheduler)
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides: Any) -> BalancerConfig:
+    """Validate a parsed TOML document; ``overrides`` (from the CLI) win over the file."""
+    base_dir = base_dir or Path.cwd()
+    top = raw.get("balancer", {})
+    _typed("balancer", top, dict, "a table")
+    for k in raw:
+        if k not in ("balancer", "servers", "backend", "forecast", "notify", "profiles"):
+            known = "balancer, servers, backend, forecast, notify, profiles"
+            raise ConfigError(k, f"unknown section (known: {known})")
+    for k in top:
+        if k not in _TOP_KEYS:
+            raise ConfigError(f"balancer.{k}", f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
+    values: dict[str, Any] = {**top, **{k: v for k, v in overrides.items() if v is not None}}
+    host = _typed("balancer.host", values.get("host", "127.0.0.1"), str, "a host name or address")
+    port = _typed("balancer.port", values.get("port", 4242), int, "a port number")
+    if not 0 <= port <= 65535:
+        raise ConfigError("balancer.port", f"must be within 0..65535, got {port}")
+    scheduler = values.get("scheduler", "local")
+    if scheduler not in SCHEDULERS:
+        raise ConfigError("balancer.scheduler", f"expected one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+    for k in ("journal", "run_dir", "advertise_url", "registration_dir"):
+        if values.get(k) is not None:
+            _typed(f"balancer.{k}", values[k], str, "a string")
+    control_host = _typed("balancer.control_host", values.get("control_host", "127.0.0.1"), str, "an address")
+    control_port = _typed("balancer.control_port", values.get("control_port", 0), int, "a port number")
+    if not 0 <= control_port <= 65535:
+        raise ConfigError("balancer.control_port", f"must be within 0..65535, got {control_port}")
+    allow_uids, allow_users = _allowed(values)
+    allow_remote = _typed("balancer.allow_remote", values.get("allow_remote", False), bool, "true or false")
+    registration = values.get("registration", "http")
+    if registration not in ("http", "file"):
+        raise ConfigError("balancer.registration", f'expected "http" or "file", got {registration!r}')
+    backend = raw.get("backend", {})
+    _typed("backend", backend, dict, "a table")
+    servers_raw = raw.get("servers", [])
+    _typed("servers", servers_raw, list, "an array of tables ([[servers]])")
+    if not servers_raw:
+        raise ConfigError("servers", "no server defined: add at least one [[servers]] table")
+    specs = tuple(_parse_spec(i, s, base_dir, scheduler) for i, s in enumerate(servers_raw))
+    names = [s.name for s in specs]
+    for n in names:
+        if names.count(n) > 1:
+            raise ConfigError(f"servers.{n}.name", "duplicate server name")
+    delay = values.get("delay_ms", 0)
+    return BalancerConfig(
+        host=host,
+        port=port,
+        scheduler=scheduler,
+        journal=values.get("journal"),
+        run_dir=values.get("run_dir"),
+        max_body_mb=float(_positive("balancer.max_body_mb", values.get("max_body_mb", 64.0))),
+        lease_s=float(_positive("balancer.lease_s", values.get("lease_s", 30.0))),
+        shutdown_grace_s=float(
+            _positive("balancer.shutdown_grace_s", values.get("shutdown_grace_s", 30.0), allow_zero=True)
+        ),
+        scale_interval_s=float(_positive("balancer.scale_interval_s", values.get("scale_interval_s", 0.25))),
+        delay_ms=_positive("balancer.delay_ms", delay, allow_zero=True, integer=True),
+        advertise_url=values.get("advertise_url"),
+        registration=registration,
+        registration_dir=values.get("registration_dir"),
+        monitor_interval_s=float(
+            _positive("balancer.monitor_interval_s", values.get("monitor_interval_s", 5.0), allow_zero=True)
+        ),
+        control_host=control_host,
+        control_port=control_port,
+        allow_uids=allow_uids,
+        allow_users=allow_users,
+        allow_remote=allow_remote,
+        servers=specs,
+        backend_options=_options(scheduler, "Options", backend, "backend"),
+        forecast=parse_forecast(raw.get("forecast", {})),
+        notify=parse_notify(raw.get("notify", {})),
+        profiles=parse_profiles(raw.get("profiles", {})),
+    )
+
+
+def _allowed(values: dict[str, Any]) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """``allow_uids`` and ``allow_users``; a user name this machine does not know is an error
+    now, not a silently closed door later."""
+    from balancer.ops.peer import user_uids
+
+    uids = values.get("allow_uids", [])
+    if not (isinstance(uids, list) and all(type(u) is int and u >= 0 for u in uids)):
+        raise ConfigError("balancer.allow_uids", f"expected a list of user ids, got {uids!r}")
+    users = values.get("allow_users", [])
+    if not (isinstance(users, list) and all(isinstance(u, str) and u for u in users)):
+        raise ConfigError("balancer.allow_users", f"expected a list of user names, got {users!r}")
+    try:
+        user_uids(users)
+    except KeyError as exc:
+        raise ConfigError("balancer.allow_users", f"no such user: {exc.args[0]!r}") from None
+    return tuple(uids), tuple(users)
+
+
+def _typed_fields(key: str, cls: type, raw: dict[str, Any], skip: set[str]) -> dict[str, Any]:
+    """Keys of ``raw`` checked against the dataclass ``cls``'s fields and their default's type."""
+    known = {f.name: f for f in fields(cls) if f.name not in skip}
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k not in known:
+            continue
+        default = getattr(cls(), k)
+        name = f"{key}.{k}"
+        if isinstance(default, bool):
+            out[k] = _typed(name, v, bool, "true or false")
+        elif isinstance(default, int):
+            out[k] = _positive(name, v, allow_zero=True, integer=True)
+        elif isinstance(default, float):
+            out[k] = float(_positive(name, v, allow_zero=True))
+        else:
+            out[k] = _typed(name, v, str, "a string")
+    return out
+
+
+_RULE_KEYS = {f.name for f in fields(ForecastRules)}
+_FORECAST_KEYS = {f.name for f in fields(ForecastSettings)} - {"rules"}
+
+
+def parse_forecast(raw: Any) -> ForecastSettings:
+    """The ``[forecast]`` table, rule keys included; every key typed, unknown keys refused."""
+    _table("forecast", raw, _FORECAST_KEYS | _RULE_KEYS)
+    rules = ForecastRules(**_typed_fields("forecast", ForecastRules, raw, set()))
+    top = _typed_fields("forecast", ForecastSettings, {k: v for k, v in raw.items() if k in _FORECAST_KEYS},
+                        {"rules", "history", "partition", "forecaster"})  # fmt: skip
+    for k in ("history", "partition", "forecaster"):
+        if k in raw:
+            top[k] = _typed(f"forecast.{k}", raw[k], str, "a string")
+    for k in ("collect_interval_s", "grid_s", "horizon_s", "train_every_s", "retention_days"):
+        if k in top and top[k] <= 0:
+            raise ConfigError(f"forecast.{k}", f"must be > 0, got {raw[k]!r}")
+    settings = ForecastSettings(rules=rules, **top)
+    if settings.horizon_s < settings.grid_s:
+        raise ConfigError("forecast.horizon_s", f"shorter than the grid ({settings.grid_s:g} s)")
+    return settings
+
+
+def parse_notify(raw: Any) -> NotifySettings:
+    """The ``[notify]`` table; each URL is checked by apprise itself, which must be installed."""
+    _table("notify", raw, {f.name for f in fields(NotifySettings)})
+    top = _typed_fields("notify", NotifySettings, raw, {"urls", "on", "title_prefix"})
+    if "title_prefix" in raw:
+        top["title_prefix"] = _typed("notify.title_prefix", raw["title_prefix"], str, "a string")
+    on = raw.get("on", list(NotifySettings.on))
+    if not (isinstance(on, list) and all(isinstance(k, str) for k in on)):
+        raise ConfigError("notify.on", f"expected a list of notice kinds, got {on!r}")
+    for k in on:
+        if k not in NOTIFY_KINDS:
+            raise ConfigError("notify.on", f"unknown kind {k!r} (known: {', '.join(NOTIFY_KINDS)})")
+    urls = raw.get("urls", [])
+    if not (isinstance(urls, list) and all(isinstance(u, str) and u for u in urls)):
+        raise ConfigError("notify.urls", "expected a list of apprise URLs (strings)")
+    if urls:
+        _check_apprise_urls(urls)
+    for k in ("failure_threshold", "failure_window_s"):
+        if k in top and top[k] <= 0:
+            raise ConfigError(f"notify.{k}", f"must be > 0, got {raw[k]!r}")
+    return NotifySettings(urls=tuple(urls), on=tuple(dict.fromkeys(on)), **top)
+
+
+def parse_profiles(raw: Any) -> ProfileSettings:
+    """The ``[profiles]`` table; sizes and times are checked now, not when a spec is sized."""
+    from balancer.profiling.sizing import parse_memory
+
+    _table("profiles", raw, {f.name for f in fields(ProfileSettings)})
+    text = {"path", "min_memory", "max_time_limit", "default_memory", "default_time_limit"}
+    top = _typed_fields("profiles", ProfileSettings, raw, text)
+    for k in text & set(raw):
+        top[k] = str(_typed(f"profiles.{k}", raw[k], (str, int) if "memory" in k else str, "a string"))
+    for k in ("min_memory", "default_memory"):
+        if k in top:
+            try:
+                parse_memory(top[k])
+            except ValueError:
+                msg = f'expected a size such as "512M", got {raw[k]!r}'
+                raise ConfigError(f"profiles.{k}", msg) from None
+    for k in ("max_time_limit", "default_time_limit"):
+        if k in top:
+            try:
+                ok = parse_time_limit(top[k]) is not None
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"profiles.{k}", f'expected a time such as "01:00:00", got {raw[k]!r}')
+    for k in ("memory_headroom", "time_headroom"):
+        if k in top and top[k] < 1:
+            raise ConfigError(f"profiles.{k}", f"must be >= 1, got {raw[k]!r}")
+    for k in ("flush_s", "default_cpus", "mismatch_samples"):
+        if k in top and top[k] <= 0:
+            raise ConfigError(f"profiles.{k}", f"must be > 0, got {raw[k]!r}")
+    return ProfileSettings(**top)
+
+
+def _check_apprise_urls(urls: list[str]) -> None:
+    try:
+        import apprise
+    except ImportError:
+        msg = "sending notifications needs apprise: install umbridge-balancer[notify]"
+        raise ConfigError("notify.urls", msg) from None
+    import logging
+
+    for i, url in enumerate(urls):
+        with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
+            plugin = apprise.Apprise.instantiate(url)
+        if plugin is None:
+            why = captured.getvalue().strip().splitlines()  # apprise masks secrets in what it says
+            detail = why[-1] if why else "not a URL apprise knows"
+            raise ConfigError(f"notify.urls[{i}]", detail)
+
+
+def read_config(path: str | os.PathLike[str], **overrides: Any) -> tuple[BalancerConfig, str]:
+    """The validated configuration and the digest of the text it came from (shown by status)."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+        text = data.decode()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(str(path), f"cannot read: {why}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"invalid TOML: {exc}") from None
+    return parse_config(raw, base_dir=p.resolve().parent, **overrides), hashlib.sha256(data).hexdigest()[:12]

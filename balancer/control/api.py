@@ -1,0 +1,232 @@
+"""The launchers' control API: register, lease, exited; plus the status view.
+
+Launchers authenticate with the run's token (``Authorization: Bearer``, compared in constant
+time). ``register`` makes a requested server REGISTERED and has the balancer check its /Info
+itself before it takes calls; ``lease`` is a long poll that answers at once when the server must
+stop; ``exited`` reports the model server's exit (and why), faster than a scheduler poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from balancer.control.probe import Probe, exposed_addresses
+from balancer.http.server import Reply, Request, error_reply, json_reply
+from balancer.launcher.usage import clean_samples, journal_fields
+from balancer.observe.events import Ev, EventBus, Throttled
+from balancer.pool.pool import Pool, Server, ServerState
+
+_UNAUTHORIZED = ("Unauthorized", "missing or wrong balancer token", 401)
+AUTH_LOG_S = 5.0
+
+
+class Control:
+    def __init__(
+        self,
+        pool: Pool,
+        bus: EventBus,
+        probe: Probe,
+        token: str,
+        lease_s: float,
+        status_extra: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
+        self.pool = pool
+        self.bus = bus
+        self.probe = probe
+        self.lease_s = lease_s
+        self._bearer = f"Bearer {token}".encode()
+        self._refusals = Throttled(bus, Ev.AUTH_REFUSED, AUTH_LOG_S)
+        self._status_extra = status_extra
+        self.usage_dropped = 0  # malformed usage samples from launchers (shown in the status)
+
+    def token_ok(self, token: str) -> bool:
+        return hmac.compare_digest(f"Bearer {token}".encode(), self._bearer)
+
+    def authorized(self, request: Request) -> bool:
+        if hmac.compare_digest(request.headers.get(b"authorization", b""), self._bearer):
+            return True
+        self.refused(request.path, request.remote)
+        return False
+
+    def refused(self, path: str, remote: str | None) -> None:
+        """Journaled at most once per AUTH_LOG_S with a count (``events.Throttled``)."""
+        self._refusals.note(path=path[:200], remote=remote)
+
+    @staticmethod
+    def _json(request: Request) -> dict[str, Any]:
+        try:
+            doc = orjson.loads(request.body or b"{}")
+        except orjson.JSONDecodeError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    async def register(self, request: Request) -> Reply:
+        if not self.authorized(request):
+            return error_reply(*_UNAUTHORIZED)
+        return await self.register_doc(self._json(request))
+
+    async def register_doc(self, doc: dict[str, Any]) -> Reply:
+        """A launcher's registration (over HTTP, or from a file in the registration directory)."""
+        if not isinstance(doc.get("server"), (str, int)) or not isinstance(doc.get("url"), str):
+            return error_reply("InvalidInput", "expected {server, url, ...}", 400)
+        sid = str(doc["server"])
+        s = self.pool.servers.get(sid)
+        if s is None and self.pool.adoptable(sid):
+            s = await self._adopt(sid, doc)
+        if s is None:
+            return json_reply({"stop": True, "reason": "unknown server"}, 404)
+        if not self.pool.register(s, doc["url"], doc):
+            return json_reply({"stop": True, "reason": f"server is {s.state.value}"}, 410)
+        self.pool.spawn(self._check_ready(s))
+        return json_reply({"lease_s": self.lease_s})
+
+    async def _adopt(self, sid: str, doc: dict[str, Any]) -> Server | None:
+        """After a restart: the pool takes the server back, the backend its job; a backend that
+        cannot (or a job it cannot find) has it stopped."""
+        s = self.pool.adopt(sid, str(doc.get("spec") or ""), doc)
+        if s is not None and not await self.pool.backend.adopt(sid, str(doc.get("job") or ""), doc):
+            self.pool.stop(s, "the backend cannot take its job back after a restart")
+        return s
+
+    async def _check_ready(self, s: Server) -> None:
+        """Ask the registered server's /Info ourselves, then let it take calls."""
+        assert s.url is not None
+        try:
+            models = await self.probe.models(s.url)
+        except Exception as exc:  # any failure here means the server is unusable
+            self.pool.fail(s, f"balancer cannot use {s.url}/Info: {type(exc).__name__}: {exc}")
+            return
+        wanted = s.spec.models
+        if wanted:
+            missing = [m for m in wanted if m not in models]
+            if missing:
+                self.pool.fail(s, f"server does not serve configured model(s) {missing}; it has {models}")
+                return
+            models = list(wanted)
+        if not await self._same_sizes(s, models):
+            return
+        self.pool.make_ready(s, models)
+        await self._warn_if_exposed(s)
+
+    async def _warn_if_exposed(self, s: Server) -> None:
+        """A server on this machine (a loopback URL) should listen on loopback only: journal it
+        when it also listens elsewhere (models/serving.py honours the launcher's UMBRIDGE_HOST)."""
+        u = urlsplit(s.url or "")
+        with contextlib.suppress(ValueError):
+            if u.port and ipaddress.ip_address(u.hostname or "").is_loopback:
+                exposed = await asyncio.to_thread(exposed_addresses, u.port)
+                if exposed:
+                    self.bus.emit(Ev.SERVER_EXPOSED, server=s.id, port=u.port, addresses=exposed)
+
+    async def _same_sizes(self, s: Server, models: list[str]) -> bool:
+        """A model's sizes are what the first ready server said; a server (of any spec) that says
+        otherwise never takes its calls: clients were answered those sizes. Its spec is held
+        with a reason naming both specs, shown in the journal and the status."""
+        known = self.pool.model_sizes
+        for m in models:
+            try:
+                sizes = await self.probe.sizes(s.url or "", m)
+            except Exception as exc:  # a model without sizes for {}: leave the checks to it
+                why = f"{type(exc).__name__}: {exc}"
+                self.bus.emit(Ev.SERVER_SIZES_UNKNOWN, server=s.id, model=m, reason=why)
+                continue
+            ref = known.setdefault(m, (sizes[0], sizes[1], s.spec.name))
+            if (sizes[0], sizes[1]) != ref[:2]:
+                why = (
+                    f"model '{m}' of server spec '{s.spec.name}' has input/output sizes "
+                    f"{sizes[0]}/{sizes[1]}, but spec '{ref[2]}' serves it with {ref[0]}/{ref[1]}"
+                )
+                self.pool.fail(s, why)
+                self.pool.hold(s.spec.name, self.pool.specs[s.spec.name].failures, why, held_reason=why)
+                return False
+        return True
+
+    async def servers(self, request: Request) -> Reply:
+        """``/api/servers/{server}/lease`` and ``/api/servers/{server}/exited``."""
+        parts = request.path.split("/")
+        sid = parts[3] if len(parts) == 5 else ""
+        if parts[-1] == "lease":
+            return await self._lease(request, sid)
+        if parts[-1] == "exited":
+            return self._exited(request, sid)
+        return error_reply("NotFound", f"no route {request.path}", 404)
+
+    async def _lease(self, request: Request, sid: str) -> Reply:
+        """Long poll: answers at once when the server must stop, else after ``wait`` seconds."""
+        if not self.authorized(request):
+            return error_reply(*_UNAUTHORIZED)
+        s = self.pool.servers.get(sid)
+        if s is None and self.pool.adoptable(sid):
+            return json_reply({"stop": False, "register": True})  # we restarted: register again
+        doc = self._json(request)
+        if s is not None and "usage" in doc:
+            self.usage(s, doc["usage"])
+        if s is None or s.state in (ServerState.GONE, ServerState.STOPPING):
+            return json_reply({"stop": True})
+        try:
+            wait = float(doc.get("wait", 0))
+        except (TypeError, ValueError):
+            wait = 0.0
+        wait = max(0.0, min(wait, self.lease_s / 2))
+        if wait > 0:
+            if s.lease_waiter is None or s.lease_waiter.done():
+                s.lease_waiter = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(s.lease_waiter), wait)
+        return json_reply({"stop": s.state in (ServerState.GONE, ServerState.STOPPING)})
+
+    def usage(self, s: Server, raw: Any) -> None:
+        """A launcher's usage samples (balancer/launcher/usage.py): one ``server.usage`` event each; a
+        malformed one is dropped and counted, never an error for the lease."""
+        good, dropped = clean_samples(raw)
+        self.usage_dropped += dropped
+        for sample in good:
+            self.bus.emit(Ev.SERVER_USAGE, server=s.id, spec=s.spec.name, **journal_fields(sample))
+
+    def _exited(self, request: Request, sid: str) -> Reply:
+        if not self.authorized(request):
+            return error_reply(*_UNAUTHORIZED)
+        return self.exited_doc(sid, self._json(request))
+
+    def exited_doc(self, sid: str, doc: dict[str, Any]) -> Reply:
+        """A launcher reports its model server's exit code and why."""
+        code, why = doc.get("code"), doc.get("why")
+        s = self.pool.servers.get(sid)
+        if s is not None:
+            reason = f"model server exited with code {code}" + (f" after {why}" if why else "")
+            self.pool.job_ended(s.id, reason, failed=s.state is not ServerState.STOPPING)
+        return json_reply({"ok": True})
+
+    async def status(self, request: Request) -> Reply:
+        """The pool, queues and scaler as JSON; token only: it lists the model servers' URLs."""
+        if not self.authorized(request):
+            return error_reply(*_UNAUTHORIZED)
+        disp = self.pool.dispatcher
+        return json_reply(
+            {
+                "servers": [
+                    {
+                        "id": s.id,
+                        "spec": s.spec.name,
+                        "state": s.state.value,
+                        "url": s.url,
+                        "outstanding": s.outstanding,
+                        "models": list(s.models),
+                    }
+                    for s in self.pool.live()
+                ],
+                "queues": {m: disp.waiting(m) for m in disp.queues},
+                "models": self.pool.known_models(),
+                "held": {n: rt.held_reason for n, rt in self.pool.specs.items() if rt.held},
+                "usage_dropped": self.usage_dropped,
+                **self._status_extra(),
+            }
+        )

@@ -1,0 +1,381 @@
+"""Launcher: runs one model server inside an allocation and keeps it on a lease.
+
+``python -m balancer.launcher -- <server command>`` picks a free port, exports ``PORT``, starts the
+server in its own process group, waits until its ``/Info`` answers, registers the URL with the
+balancer (token from ``UMBRIDGE_BALANCER_TOKEN``) and then long-polls a lease. The server is stopped
+when the balancer says so, when the balancer has been unreachable for the lease time, or on
+SIGTERM/SIGINT; the launcher exits with the server's exit code. Nothing is orphaned if the
+balancer dies. With ``UMBRIDGE_LOADBALANCER_COMM_FILEDIR`` set it also writes the reference
+balancer's ``url-<jobid>.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import ipaddress
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import aiohttp
+
+from balancer.backends.base import (
+    ENV_JOB_ID,
+    ENV_LEASE,
+    ENV_MONITOR,
+    ENV_REGISTRATION_DIR,
+    ENV_SERVER_ID,
+    ENV_SPEC,
+    ENV_STARTUP,
+    ENV_TASK_INDEX,
+    ENV_TOKEN,
+    ENV_URL,
+)
+from balancer.launcher.contract import ALIVE, write_atomic
+from balancer.launcher.procgroup import GRACE_S, end_child
+from balancer.launcher.usage import UsageSampler
+
+_PR_SET_PDEATHSIG = 1
+USAGE_KEEP = 100  # unsent usage samples kept while the balancer is away (the oldest go first)
+
+
+def log(msg: str) -> None:
+    print(f"[launch {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def job_id() -> str:
+    """The job's id as its scheduler writes it (``7_0``, ``7``, ``12.0``), exported by the backend's
+    job script; this process's pid where no backend set one (the local backend's job id)."""
+    return os.environ.get(ENV_JOB_ID) or str(os.getpid())
+
+
+def server_id() -> str:
+    """One id, or a comma list (job arrays, several servers per job) indexed by the task index the
+    backend's job script exports."""
+    ids = [x for x in os.environ.get(ENV_SERVER_ID, "").split(",") if x]
+    if len(ids) <= 1:
+        return ids[0] if ids else ""
+    return ids[int(os.environ.get(ENV_TASK_INDEX) or 0)]
+
+
+def _stop_and_mtime(stop: Path, alive: Path) -> tuple[bool, float | None]:
+    try:
+        mtime: float | None = alive.stat().st_mtime
+    except OSError:
+        mtime = None
+    return stop.exists(), mtime
+
+
+def _offer_usage(path: Path, batch: list[dict[str, Any]]) -> bool:
+    """Write a usage batch for file registration, unless the balancer has not taken the last one."""
+    if path.exists():
+        return False
+    write_atomic(path, json.dumps({"usage": batch}))
+    return True
+
+
+def advertised_host(balancer_url: str) -> str:
+    """The address the balancer should use: loopback for a local balancer, else our host name."""
+    if os.environ.get("UMBRIDGE_BALANCER_ADVERTISE_HOST"):
+        return os.environ["UMBRIDGE_BALANCER_ADVERTISE_HOST"]
+    host = urlparse(balancer_url).hostname or ""
+    with contextlib.suppress(ValueError):
+        if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+            return "127.0.0.1"
+    return socket.getfqdn()
+
+
+def _die_with_parent() -> None:
+    """Runs in the server's child before exec: a SIGTERM reaches it if the launcher dies."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Launcher:
+    def __init__(self, command: list[str]) -> None:
+        self.command = command
+        self.balancer = os.environ.get(ENV_URL, "").rstrip("/")
+        self.token = os.environ.get(ENV_TOKEN, "")
+        self.sid = server_id()
+        reg = os.environ.get(ENV_REGISTRATION_DIR)
+        self.reg_dir = Path(reg) if reg else None
+        self.lease_s = float(os.environ.get(ENV_LEASE, "30"))
+        self.startup_s = float(os.environ.get(ENV_STARTUP, "120"))
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stop_reason: str | None = None
+        self.balancer_said_stop = False  # then the balancer knows; otherwise we report the exit
+        self.stopped = asyncio.Event()
+        try:
+            self.monitor_s = float(os.environ.get(ENV_MONITOR) or 5.0)
+        except ValueError:
+            self.monitor_s = 5.0
+        self.usage: deque[dict[str, Any]] = deque(maxlen=USAGE_KEEP)  # sent with the next lease poll
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log(f"stopping server: {reason}")
+        self.stopped.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, f"signal {sig.name}")
+        port = free_port()
+        host = advertised_host(self.balancer) if self.balancer else "127.0.0.1"
+        env = dict(os.environ, PORT=str(port))
+        if host == "127.0.0.1":  # the balancer is on this machine: the model need not be reachable
+            env.setdefault("UMBRIDGE_HOST", "127.0.0.1")  # from elsewhere (models/serving.py)
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.command, env=env, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
+        log(f"server pid {self.proc.pid} on port {port}: {' '.join(self.command)}")
+        url = f"http://{host}:{port}"
+        monitor = None
+        if self.monitor_s > 0 and (self.balancer or self.reg_dir is not None):
+            monitor = asyncio.create_task(self._monitor(self.proc.pid), name="usage-monitor")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as http:
+            exited = asyncio.ensure_future(self.proc.wait())
+            try:
+                ok = await self._wait_ready(http, port, exited)
+                if ok:
+                    self._write_url_file(url)
+                    if self.reg_dir is not None:
+                        await self._file_lease(self._doc(url, port), exited)
+                    elif self.balancer:
+                        await self._lease(http, self._doc(url, port), exited)
+                    else:
+                        await asyncio.wait(
+                            [exited, asyncio.ensure_future(self.stopped.wait())],
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+            finally:
+                if monitor is not None:
+                    monitor.cancel()
+                code = await self._stop_server(exited)
+                if self.reg_dir is not None and not self.balancer_said_stop:
+                    report = json.dumps({"code": code, "why": self.stop_reason})
+                    await asyncio.to_thread(write_atomic, self.reg_dir / f"{self.sid}.exited.json", report)
+                elif self.balancer and not self.balancer_said_stop:
+                    await self._report_exit(http, code)
+        log(f"server exited with code {code}")
+        return code
+
+    async def _wait_ready(self, http: aiohttp.ClientSession, port: int, exited: asyncio.Future[int]) -> bool:
+        deadline = time.monotonic() + self.startup_s
+        delay = 0.02
+        while time.monotonic() < deadline and not self.stopped.is_set():
+            if exited.done():
+                log(f"server exited before it answered /Info (code {exited.result()})")
+                return False
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                async with http.get(
+                    f"http://127.0.0.1:{port}/Info", timeout=aiohttp.ClientTimeout(total=2)
+                ) as r:
+                    if r.status == 200:
+                        return True
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+        if not self.stopped.is_set():
+            self.request_stop(f"server did not answer /Info within {self.startup_s:g} s")
+        return False
+
+    def _write_url_file(self, url: str) -> None:
+        d = os.environ.get("UMBRIDGE_LOADBALANCER_COMM_FILEDIR")
+        if d:
+            path = Path(d) / f"url-{job_id()}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, url)  # readers never see a half-written URL
+
+    async def _post(
+        self, http: aiohttp.ClientSession, path: str, doc: dict, timeout: float
+    ) -> tuple[int, dict]:
+        async with http.post(
+            f"{self.balancer}{path}",
+            json=doc,
+            headers=self.headers,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as r:
+            try:
+                body = await r.json(content_type=None)
+            except ValueError:
+                body = {}
+            return r.status, body if isinstance(body, dict) else {}
+
+    def _doc(self, url: str, port: int) -> dict[str, Any]:
+        """What registration tells the balancer."""
+        return {
+            "server": self.sid,
+            "spec": os.environ.get(ENV_SPEC, ""),
+            "url": url,
+            "host": urlparse(url).hostname,
+            "port": port,
+            "job": job_id(),
+            "pid": self.proc.pid if self.proc else None,
+            "launcher_pid": os.getpid(),
+        }
+
+    async def _file_lease(self, doc: dict[str, Any], exited: asyncio.Future[int]) -> None:
+        """Registration and lease through the shared directory (filereg.py): write the
+        registration, then stop on ``<server>.stop`` or when ``balancer.alive`` has not changed for
+        the lease time (measured on our clock: the two machines' clocks may differ)."""
+        assert self.reg_dir is not None
+        stop, alive = self.reg_dir / f"{self.sid}.stop", self.reg_dir / ALIVE
+        usage_file = self.reg_dir / f"{self.sid}.usage.json"
+        text = json.dumps({**doc, "token": self.token})
+        await asyncio.to_thread(write_atomic, self.reg_dir / f"{self.sid}.register.json", text)
+        log(f"registered {doc['url']} as {self.sid} through {self.reg_dir}")
+        seen, changed = None, time.monotonic()
+        stop_wait = asyncio.ensure_future(self.stopped.wait())
+        try:
+            while not self.stopped.is_set() and not exited.done():
+                told, mtime = await asyncio.to_thread(_stop_and_mtime, stop, alive)
+                if told:
+                    self.balancer_said_stop = True
+                    self.request_stop("balancer asked to stop (stop file)")
+                    return
+                batch = self._take_usage()  # most polls have none: no thread hop for them
+                if batch and not await asyncio.to_thread(_offer_usage, usage_file, batch):
+                    self._keep_usage(batch)
+                if mtime != seen:
+                    seen, changed = mtime, time.monotonic()
+                elif time.monotonic() - changed > self.lease_s:
+                    self.balancer_said_stop = True  # nobody to tell
+                    self.request_stop(f"{alive} unchanged for {self.lease_s:g} s (lease expired)")
+                    return
+                await asyncio.wait([exited, stop_wait], timeout=min(1.0, self.lease_s / 10))
+        finally:
+            stop_wait.cancel()
+
+    async def _lease(
+        self, http: aiohttp.ClientSession, doc: dict[str, Any], exited: asyncio.Future[int]
+    ) -> None:
+        last_ok = time.monotonic()
+        registered = False
+        wait = max(0.5, self.lease_s / 3)
+        stop_wait = asyncio.ensure_future(self.stopped.wait())
+        try:
+            while not self.stopped.is_set() and not exited.done():
+                if time.monotonic() - last_ok > self.lease_s:
+                    self.balancer_said_stop = True  # nobody to tell
+                    self.request_stop(f"balancer unreachable for {self.lease_s:g} s (lease expired)")
+                    return
+                batch: list[dict[str, Any]] = []
+                try:
+                    if not registered:
+                        req = asyncio.ensure_future(self._post(http, "/api/servers/register", doc, 10))
+                    else:
+                        batch = self._take_usage()  # samples ride on the lease poll: no extra requests
+                        body = {"wait": wait, "usage": batch} if batch else {"wait": wait}
+                        req = asyncio.ensure_future(
+                            self._post(http, f"/api/servers/{self.sid}/lease", body, wait + 10)
+                        )
+                    done, _ = await asyncio.wait(
+                        [req, exited, stop_wait], return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if req not in done:
+                        req.cancel()
+                        return
+                    status, body = req.result()
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                    self._keep_usage(batch)
+                    log(f"balancer not reachable: {type(exc).__name__}: {exc}")
+                    await asyncio.wait([exited, stop_wait], timeout=min(1.0, self.lease_s / 10))
+                    continue
+                last_ok = time.monotonic()
+                if body.get("register"):  # a restarted balancer: register again, keep the server
+                    registered = False
+                    log("balancer restarted: registering again")
+                    continue
+                if status >= 400 or body.get("stop"):
+                    self.balancer_said_stop = True
+                    refused = status == 401
+                    self.request_stop(
+                        "balancer refused our token (401)"
+                        if refused
+                        else body.get("reason", "balancer asked to stop")
+                    )
+                    return
+                if not registered:
+                    registered = True
+                    log(f"registered {doc['url']} as {self.sid}")
+        finally:
+            stop_wait.cancel()
+
+    async def _monitor(self, pid: int) -> None:
+        """Sample the server's tree every ``monitor_s`` on a worker thread (psutil and NVML block);
+        the samples wait in ``self.usage`` for the next lease poll. A sample that fails for a
+        reason the sampler does not expect is logged once and skipped: monitoring never stops the
+        server."""
+        sampler = await asyncio.to_thread(UsageSampler, pid)
+        warned = False
+        try:
+            while True:
+                await asyncio.sleep(self.monitor_s)
+                try:
+                    self.usage.append(await asyncio.to_thread(sampler.sample))
+                except Exception as exc:
+                    if not warned:
+                        warned = True
+                        log(f"usage sample failed: {type(exc).__name__}: {exc}")
+        finally:
+            sampler.close()
+
+    def _take_usage(self) -> list[dict[str, Any]]:
+        batch = list(self.usage)
+        self.usage.clear()
+        return batch
+
+    def _keep_usage(self, batch: list[dict[str, Any]]) -> None:
+        """A batch that did not reach the balancer goes back before the newer samples."""
+        if batch:
+            self.usage = deque([*batch, *self.usage], maxlen=USAGE_KEEP)
+
+    async def _stop_server(self, exited: asyncio.Future[int]) -> int:
+        assert self.proc is not None
+        code = await end_child(self.proc, GRACE_S)
+        return 128 - code if code < 0 else code
+
+    async def _report_exit(self, http: aiohttp.ClientSession, code: int) -> None:
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            await self._post(
+                http, f"/api/servers/{self.sid}/exited", {"code": code, "why": self.stop_reason}, 5
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m balancer.launcher", description=__doc__.split("\n")[0])
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the model server command")
+    args = p.parse_args(argv)
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd:
+        print("launch: error: give the model server command after --", file=sys.stderr)
+        return 2
+    launcher = Launcher(cmd)
+    try:
+        return asyncio.run(launcher.run())
+    except FileNotFoundError as exc:
+        print(f"launch: error: cannot start {cmd[0]!r}: {exc.strerror}", file=sys.stderr)
+        return 127
+

@@ -1,0 +1,302 @@
+"""Live reload of the configuration file: check all of it, then apply only what changed.
+
+``diff_config`` is pure: which specs were added, removed or changed (and whether a change needs new
+servers: command, environment, job script, resources, scheduler options), which live settings
+changed, and which settings cannot change while the balancer runs. ``Reloader.reload`` runs every
+check first (the file as at start, then the backend's own checks of the new and changed specs) and
+only then applies the whole difference, in one step of the event loop: all or nothing. Servers of
+a changed command are not touched here; they are marked outdated, and the pure policy replaces
+them one by one (a successor ready before its predecessor drains).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from balancer.config.load import BalancerConfig, ConfigError, ServerSpec, read_config
+from balancer.observe.events import Ev
+from balancer.policy.decide import Limits, SpecLimits
+
+# [balancer] keys a running balancer cannot take: its listeners, its scheduler and its files.
+FIXED = (
+    "host", "port", "scheduler", "journal", "run_dir", "advertise_url", "registration",
+    "registration_dir", "control_host", "control_port",
+)  # fmt: skip
+LIVE = (
+    "max_body_mb", "lease_s", "shutdown_grace_s", "scale_interval_s", "delay_ms", "monitor_interval_s",
+    "allow_uids", "allow_users", "allow_remote",
+)  # fmt: skip
+FIXED_IN = {"forecast": ("collect", "history"), "profiles": ("enabled", "path")}  # open stores, collectors
+# A change of these replaces the spec's servers (rolling); any other spec key applies at once.
+LAUNCH_KEYS = ("command", "job_script", "script_sha", "env", "cwd", "resources", "options")
+_SPEC_FIELDS = tuple(f.name for f in fields(ServerSpec) if f.name != "name")
+_LIMIT_FIELDS = frozenset(f.name for f in fields(SpecLimits)) - {"name", "cpus", "max_time_limit_s"}
+RESTART = "cannot change while running (restart the balancer to change {})"
+
+
+@dataclass(frozen=True)
+class ConfigDiff:
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # spec -> its changed keys
+    relaunch: tuple[str, ...] = ()  # changed specs whose servers are replaced
+    settings: tuple[str, ...] = ()  # live settings changed, "section.key"
+    fixed: tuple[str, ...] = ()  # settings that cannot change live but did: the reload is refused
+
+
+def diff_config(old: BalancerConfig, new: BalancerConfig) -> ConfigDiff:
+    """What changed from ``old`` to ``new`` (both as parsed, before "auto" resources are sized)."""
+    fixed = [f"balancer.{k}" for k in FIXED if getattr(old, k) != getattr(new, k)]
+    if old.scheduler == new.scheduler and old.backend_options != new.backend_options:
+        fixed.append("backend")
+    settings = [f"balancer.{k}" for k in LIVE if getattr(old, k) != getattr(new, k)]
+    for section in ("forecast", "notify", "profiles"):
+        a, b = getattr(old, section), getattr(new, section)
+        for f in fields(a):
+            if f.name == "rules":
+                settings += [f"forecast.{r.name}" for r in fields(a.rules)
+                             if getattr(a.rules, r.name) != getattr(b.rules, r.name)]  # fmt: skip
+            elif getattr(a, f.name) != getattr(b, f.name):
+                key = f"{section}.{f.name}"
+                (fixed if f.name in FIXED_IN.get(section, ()) else settings).append(key)
+    before = {s.name: s for s in old.servers}
+    after = {s.name: s for s in new.servers}
+    changed: dict[str, tuple[str, ...]] = {}
+    relaunch = []
+    for name, spec in after.items():
+        was = before.get(name)
+        if was is None or was == spec:
+            continue
+        keys = [k for k in _SPEC_FIELDS if getattr(was, k) != getattr(spec, k)]
+        changed[name] = tuple(dict.fromkeys("job_script" if k == "script_sha" else k for k in keys))
+        if any(k in LAUNCH_KEYS for k in keys):
+            relaunch.append(name)
+    return ConfigDiff(
+        added=tuple(n for n in after if n not in before),
+        removed=tuple(n for n in before if n not in after),
+        changed=changed,
+        relaunch=tuple(relaunch),
+        settings=tuple(settings),
+        fixed=tuple(fixed),
+    )
+
+
+def reload_decision(e: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.reloaded`` as a line among the scaler's decisions: "a, b  operator  reload by ann"."""
+    specs = ", ".join(dict.fromkeys([*e.get("added", ()), *e.get("removed", ()), *e.get("changed", {})]))
+    by = e.get("who") or e.get("remote") or e.get("trigger")
+    return {"t": e["t"], "spec": specs or "config", "action": "operator", "reason": f"reload by {by}"}
+
+
+def merge_limits(current: Limits, cfg: BalancerConfig, diff: ConfigDiff, keep: set[str]) -> Limits:
+    """The scaler's limits after a reload: a new spec's from the file; a changed spec's current ones
+    (an operator's ``scale`` included) with only the keys the file changed; ``keep``: removed specs
+    whose servers still drain, held at zero."""
+    fresh = {lim.name: lim for lim in Limits.from_config(cfg).specs}
+    now = {lim.name: lim for lim in current.specs}
+    out = []
+    for s in cfg.servers:
+        lim = now.get(s.name)
+        if lim is None or s.name in diff.added:
+            out.append(fresh[s.name])
+            continue
+        keys = set(diff.changed.get(s.name, ())) & _LIMIT_FIELDS
+        if "resources" in diff.changed.get(s.name, ()):
+            keys |= {"cpus", "max_time_limit_s"}
+        out.append(dataclasses.replace(lim, **{k: getattr(fresh[s.name], k) for k in keys}))
+    for name in keep:
+        if name in now:
+            out.append(dataclasses.replace(now[name], min_servers=0, max_servers=0))
+    return Limits(tuple(out), cfg.backend_options.time_limit_margin_s, cfg.rules)
+
+
+class Reloader:
+    """One reload at a time, from the operator API or SIGHUP; keeps the file's path, digest and age."""
+
+    def __init__(self, balancer: Any, cfg: BalancerConfig) -> None:
+        self.b = balancer
+        self.raw = cfg  # as parsed, "auto" unsized: what the next file is compared with
+        self.path: str | None = None  # None: started without a file (tests, ``load-balancer``)
+        self.digest: str | None = None
+        self.overrides: dict[str, Any] = {}  # serve's command-line options win over every reload too
+        self.loaded_at = time.time()
+        self.reloads = 0
+        self.rejected = 0
+        self.last_rejected: str | None = None
+        self._lock = asyncio.Lock()
+
+    def source(
+        self, parsed: BalancerConfig, path: str | None, digest: str | None, overrides: dict[str, Any]
+    ) -> None:
+        """The file the balancer was started from, as parsed ("auto" resources unsized), with the
+        command-line options that win over it."""
+        self.raw, self.path, self.digest, self.overrides = parsed, path, digest, overrides
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "hash": self.digest,
+            "loaded_at": round(self.loaded_at, 3),
+            "age_s": round(time.time() - self.loaded_at, 1),
+            "reloads": self.reloads,
+            "rejected": self.rejected,
+            "last_rejected": self.last_rejected,
+        }
+
+    async def reload(
+        self, path: str | None = None, trigger: str = "api", who: str | None = None, remote: str | None = None
+    ) -> tuple[bool, dict[str, Any] | str]:
+        """(True, what was applied) or (False, the reason, one line); both journaled."""
+        async with self._lock:
+            where = path or self.path
+            try:
+                doc = await self._reload(path, {"trigger": trigger, "who": who, "remote": remote})
+            except ConfigError as exc:
+                reason = str(exc)
+            except Exception as exc:  # a check that broke (a scheduler command, the profile store)
+                reason = f"reload failed: {type(exc).__name__}: {exc}"
+            else:
+                return True, {"ok": True, **doc}
+            self.rejected += 1
+            self.last_rejected = reason
+            self.b.bus.emit(
+                Ev.CONFIG_REJECTED, path=where, trigger=trigger, who=who, remote=remote, reason=reason
+            )
+            return False, reason
+
+    async def _reload(self, path: str | None, who: dict[str, Any]) -> dict[str, Any]:
+        from balancer.profiling.recorder import size_specs
+        from balancer.profiling.workload import journal_priors
+
+        path = path or self.path
+        if path is None:
+            msg = "the balancer was started without a configuration file: give one (reload --config PATH)"
+            raise ConfigError("reload", msg)
+        new, digest = await asyncio.to_thread(read_config, path, **self.overrides)
+        diff = diff_config(self.raw, new)
+        if diff.fixed:
+            raise ConfigError(", ".join(diff.fixed), RESTART.format("them" if len(diff.fixed) > 1 else "it"))
+        b = self.b
+        fresh = [s for s in new.servers if s.name in diff.added or s.name in diff.relaunch]
+        await b.backend.check_specs(fresh)
+        sized: dict[str, ServerSpec] = {}
+        if fresh:
+            done = await size_specs(dataclasses.replace(new, servers=tuple(fresh)), b.bus)
+            sized = {s.name: s for s in done.servers}
+        # Everything is checked: from here on nothing awaits until the whole difference is applied.
+        current = {name: rt.spec for name, rt in b.pool.specs.items()}
+        specs = []
+        for s in new.servers:
+            if s.name in sized:
+                specs.append(sized[s.name])
+            elif s.name in diff.changed:  # limits only: keep the resources sized at its start
+                specs.append(dataclasses.replace(s, resources=current[s.name].resources))
+            else:
+                specs.append(current[s.name])
+        cfg = dataclasses.replace(new, servers=tuple(specs))
+        replacing = self._apply(cfg, diff)
+        self.raw, self.path, self.digest = new, str(path), digest
+        self.loaded_at = time.time()
+        self.reloads += 1
+        doc = {
+            "path": self.path,
+            "hash": digest,
+            "added": list(diff.added),
+            "removed": list(diff.removed),
+            "changed": {k: list(v) for k, v in diff.changed.items()},
+            "replacing": replacing,
+            "settings": list(diff.settings),
+        }
+        b.bus.emit(Ev.CONFIG_RELOADED, **who, **doc)  # before any server the change starts
+        b.scaler.recent.append(reload_decision({"t": time.time(), **who, **doc}))  # a dashboard opened later
+        if fresh:  # the workload class of a new command: the prior again until it is measured
+            store = b.profiler.store if b.profiler is not None else None
+            try:
+                await journal_priors([sized[s.name] for s in fresh], b.bus, b.workload, store)
+            except Exception as exc:  # applied already: a prior that cannot be read is not a rejection
+                b.bus.emit(Ev.BALANCER_ERROR, where="reload", error=f"{type(exc).__name__}: {exc}", count=1)
+        return doc
+
+    def _apply(self, cfg: BalancerConfig, diff: ConfigDiff) -> dict[str, int]:
+        b = self.b
+        pool = b.pool
+        # Backend and profiler first: the next server of a new or changed spec is theirs to know.
+        b.backend.reconfigure(cfg)
+        if b.profiler is not None:
+            b.profiler.reconfigure(cfg)
+        by_name = {s.name: s for s in cfg.servers}
+        stale: set[str] = set()  # models whose cached metadata a new command may answer otherwise
+        for name in diff.removed:
+            stale |= pool.specs[name].models
+            pool.remove_spec(name, f"server spec '{name}' was removed by a config reload")
+        for name in diff.added:
+            pool.add_spec(by_name[name])
+        replacing = {}
+        for name in diff.changed:
+            relaunch = name in diff.relaunch
+            if relaunch:
+                stale |= pool.specs[name].models
+                b.workload.forget(name)  # a new command's class is measured afresh
+            outdated = pool.update_spec(by_name[name], relaunch)
+            if relaunch:
+                replacing[name] = len(outdated)
+        draining = {n for n, rt in pool.specs.items() if rt.removed}
+        b.scaler.limits = merge_limits(b.scaler.limits, cfg, diff, draining)
+        self._settings(cfg, diff)
+        b.calls.reloaded(stale)
+        for m in stale:
+            pool.model_sizes.pop(m, None)
+        b.cfg = pool.cfg = cfg
+        pool.changed()
+        return replacing
+
+    def _settings(self, cfg: BalancerConfig, diff: ConfigDiff) -> None:
+        """The live [balancer], [forecast] and [notify] settings, where they are used."""
+        b = self.b
+        keys = set(diff.settings)
+        b.scaler.interval_s = cfg.scale_interval_s
+        b.control.lease_s = cfg.lease_s
+        if b.files is not None:
+            b.files.lease_s = cfg.lease_s
+        if b.scaler.launch is not None:  # servers started from now on
+            b.scaler.launch = dataclasses.replace(
+                b.scaler.launch, lease_s=cfg.lease_s, monitor_interval_s=cfg.monitor_interval_s
+            )
+        b.calls.max_body_mb = cfg.max_body_mb
+        for front in b.fronts:
+            front.limits = dataclasses.replace(front.limits, max_body=cfg.max_body_bytes)
+        if keys & {"balancer.allow_uids", "balancer.allow_users", "balancer.allow_remote"}:
+            b.gate.allow(cfg.allow_uids, cfg.allow_users, cfg.allow_remote)
+        if "forecast.enabled" in keys:
+            b.forecast.set_enabled(cfg.forecast.enabled)
+        b.forecast.settings = cfg.forecast
+        if b.monitor is not None:
+            b.monitor.interval_s = cfg.forecast.collect_interval_s
+        if b.history is not None:
+            b.history.retention_s = cfg.forecast.retention_days * 86400.0
+        trained = ("grid_s", "horizon_s", "min_history_s", "forecaster", "partition", "retention_days")
+        if any(f"forecast.{k}" in keys for k in trained):
+            b.forecast.retrain()
+        if any(k.startswith("notify.") for k in keys):
+            b.set_notify(cfg.notify)  # [profiles]: profiler.reconfigure took them in _apply
+
+
+def describe_reload(doc: Any) -> str:
+    """One line for an applied reload (the CLI and SIGHUP say the same)."""
+    parts = []
+    if doc.get("added"):
+        parts.append("added " + ", ".join(doc["added"]))
+    if doc.get("removed"):
+        parts.append("removed " + ", ".join(doc["removed"]) + " (draining)")
+    for name, keys in doc.get("changed", {}).items():
+        n = doc.get("replacing", {}).get(name)
+        more = f", replacing {n} server{'s' * (n != 1)} one by one" if n is not None else ""
+        parts.append(f"changed {name} ({', '.join(keys)}{more})")
+    if doc.get("settings"):
+        parts.append("settings " + ", ".join(doc["settings"]))
+    what = "; ".join(parts) or "no changes"
+    return f"reloaded {doc.get('path')} (hash {doc.get('hash')}): {what}"
