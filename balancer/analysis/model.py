@@ -17,8 +17,6 @@ import pandas as pd
 
 #: Operations that are model evaluations: the latency statistics are about these.
 EVALUATION_OPS = frozenset({"Evaluate", "Gradient", "ApplyJacobian", "ApplyHessian"})
-#: Metadata operations, answered from the balancer's cache after the first time.
-METADATA_OPS = frozenset({"Info", "ModelInfo", "InputSizes", "OutputSizes"})
 
 #: Per-call table columns, in order. Times are relative seconds; durations are seconds.
 CALL_COLUMNS = (
@@ -142,8 +140,9 @@ def clip_intervals(intervals: pd.DataFrame, servers: pd.DataFrame) -> pd.DataFra
     return intervals.assign(end=end)
 
 
-def finish_servers(servers: pd.DataFrame, intervals: pd.DataFrame, calls: pd.DataFrame, end: float,
-                   busy_known: bool = True) -> pd.DataFrame:
+def finish_servers(
+    servers: pd.DataFrame, intervals: pd.DataFrame, calls: pd.DataFrame, end: float, busy_known: bool = True
+) -> pd.DataFrame:
     """Fill start-up, lifetime, busy, idle, utilisation and call counts, and order the columns."""
     for col in SERVER_COLUMNS:
         if col not in servers:

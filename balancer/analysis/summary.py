@@ -12,11 +12,15 @@ import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from balancer.analysis.model import METADATA_OPS, Run
+if TYPE_CHECKING:  # a Run is summarized here; Run.summary() calls summarize, so no import at run time
+    from balancer.analysis.model import Run
+
+#: Metadata operations, answered from the balancer's cache after the first time.
+METADATA_OPS = frozenset({"Info", "ModelInfo", "InputSizes", "OutputSizes"})
 
 #: (key, label, kind). ``kind`` picks the formatting: int, s (seconds), rate, ratio, pct, str.
 METRICS: tuple[tuple[str, str, str], ...] = (
@@ -177,8 +181,12 @@ def format_table(runs: Sequence[Run], summaries: Sequence[dict[str, Any]] | None
 def to_json(runs: Sequence[Run], summaries: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Machine-readable summary: one entry per run with its metrics (null where unavailable)."""
     summaries = summaries if summaries is not None else [r.summary() for r in runs]
-    return {"runs": [{"name": n, "path": str(r.path), "metrics": s, "notes": r.notes}
-                     for n, r, s in zip(unique_names(runs), runs, summaries, strict=True)]}
+    return {
+        "runs": [
+            {"name": n, "path": str(r.path), "metrics": s, "notes": r.notes}
+            for n, r, s in zip(unique_names(runs), runs, summaries, strict=True)
+        ]
+    }
 
 
 def write_csv(path: Path, runs: Sequence[Run], summaries: Sequence[dict[str, Any]] | None = None) -> None:

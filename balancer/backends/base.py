@@ -11,29 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sys
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from balancer.backends.options import BackendOptions, ServerOptions
-from balancer.config.load import BalancerConfig, ServerSpec
-
-# Environment the launcher reads (set by the backend around the launcher process).
-ENV_URL = "UMBRIDGE_BALANCER_URL"
-ENV_TOKEN = "UMBRIDGE_BALANCER_TOKEN"
-ENV_SERVER_ID = "UMBRIDGE_BALANCER_SERVER_ID"  # one id, or a comma list indexed by array task id
-ENV_LEASE = "UMBRIDGE_BALANCER_LEASE_S"
-ENV_STARTUP = "UMBRIDGE_BALANCER_STARTUP_TIMEOUT_S"
-ENV_CONCURRENCY = "UMBRIDGE_SERVER_CONCURRENCY"  # tells the model how many calls run at once
-ENV_REGISTRATION_DIR = "UMBRIDGE_BALANCER_REGISTRATION_DIR"  # register through files there, not HTTP
-ENV_SPEC = "UMBRIDGE_BALANCER_SPEC"  # the server's spec, sent with registration (re-adoption)
-ENV_MONITOR = "UMBRIDGE_BALANCER_MONITOR_S"  # usage sample period (balancer/launcher/usage.py); 0: no sampling
-# Set by a backend's job script (the launcher knows no scheduler's own variables):
-ENV_TASK_INDEX = "UMBRIDGE_BALANCER_TASK_INDEX"  # which id of a comma list in ENV_SERVER_ID is ours
-ENV_JOB_ID = "UMBRIDGE_BALANCER_JOB_ID"  # the job's id as the scheduler writes it, for url-<job>.txt
+from balancer.config.schema import BalancerConfig, ServerSpec
 
 
 @dataclass(frozen=True)
@@ -45,11 +30,6 @@ class Launch:
     env: dict[str, str]  # registration variables + the spec's own env
     log_dir: Path  # stdout/stderr of launcher and server go here, never into the cwd
     time_limit_s: float | None = None  # fitted to the predicted idle window; None: the spec's own
-
-
-def launcher_argv(server_command: list[str], python: str | None = None) -> list[str]:
-    """The command line that runs ``server_command`` under the launcher."""
-    return [python or sys.executable, "-m", "balancer.launcher", "--", *server_command]
 
 
 class BackendEvents(Protocol):
@@ -102,7 +82,7 @@ class Submissions:
 class _Unbound:
     """Reports of a backend nobody listens to yet fail loudly instead of vanishing."""
 
-    def __getattr__(self, name: str) -> None:
+    def __getattr__(self, name: str) -> NoReturn:  # NoReturn: fits every BackendEvents method
         raise RuntimeError(f"backend reported {name} before bind()")
 
 
@@ -124,6 +104,14 @@ class Backend(ABC):
     def bind(self, events: BackendEvents) -> None:
         """Whom to report to (the pool); set once, before ``start``."""
         self.events = events
+
+    def use_workload(self, workload_of: Callable[[str], str | None]) -> None:  # noqa: B027 - optional
+        """Where to ask a spec's workload class ("cpu", "gpu", ...; None: not known yet), before
+        ``start``. Only a backend that places servers on cores itself (local) asks."""
+
+    def server_resources(self, server_id: str) -> dict[str, list[Any]] | None:
+        """The cores and GPUs this backend itself gave ``server_id`` (local); None: the scheduler's."""
+        return None
 
     async def start(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Prepare (connect to the scheduler, validate options). Raise ConfigError on bad config;

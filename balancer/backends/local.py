@@ -21,9 +21,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from balancer.backends.base import ENV_JOB_ID, ENV_TASK_INDEX, Backend, Launch, launcher_argv
+from balancer.backends.base import Backend, Launch
 from balancer.backends.options import LocalOptions
-from balancer.config.load import ConfigError, ServerSpec
+from balancer.backends.states import JobState, local_state
+from balancer.config.schema import BalancerConfig, ConfigError, ServerSpec
+from balancer.launcher.contract import ENV_JOB_ID, ENV_TASK_INDEX, launcher_argv
 from balancer.launcher.procgroup import OUTER_GRACE_S, end_child, end_group, group_alive
 from balancer.profiling.gpus import CoreAllocator, GpuAllocator, discover
 
@@ -35,15 +37,15 @@ class LocalBackend(Backend):
     name = "local"
     Options = LocalOptions
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, cfg: BalancerConfig, run_dir: Path) -> None:
+        super().__init__(cfg, run_dir)
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.adopted: dict[str, int] = {}  # server -> launcher pid (= its group), after a restart
         self._waiters: set[asyncio.Task[None]] = set()
         self.gpus = GpuAllocator([])
         self.gpu_source = "none"
         self.cores = CoreAllocator(sorted(os.sched_getaffinity(0)))
-        # spec name -> its workload class (measured, else the prior), set by the app; "cpu" pins.
+        # spec name -> its workload class (measured, else the prior), from use_workload; "cpu" pins.
         self.workload_of: Callable[[str], str | None] = lambda spec: None
         self.assigned: dict[str, dict[str, list[Any]]] = {}  # server -> {"cpus": [...], "gpus": [...]}
         # Starts waiting for resources, oldest first: a freed GPU goes to the start that waited longest.
@@ -77,6 +79,9 @@ class LocalBackend(Backend):
                 await asyncio.sleep(self.cfg.delay_ms / 1000)
             if await self._reserve(launch):
                 await self._spawn(launch)
+
+    def use_workload(self, workload_of: Callable[[str], str | None]) -> None:
+        self.workload_of = workload_of
 
     def server_resources(self, server_id: str) -> dict[str, list[Any]] | None:
         """The cores and GPUs a live server holds (for ``balancer servers`` and the dashboard)."""
@@ -214,7 +219,8 @@ class LocalBackend(Backend):
         code = await proc.wait()
         self.procs.pop(server_id, None)
         self._release(server_id)
-        self.events.job_ended(server_id, f"launcher exited with code {code}", code != 0)
+        state = local_state(code)
+        self.events.job_ended(server_id, f"launcher exited with code {code}", state is not JobState.COMPLETED)
 
     async def cancel(self, server_id: str) -> None:
         if server_id in self._deferred:  # still waiting for resources: it never starts

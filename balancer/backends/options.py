@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from balancer.config.load import ConfigError
+from balancer.config.schema import ConfigError
 
 
 def positive(default: Any) -> Any:
@@ -72,7 +72,7 @@ class ServerOptions:
 
 
 @dataclass(frozen=True)
-class ThreadsOption:
+class ThreadsOption(ServerOptions):
     """Per-server ``threads``: ``OMP_NUM_THREADS`` of the model (default: its CPUs)."""
 
     threads: int | None = positive(None)

@@ -1,10 +1,31 @@
-"""Names and writing of the registration files both sides share (``filereg`` on the balancer,
-``launch`` on the compute node), kept apart so the launcher imports nothing of the balancer."""
+"""What the balancer and the launcher on a compute node agree on: the environment variables a backend
+sets around the launcher, the launcher's command line, and the registration files (``control.filereg``
+on the balancer side).
+
+A contract module: it imports nothing of the balancer, so ``python -m balancer.launcher`` loads no
+configuration, policy or backend code on the compute node, and the backends import these names from
+here instead of the launcher importing them from the backends.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+# Environment the launcher reads (set by the backend around the launcher process).
+ENV_URL = "UMBRIDGE_BALANCER_URL"
+ENV_TOKEN = "UMBRIDGE_BALANCER_TOKEN"
+ENV_SERVER_ID = "UMBRIDGE_BALANCER_SERVER_ID"  # one id, or a comma list indexed by array task id
+ENV_LEASE = "UMBRIDGE_BALANCER_LEASE_S"
+ENV_STARTUP = "UMBRIDGE_BALANCER_STARTUP_TIMEOUT_S"
+ENV_CONCURRENCY = "UMBRIDGE_SERVER_CONCURRENCY"  # tells the model how many calls run at once
+ENV_REGISTRATION_DIR = "UMBRIDGE_BALANCER_REGISTRATION_DIR"  # register through files there, not HTTP
+ENV_SPEC = "UMBRIDGE_BALANCER_SPEC"  # the server's spec, sent with registration (re-adoption)
+ENV_MONITOR = "UMBRIDGE_BALANCER_MONITOR_S"  # usage sample period (launcher/usage.py); 0: no sampling
+# Set by a backend's job script (the launcher knows no scheduler's own variables):
+ENV_TASK_INDEX = "UMBRIDGE_BALANCER_TASK_INDEX"  # which id of a comma list in ENV_SERVER_ID is ours
+ENV_JOB_ID = "UMBRIDGE_BALANCER_JOB_ID"  # the job's id as the scheduler writes it, for url-<job>.txt
 
 ALIVE = "balancer.alive"  # touched by the balancer every third of the lease
 
@@ -15,3 +36,36 @@ def write_atomic(path: Path, data: str) -> None:
     tmp.write_text(data)
     os.chmod(tmp, 0o600)
     tmp.replace(path)
+
+
+def launch_env(
+    *,
+    url: str,
+    token: str,
+    server_id: str,
+    spec: str,
+    lease_s: float,
+    startup_timeout_s: float,
+    concurrency: int,
+    monitor_interval_s: float,
+    registration_dir: Path | str | None = None,
+) -> dict[str, str]:
+    """The variables one launcher needs to register its server and hold its lease."""
+    env = {
+        ENV_URL: url,
+        ENV_TOKEN: token,
+        ENV_SERVER_ID: server_id,
+        ENV_SPEC: spec,
+        ENV_LEASE: str(lease_s),
+        ENV_STARTUP: str(startup_timeout_s),
+        ENV_CONCURRENCY: str(concurrency),
+        ENV_MONITOR: str(monitor_interval_s),
+    }
+    if registration_dir is not None:
+        env[ENV_REGISTRATION_DIR] = str(registration_dir)
+    return env
+
+
+def launcher_argv(server_command: list[str], python: str | None = None) -> list[str]:
+    """The command line that runs ``server_command`` under the launcher."""
+    return [python or sys.executable, "-m", "balancer.launcher", "--", *server_command]

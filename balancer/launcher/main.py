@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import aiohttp
-
-from balancer.backends.base import (
+from balancer.launcher.client import request
+from balancer.launcher.contract import (
+    ALIVE,
     ENV_JOB_ID,
     ENV_LEASE,
     ENV_MONITOR,
@@ -40,8 +40,8 @@ from balancer.backends.base import (
     ENV_TASK_INDEX,
     ENV_TOKEN,
     ENV_URL,
+    write_atomic,
 )
-from balancer.launcher.contract import ALIVE, write_atomic
 from balancer.launcher.procgroup import GRACE_S, end_child
 from balancer.launcher.usage import UsageSampler
 
@@ -155,46 +155,43 @@ class Launcher:
         monitor = None
         if self.monitor_s > 0 and (self.balancer or self.reg_dir is not None):
             monitor = asyncio.create_task(self._monitor(self.proc.pid), name="usage-monitor")
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as http:
-            exited = asyncio.ensure_future(self.proc.wait())
-            try:
-                ok = await self._wait_ready(http, port, exited)
-                if ok:
-                    self._write_url_file(url)
-                    if self.reg_dir is not None:
-                        await self._file_lease(self._doc(url, port), exited)
-                    elif self.balancer:
-                        await self._lease(http, self._doc(url, port), exited)
-                    else:
-                        await asyncio.wait(
-                            [exited, asyncio.ensure_future(self.stopped.wait())],
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
-            finally:
-                if monitor is not None:
-                    monitor.cancel()
-                code = await self._stop_server(exited)
-                if self.reg_dir is not None and not self.balancer_said_stop:
-                    report = json.dumps({"code": code, "why": self.stop_reason})
-                    await asyncio.to_thread(write_atomic, self.reg_dir / f"{self.sid}.exited.json", report)
-                elif self.balancer and not self.balancer_said_stop:
-                    await self._report_exit(http, code)
+        exited = asyncio.ensure_future(self.proc.wait())
+        try:
+            ok = await self._wait_ready(port, exited)
+            if ok:
+                self._write_url_file(url)
+                if self.reg_dir is not None:
+                    await self._file_lease(self._doc(url, port), exited)
+                elif self.balancer:
+                    await self._lease(self._doc(url, port), exited)
+                else:
+                    await asyncio.wait(
+                        [exited, asyncio.ensure_future(self.stopped.wait())],
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+        finally:
+            if monitor is not None:
+                monitor.cancel()
+            code = await self._stop_server(exited)
+            if self.reg_dir is not None and not self.balancer_said_stop:
+                report = json.dumps({"code": code, "why": self.stop_reason})
+                await asyncio.to_thread(write_atomic, self.reg_dir / f"{self.sid}.exited.json", report)
+            elif self.balancer and not self.balancer_said_stop:
+                await self._report_exit(code)
         log(f"server exited with code {code}")
         return code
 
-    async def _wait_ready(self, http: aiohttp.ClientSession, port: int, exited: asyncio.Future[int]) -> bool:
+    async def _wait_ready(self, port: int, exited: asyncio.Future[int]) -> bool:
         deadline = time.monotonic() + self.startup_s
         delay = 0.02
         while time.monotonic() < deadline and not self.stopped.is_set():
             if exited.done():
                 log(f"server exited before it answered /Info (code {exited.result()})")
                 return False
-            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
-                async with http.get(
-                    f"http://127.0.0.1:{port}/Info", timeout=aiohttp.ClientTimeout(total=2)
-                ) as r:
-                    if r.status == 200:
-                        return True
+            with contextlib.suppress(asyncio.TimeoutError, OSError):
+                status, _ = await request("GET", f"http://127.0.0.1:{port}/Info", 2, read_body=False)
+                if status == 200:
+                    return True
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.25)
         if not self.stopped.is_set():
@@ -208,20 +205,9 @@ class Launcher:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, url)  # readers never see a half-written URL
 
-    async def _post(
-        self, http: aiohttp.ClientSession, path: str, doc: dict, timeout: float
-    ) -> tuple[int, dict]:
-        async with http.post(
-            f"{self.balancer}{path}",
-            json=doc,
-            headers=self.headers,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as r:
-            try:
-                body = await r.json(content_type=None)
-            except ValueError:
-                body = {}
-            return r.status, body if isinstance(body, dict) else {}
+    async def _post(self, path: str, doc: dict, timeout: float) -> tuple[int, dict]:
+        status, body = await request("POST", f"{self.balancer}{path}", timeout, doc, self.headers)
+        return status, body if isinstance(body, dict) else {}
 
     def _doc(self, url: str, port: int) -> dict[str, Any]:
         """What registration tells the balancer."""
@@ -247,7 +233,7 @@ class Launcher:
         await asyncio.to_thread(write_atomic, self.reg_dir / f"{self.sid}.register.json", text)
         log(f"registered {doc['url']} as {self.sid} through {self.reg_dir}")
         seen, changed = None, time.monotonic()
-        stop_wait = asyncio.ensure_future(self.stopped.wait())
+        stop_wait: asyncio.Future[Any] = asyncio.ensure_future(self.stopped.wait())
         try:
             while not self.stopped.is_set() and not exited.done():
                 told, mtime = await asyncio.to_thread(_stop_and_mtime, stop, alive)
@@ -268,13 +254,11 @@ class Launcher:
         finally:
             stop_wait.cancel()
 
-    async def _lease(
-        self, http: aiohttp.ClientSession, doc: dict[str, Any], exited: asyncio.Future[int]
-    ) -> None:
+    async def _lease(self, doc: dict[str, Any], exited: asyncio.Future[int]) -> None:
         last_ok = time.monotonic()
         registered = False
         wait = max(0.5, self.lease_s / 3)
-        stop_wait = asyncio.ensure_future(self.stopped.wait())
+        stop_wait: asyncio.Future[Any] = asyncio.ensure_future(self.stopped.wait())
         try:
             while not self.stopped.is_set() and not exited.done():
                 if time.monotonic() - last_ok > self.lease_s:
@@ -284,21 +268,19 @@ class Launcher:
                 batch: list[dict[str, Any]] = []
                 try:
                     if not registered:
-                        req = asyncio.ensure_future(self._post(http, "/api/servers/register", doc, 10))
+                        req = asyncio.ensure_future(self._post("/api/servers/register", doc, 10))
                     else:
                         batch = self._take_usage()  # samples ride on the lease poll: no extra requests
-                        body = {"wait": wait, "usage": batch} if batch else {"wait": wait}
-                        req = asyncio.ensure_future(
-                            self._post(http, f"/api/servers/{self.sid}/lease", body, wait + 10)
-                        )
-                    done, _ = await asyncio.wait(
-                        [req, exited, stop_wait], return_when=asyncio.FIRST_COMPLETED
-                    )
+                        ask = {"wait": wait, "usage": batch} if batch else {"wait": wait}
+                        lease = self._post(f"/api/servers/{self.sid}/lease", ask, wait + 10)
+                        req = asyncio.ensure_future(lease)
+                    waits: list[asyncio.Future[Any]] = [req, exited, stop_wait]
+                    done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                     if req not in done:
                         req.cancel()
                         return
                     status, body = req.result()
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                except (asyncio.TimeoutError, OSError) as exc:
                     self._keep_usage(batch)
                     log(f"balancer not reachable: {type(exc).__name__}: {exc}")
                     await asyncio.wait([exited, stop_wait], timeout=min(1.0, self.lease_s / 10))
@@ -357,11 +339,9 @@ class Launcher:
         code = await end_child(self.proc, GRACE_S)
         return 128 - code if code < 0 else code
 
-    async def _report_exit(self, http: aiohttp.ClientSession, code: int) -> None:
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            await self._post(
-                http, f"/api/servers/{self.sid}/exited", {"code": code, "why": self.stop_reason}, 5
-            )
+    async def _report_exit(self, code: int) -> None:
+        with contextlib.suppress(asyncio.TimeoutError, OSError):
+            await self._post(f"/api/servers/{self.sid}/exited", {"code": code, "why": self.stop_reason}, 5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,4 +358,3 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"launch: error: cannot start {cmd[0]!r}: {exc.strerror}", file=sys.stderr)
         return 127
-

@@ -119,4 +119,6 @@ async def end_child(proc: asyncio.subprocess.Process, grace_s: float = GRACE_S) 
             await proc.wait()
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)  # children it left in its group go too
-    return proc.returncode  # type: ignore[return-value]
+    code = proc.returncode
+    assert code is not None  # it was waited for above
+    return code

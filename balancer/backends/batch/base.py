@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import hashlib
 import logging
 import math
@@ -38,30 +37,15 @@ from balancer.backends.base import Backend, Launch, Submissions
 from balancer.backends.batch.jobscript import JobScripts, read_directives
 from balancer.backends.commands import run_command
 from balancer.backends.options import BatchOptions, BatchServerOptions
-from balancer.config.load import BalancerConfig, ConfigError, ServerSpec
-from balancer.policy.decide import format_time_limit
+from balancer.backends.states import TERMINAL, JobState
+from balancer.config.schema import BalancerConfig, ConfigError, ServerSpec
+from balancer.units import format_time_limit
 
 log = logging.getLogger(__name__)
 
 FRESH_S = 30.0  # a job this young that has not started yet is polled at the fast rate
 VANISH_GRACE_S = 10.0  # a job never seen by the scheduler this long after submission counts as gone
 CLOSE_TIMEOUT_S = 30.0
-
-
-class JobState(enum.Enum):
-    """One job's state, whatever the scheduler (each maps its own through a ``STATES`` table)."""
-
-    PENDING = "pending"  # queued, may still start
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TIMEOUT = "timeout"
-    HELD = "held"  # suspended, requeued, ...: waits, neither running nor ended
-    UNKNOWN = "unknown"
-
-
-TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ spin against each other (eigen N = 100: 10 ms median, 240 ms worst instead of 5 
 from __future__ import annotations
 
 import os
-import re
 import shlex
 from pathlib import Path
 from typing import Any, ClassVar
 
-from balancer.backends.base import ENV_JOB_ID, ENV_SERVER_ID, ENV_TASK_INDEX, Launch
-from balancer.config.load import ServerSpec
+from balancer.backends.base import Launch
+from balancer.config.schema import ServerSpec
+from balancer.launcher.contract import ENV_JOB_ID, ENV_SERVER_ID, ENV_TASK_INDEX, launcher_argv
 
 
 def read_directives(script: str | Path, prefix: str) -> list[str]:
@@ -41,14 +41,6 @@ def read_directives(script: str | Path, prefix: str) -> list[str]:
 def directive_option(line: str, prefix: str) -> str:
     words = line[len(prefix) :].split()
     return words[0].split("=", 1)[0] if words else ""
-
-
-def scale_memory(mem: str, factor: int) -> str:
-    """``2G`` times ``factor`` (servers sharing one allocation); left as is if not a plain size."""
-    m = re.fullmatch(r"(\d+)\s*([KMGTkmgt]?)[Bb]?", mem.strip())
-    if factor == 1 or not m:
-        return mem
-    return f"{int(m.group(1)) * factor}{m.group(2).upper()}"
 
 
 class JobScripts:
@@ -80,9 +72,7 @@ class JobScripts:
             d for d in self.directives(spec) if directive_option(d, self.DIRECTIVE) not in self.OWN_DIRECTIVES
         ]
         per = spec.options.servers_per_job
-        launcher = " ".join(
-            shlex.quote(a) for a in [self.opts.python, "-m", "balancer.launcher", "--", *spec.server_command()]
-        )
+        launcher = " ".join(shlex.quote(a) for a in launcher_argv(spec.server_command(), self.opts.python))
         logs = shlex.quote(str(log_dir))
         body = [
             "#!/bin/bash",

@@ -1,4 +1,4 @@
-"""SLURM backend: the batch-scheduler base (``batch.py``) with SLURM's commands and states.
+"""SLURM backend: the batch-scheduler base (``batch.base``) with SLURM's commands and states.
 
 Why the CLI and not ``pyslurm``: the Python bindings only build against the exact Slurm release
 they target, while ``sbatch --parsable`` / ``squeue -o`` work on every site (as in dask-jobqueue and
@@ -22,36 +22,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from balancer.backends.batch.base import BatchBackend, BatchOptions, BatchServerOptions, JobState, StatusRow
-from balancer.backends.batch.jobscript import directive_option, scale_memory
+from balancer.backends.batch.base import BatchBackend, BatchOptions, BatchServerOptions, StatusRow
+from balancer.backends.batch.jobscript import directive_option
 from balancer.backends.batch.jobscript import read_directives as _read_directives
 from balancer.backends.options import args, word
-from balancer.config.load import ConfigError, ServerSpec
+from balancer.backends.states import SLURM_STATES
+from balancer.config.schema import ConfigError, ServerSpec
+from balancer.units import scale_memory
 
 SQUEUE_FORMAT = "%i|%F|%K|%A|%T|%r|%S|%e|%l|%L|%N|%j|%k"
 _FIELDS = 13
 # SLURM's job states (squeue -t all) on the common enum; any state not listed waits as UNKNOWN.
-STATES: dict[str, JobState] = {
-    "PENDING": JobState.PENDING,
-    "CONFIGURING": JobState.PENDING,
-    "RUNNING": JobState.RUNNING,
-    "COMPLETING": JobState.RUNNING,
-    "SUSPENDED": JobState.HELD,
-    "REQUEUED": JobState.HELD,
-    "REQUEUE_HOLD": JobState.HELD,
-    "RESIZING": JobState.HELD,
-    "COMPLETED": JobState.COMPLETED,
-    "CANCELLED": JobState.CANCELLED,
-    "TIMEOUT": JobState.TIMEOUT,
-    "DEADLINE": JobState.TIMEOUT,
-    "FAILED": JobState.FAILED,
-    "NODE_FAIL": JobState.FAILED,
-    "OUT_OF_MEMORY": JobState.FAILED,
-    "BOOT_FAIL": JobState.FAILED,
-    "PREEMPTED": JobState.FAILED,
-    "REVOKED": JobState.FAILED,
-    "SPECIAL_EXIT": JobState.FAILED,
-}
+STATES = SLURM_STATES  # the table lives with every backend's in backends/states.py
 # Pending reasons that mean "never, as submitted" (the request exceeds the partition or is refused).
 DEFAULT_FAIL_REASONS = (
     "PartitionConfig",
@@ -119,6 +101,7 @@ class SlurmBackend(BatchBackend):
     ARRAY_INDEX = "${SLURM_ARRAY_TASK_ID:-0}"
     JOB_ID = "${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}${SLURM_ARRAY_JOB_ID:+_$SLURM_ARRAY_TASK_ID}"  # 7_0 or 7
     INHERITED_ENV = ("SLURM_ARRAY_",)
+    opts: SlurmOptions  # what BatchBackend.__init__ sets from cfg.backend_options, parsed as ``Options``
 
     def _opt(self, spec: ServerSpec, key: str) -> str | None:
         """A per-server option, falling back to the [backend] table's site-wide default."""

@@ -32,12 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from balancer.backends.base import ENV_JOB_ID, Backend, Launch, Submissions, launcher_argv
+from balancer.backends.base import Backend, Launch, Submissions
 from balancer.backends.hyperqueue.client import HqClient
 from balancer.backends.hyperqueue.resources import HqRequest, hq_request
 from balancer.backends.hyperqueue.server import MODES, HqServer
 from balancer.backends.options import BackendOptions, ThreadsOption, one_of, positive
-from balancer.config.load import BalancerConfig, ConfigError, ServerSpec
+from balancer.backends.states import TERMINAL, JobState, hq_state
+from balancer.config.schema import BalancerConfig, ConfigError, ServerSpec
+from balancer.launcher.contract import ENV_JOB_ID, launcher_argv
 from balancer.launcher.procgroup import OUTER_GRACE_S, end_group, group_env_has
 
 log = logging.getLogger(__name__)
@@ -301,17 +303,17 @@ class HyperQueueBackend(Backend):
                 if j.cancelling:  # cancelled while queued: it started anyway, end it now
                     self._spawn_kill(j)
             st = poll.status.get(j.job_id)
+            state = hq_state(st, j.started, j.cancelling)
+            if state not in TERMINAL:
+                continue
             if st is None:
                 self._end(j, "job vanished from HyperQueue (server restarted?)", True)
-            elif st["completed"]:
-                if j.cancelling:
-                    self._end(j, "cancelled", False)
-                elif st["failed"]:
-                    self._end(
-                        j, f"HyperQueue task failed: {poll.errors.get(j.job_id, '?')} (log: {j.log})", True
-                    )
-                else:
-                    self._end(j, "launcher exited", False)
+            elif state is JobState.CANCELLED:
+                self._end(j, "cancelled", False)
+            elif state is JobState.FAILED:
+                self._end(j, f"HyperQueue task failed: {poll.errors.get(j.job_id, '?')} (log: {j.log})", True)
+            else:
+                self._end(j, "launcher exited", False)
 
     def _end(self, j: _Job, reason: str, failed: bool) -> None:
         if self.jobs.get(j.server_id) is j:

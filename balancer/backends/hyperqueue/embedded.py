@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from hyperqueue.cluster import LocalCluster, WorkerConfig
 
     args.server_dir.mkdir(parents=True, exist_ok=True)
-    cluster = LocalCluster(server_dir=str(args.server_dir))  # type: ignore[arg-type]
+    cluster = LocalCluster(server_dir=str(args.server_dir))
     try:
         for _ in range(args.workers):
             cluster.start_worker(WorkerConfig(cores=args.cpus))
@@ -114,7 +114,8 @@ class EmbeddedCluster:
     async def start(self, timeout_s: float = READY_TIMEOUT_S) -> dict[str, object]:
         """Spawn the helper and wait for its ready line; RuntimeError (with its log) on failure."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        argv = [self.python, "-m", "balancer.backends.hyperqueue.embedded", "--server-dir", str(self.server_dir)]
+        argv = [self.python, "-m", "balancer.backends.hyperqueue.embedded"]
+        argv += ["--server-dir", str(self.server_dir)]
         argv += ["--workers", str(self.workers), "--cpus", str(self.cpus)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))

@@ -7,13 +7,13 @@ spec option ``hq_resources`` (a table, e.g. ``{"gpus/nvidia" = 1, mem = 2048}``)
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from balancer.backends.batch import jobscript
-from balancer.config.load import ConfigError, ServerSpec
+from balancer.config.schema import ConfigError, ServerSpec
+from balancer.units import parse_duration
 
 
 @dataclass(frozen=True)
@@ -24,28 +24,6 @@ class HqRequest:
     resources: tuple[tuple[str, int | str], ...] = ()
     min_time_s: float | None = None
     ignored: tuple[str, ...] = ()  # directives the Python API cannot express (e.g. --time-limit)
-
-
-_DURATION_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """HQ durations: ``90s``, ``1m``, ``1h 30m``, ``01:30:00``."""
-    t = text.strip()
-    if re.fullmatch(r"\d+(:\d{1,2}){1,2}", t):
-        parts = [int(x) for x in t.split(":")]
-        while len(parts) < 3:
-            parts.insert(0, 0)
-        return float(parts[0] * 3600 + parts[1] * 60 + parts[2])
-    pieces = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]+)", t)
-    if not pieces or re.sub(r"(\d+(?:\.\d+)?)\s*([a-z]+)", "", t).strip():
-        raise ValueError(f"not a duration: {text!r}")
-    total = 0.0
-    for num, unit in pieces:
-        if unit not in _DURATION_UNITS:
-            raise ValueError(f"unknown time unit {unit!r} in {text!r}")
-        total += float(num) * _DURATION_UNITS[unit]
-    return total
 
 
 def read_directives(script: str | Path) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 from balancer.backends.commands import run_command
 from balancer.backends.hyperqueue.client import HqClient
 from balancer.backends.hyperqueue.embedded import EmbeddedCluster
-from balancer.config.load import ConfigError
+from balancer.config.schema import ConfigError
 
 MODES = ("embedded", "server", "hq")
 

@@ -1,6 +1,8 @@
-"""TOML configuration: parsed once at start-up into frozen dataclasses, every key validated.
+"""TOML configuration: parsed once at start-up into the frozen dataclasses of ``config.schema``.
 
-A bad key ends the program with one line naming it (``ConfigError``), never a traceback later.
+Every key is validated: a bad key ends the program with one line naming it (``ConfigError``), never a
+traceback later. The parser needs the backends' option tables (through the registry), so it is kept
+apart from the schema that every layer imports.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -19,164 +21,29 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-from balancer.backends import SCHEDULERS, backend_class
-from balancer.policy.decide import ForecastRules, parse_time_limit
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased for the user, naming the offending key."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"config error: {key}: {message}")
-        self.key = key
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What the cluster backends ask the scheduler for, per server."""
-
-    cpus: int = 1
-    memory: str | None = None  # e.g. "2G", passed to the scheduler as is
-    gpus: int = 0
-    time_limit: str | None = None  # SLURM syntax, e.g. "01:00:00"
-    # Fields given as "auto": sized from the spec's profile at start (sizing.py); until then defaults.
-    auto: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    """One kind of model server and how many of it the pool may run."""
-
-    name: str
-    command: tuple[str, ...] = ()
-    job_script: str | None = None
-    models: tuple[str, ...] = ()  # empty: discovered from /Info of the first server
-    concurrency: int = 1
-    min_servers: int = 0
-    max_servers: int = 4
-    backlog: int = 2
-    idle_timeout_s: float = 60.0
-    startup_timeout_s: float = 120.0
-    max_attempts: int = 3
-    max_start_failures: int = 3
-    env: tuple[tuple[str, str], ...] = ()
-    cwd: str | None = None
-    resources: Resources = field(default_factory=Resources)
-    # The scheduler's per-server options (partition, threads, ...): its ``ServerOptions`` dataclass.
-    options: Any = None
-    # The job script's content digest when the file was read: a reload sees an edited script.
-    script_sha: str = ""
-
-    def server_command(self) -> list[str]:
-        """The command that starts one model server (it must listen on ``$PORT``)."""
-        if self.job_script:
-            return ["bash", self.job_script]
-        return list(self.command)
-
-
-@dataclass(frozen=True)
-class ForecastSettings:
-    """The ``[forecast]`` table: collect the cluster's capacity, forecast it, scale by it.
-
-    The rule switches and thresholds (``admission``, ``max_pending_wait_s``, ``prewarm``, ...) sit in
-    the same table and become ``rules``; see ``policy.ForecastRules``."""
-
-    enabled: bool = True  # false: demand-only scaling until switched on (API/CLI)
-    collect: bool = True  # sample the cluster's capacity into the history (false: no sinfo/squeue)
-    history: str | None = None  # SQLite history; default ~/.local/share/umbridge-balancer/capacity.sqlite
-    retention_days: float = 400.0
-    collect_interval_s: float = 60.0
-    grid_s: float = 900.0
-    horizon_s: float = 48 * 3600.0
-    train_every_s: float = 86400.0
-    min_history_s: float = 2 * 86400.0  # less history than this: cold, no forecast
-    forecaster: str = "auto"  # "auto": the best backtest on the site's history, never worse than naive
-    partition: str | None = None  # SLURM partition whose capacity counts (default: the specs' own)
-    rules: ForecastRules = field(default_factory=ForecastRules)
-
-
-NOTIFY_KINDS = ("spec_held", "server_failures", "spec_lost", "run_finished", "forecast_window")
-
-
-@dataclass(frozen=True)
-class NotifySettings:
-    """The ``[notify]`` table: where to send (apprise URLs) and which kinds of notice (notify.py)."""
-
-    urls: tuple[str, ...] = ()  # apprise URLs: mailto://, json://, slack://, matrix://, ...
-    on: tuple[str, ...] = ("spec_held", "server_failures", "spec_lost", "run_finished")
-    failure_threshold: int = 3  # server failures within failure_window_s before a notice
-    failure_window_s: float = 300.0
-    coalesce_s: float = 30.0  # a notice waits this long for more of its kind, then goes as one message
-    min_interval_s: float = 300.0  # at most one message per kind this often; the rest is counted in
-    title_prefix: str = "umbridge-balancer"
-    window_cpus: int = 1  # forecast_window: the predicted idle CPUs rise to at least this many
-    shutdown_wait_s: float = 5.0  # shutdown waits at most this long for the last messages
-
-
-@dataclass(frozen=True)
-class ProfileSettings:
-    """The ``[profiles]`` table: the model profile store and the headroom of ``"auto"`` resources."""
-
-    enabled: bool = True
-    path: str | None = None  # SQLite store; default ~/.local/share/umbridge-balancer/profiles.sqlite
-    flush_s: float = 300.0  # a run's figures go to the store this often, and at shutdown
-    memory_headroom: float = 1.3  # memory = "auto": peak RSS times this
-    time_headroom: float = 1.5  # time_limit = "auto": longest server lifetime times this
-    min_memory: str = "512M"
-    max_time_limit: str = "1-00:00:00"
-    default_memory: str | None = None  # "auto" without a profile: these (None: the scheduler's default)
-    default_cpus: int = 1
-    default_time_limit: str | None = None
-    mismatch_samples: int = 10  # busy usage samples of a spec before given and used are compared
-
-
-@dataclass(frozen=True)
-class BalancerConfig:
-    host: str = "127.0.0.1"
-    port: int = 4242
-    scheduler: str = "local"
-    journal: str | None = None
-    run_dir: str | None = None
-    max_body_mb: float = 64.0
-    lease_s: float = 30.0
-    shutdown_grace_s: float = 30.0
-    scale_interval_s: float = 0.25
-    delay_ms: int = 0
-    # Address the launchers use to reach the balancer (defaults to host:port).
-    advertise_url: str | None = None
-    # "http": launchers register and hold their lease over HTTP; "file": through files in
-    # registration_dir, for compute nodes that cannot reach the login node (filereg.py).
-    registration: str = "http"
-    registration_dir: str | None = None  # default RUN_DIR/registration
-    # Launchers sample their server's process tree, node and GPUs this often (server.usage); 0: off.
-    monitor_interval_s: float = 5.0
-    # The launchers' control API (register, lease, exited) listens here, apart from the client
-    # port; port 0: a free one, or the one this run directory had before a restart.
-    control_host: str = "127.0.0.1"
-    control_port: int = 0
-    # Owner-only client port (access.py): other users' UIDs let in; clients on other hosts let in.
-    allow_uids: tuple[int, ...] = ()
-    allow_users: tuple[str, ...] = ()
-    allow_remote: bool = False
-    servers: tuple[ServerSpec, ...] = ()
-    # The [backend] table as the scheduler's ``Options`` dataclass (see backends/options.py).
-    backend_options: Any = None
-    forecast: ForecastSettings = field(default_factory=ForecastSettings)
-    notify: NotifySettings = field(default_factory=NotifySettings)
-    profiles: ProfileSettings = field(default_factory=ProfileSettings)
-
-    @property
-    def rules(self) -> ForecastRules:
-        return self.forecast.rules
-
-    @property
-    def max_body_bytes(self) -> int:
-        return int(self.max_body_mb * 1024 * 1024)
-
+from balancer.backends.options import parse_options
+from balancer.backends.registry import SCHEDULERS, backend_class
+from balancer.config.schema import (
+    NOTIFY_KINDS,
+    BalancerConfig,
+    ConfigError,
+    ForecastRules,
+    ForecastSettings,
+    NotifySettings,
+    ProfileSettings,
+    Resources,
+    ServerSpec,
+)
+from balancer.http.peer import user_uids
+from balancer.units import parse_memory, parse_time_limit
 
 _SPEC_KEYS = {f.name for f in fields(ServerSpec)} - {"options", "script_sha"}
 _TOP_KEYS = {f.name for f in fields(BalancerConfig)} - {
-    "servers", "backend_options", "forecast", "notify", "profiles"
+    "servers",
+    "backend_options",
+    "forecast",
+    "notify",
+    "profiles",
 }
 _RES_KEYS = {f.name for f in fields(Resources)} - {"auto"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -225,15 +92,9 @@ def _parse_resources(key: str, raw: Any) -> Resources:
     return Resources(cpus=cpus, memory=memory, gpus=gpus, time_limit=time_limit, auto=auto)
 
 
-def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpec:
-    key = f"servers[{idx}]"
-    _typed(key, raw, dict, "a table")
-    name = raw.get("name", f"server{idx}")
-    _typed(f"{key}.name", name, str, "a string")
-    if not _NAME_RE.match(name):
-        raise ConfigError(f"{key}.name", f"use letters, digits, '.', '_' and '-' only, got {name!r}")
-    key = f"servers.{name}"
-    opts = {k: v for k, v in raw.items() if k not in _SPEC_KEYS}  # the scheduler's own keys
+def _parse_command(key: str, raw: dict[str, Any], base_dir: Path) -> tuple[tuple[str, ...], str | None, str]:
+    """A spec's ``command`` (string or list) or ``job_script`` (a readable file, digested so a reload
+    sees an edited script): exactly one of them."""
     command = raw.get("command")
     job_script = raw.get("job_script")
     if (command is None) == (job_script is None):
@@ -260,16 +121,33 @@ def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpe
             why = "no such file" if not path.exists() else f"cannot read ({exc.strerror or exc})"
             raise ConfigError(f"{key}.job_script", f"{why}: {path}") from None
         job_script = str(path)
-    models = raw.get("models", [])
-    if not (isinstance(models, list) and all(isinstance(m, str) and m for m in models)):
-        raise ConfigError(f"{key}.models", "expected a list of model names")
-    env = raw.get("env", {})
+    return cmd, job_script, script_sha
+
+
+def _parse_env(key: str, env: Any) -> list[tuple[str, str]]:
     _typed(f"{key}.env", env, dict, "a table of strings")
-    env_items = []
+    items = []
     for k, v in env.items():
         if isinstance(v, bool) or not isinstance(v, (str, int, float)):
             raise ConfigError(f"{key}.env.{k}", f"expected a string or number, got {v!r}")
-        env_items.append((str(k), str(v)))
+        items.append((str(k), str(v)))
+    return items
+
+
+def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpec:
+    key = f"servers[{idx}]"
+    _typed(key, raw, dict, "a table")
+    name = raw.get("name", f"server{idx}")
+    _typed(f"{key}.name", name, str, "a string")
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"{key}.name", f"use letters, digits, '.', '_' and '-' only, got {name!r}")
+    key = f"servers.{name}"
+    opts = {k: v for k, v in raw.items() if k not in _SPEC_KEYS}  # the scheduler's own keys
+    cmd, job_script, script_sha = _parse_command(key, raw, base_dir)
+    models = raw.get("models", [])
+    if not (isinstance(models, list) and all(isinstance(m, str) and m for m in models)):
+        raise ConfigError(f"{key}.models", "expected a list of model names")
+    env_items = _parse_env(key, raw.get("env", {}))
     cwd = raw.get("cwd")
     if cwd is not None:
         _typed(f"{key}.cwd", cwd, str, "a directory")
@@ -306,8 +184,6 @@ def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpe
 
 def _options(scheduler: str, which: str, raw: dict[str, Any], prefix: str) -> Any:
     """The scheduler's typed ``Options``/``ServerOptions`` from a table (unknown key: ConfigError)."""
-    from balancer.backends.options import parse_options  # imported here: the backends import this module
-
     return parse_options(getattr(backend_class(scheduler), which), raw, prefix, scheduler)
 
 
@@ -390,8 +266,6 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
 def _allowed(values: dict[str, Any]) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """``allow_uids`` and ``allow_users``; a user name this machine does not know is an error
     now, not a silently closed door later."""
-    from balancer.ops.peer import user_uids
-
     uids = values.get("allow_uids", [])
     if not (isinstance(uids, list) and all(type(u) is int and u >= 0 for u in uids)):
         raise ConfigError("balancer.allow_uids", f"expected a list of user ids, got {uids!r}")
@@ -472,8 +346,6 @@ def parse_notify(raw: Any) -> NotifySettings:
 
 def parse_profiles(raw: Any) -> ProfileSettings:
     """The ``[profiles]`` table; sizes and times are checked now, not when a spec is sized."""
-    from balancer.profiling.sizing import parse_memory
-
     _table("profiles", raw, {f.name for f in fields(ProfileSettings)})
     text = {"path", "min_memory", "max_time_limit", "default_memory", "default_time_limit"}
     top = _typed_fields("profiles", ProfileSettings, raw, text)

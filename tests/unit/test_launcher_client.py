@@ -1,0 +1,64 @@
+"""The launcher's own HTTP client against canned answers: each way an answer's body may end."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from balancer.launcher.client import HttpError, request
+
+ANSWERS = {
+    "/length": b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"stop": 1}',
+    "/chunked": b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b'5\r\n{"a":\r\n3\r\n 2}\r\n0\r\n\r\n',
+    "/eof": b"HTTP/1.0 200 OK\r\n\r\n[1, 2]",
+    "/text": b"HTTP/1.1 500 Oops\r\nContent-Length: 4\r\n\r\noops",
+    "/cut": b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{}",
+    "/garbage": b"SSH-2.0-OpenSSH\r\n\r\n",
+}
+
+
+async def _serve(seen: list[bytes]) -> asyncio.Server:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = [int(x.split(b":")[1]) for x in lines if x.lower().startswith(b"content-length")]
+        seen.append(head + (await reader.readexactly(length[0]) if length else b""))
+        writer.write(ANSWERS[head.split(b" ")[1].decode()])
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0)
+
+
+def test_bodies_by_length_chunks_and_end_of_connection() -> None:
+    async def main() -> None:
+        seen: list[bytes] = []
+        async with await _serve(seen) as server:
+            base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            got = await request("POST", f"{base}/length", 5, {"wait": 1}, {"Authorization": "Bearer t"})
+            assert got == (200, {"stop": 1})
+            assert seen[0].startswith(b"POST /length HTTP/1.1\r\n") and b"Authorization: Bearer t" in seen[0]
+            assert seen[0].endswith(b'{"wait": 1}')
+            assert await request("GET", f"{base}/chunked", 5) == (401, {"a": 2})
+            assert await request("GET", f"{base}/eof", 5) == (200, [1, 2])
+            assert await request("GET", f"{base}/text", 5) == (500, None)
+            assert await request("GET", f"{base}/text", 5, read_body=False) == (500, None)
+            for path in ("/cut", "/garbage"):
+                with pytest.raises(HttpError):
+                    await request("GET", f"{base}{path}", 5)
+
+    asyncio.run(main())
+
+
+def test_an_unreachable_balancer_is_an_os_error() -> None:
+    async def main() -> None:
+        server = await _serve([])
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()
+        with pytest.raises(OSError):
+            await request("GET", f"http://127.0.0.1:{port}/x", 5)
+
+    asyncio.run(main())
