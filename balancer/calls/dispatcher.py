@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from balancer.policy.decide import pick_server
+from balancer.policy.routing import pick_server
 
 
 class Slot(Protocol):
@@ -28,10 +28,6 @@ class Slot(Protocol):
     idle_since_m: float
     models: tuple[str, ...]
     serving: bool  # a member: takes new calls
-
-
-class NoServerError(Exception):
-    """No server can take this call (its specs are held after failed starts, or shutting down)."""
 
 
 _seq = itertools.count()
@@ -66,8 +62,8 @@ class Dispatcher:
             return None
         s = pick_server(servers)
         if s is not None:
-            s.outstanding += 1  # type: ignore[attr-defined]
-        return s  # type: ignore[return-value]
+            s.outstanding += 1
+        return s
 
     def enqueue(self, model: str, front: bool = False) -> asyncio.Future[Slot]:
         """Join the model's queue; the future resolves with a server whose slot is already taken."""
@@ -85,7 +81,7 @@ class Dispatcher:
         if servers and (front or not others_wait):
             s = pick_server(servers)
             if s is not None:
-                self._hand(s)  # type: ignore[arg-type]
+                self._hand(s)
         return fut
 
     def depth(self, model: str) -> int:
@@ -173,4 +169,4 @@ class Dispatcher:
 
     def least_loaded(self, model: str) -> Slot | None:
         """A member serving ``model`` for a metadata call: least loaded, slot or not."""
-        return pick_server(self.by_model.get(model, ()), free_slot=False)  # type: ignore[return-value]
+        return pick_server(self.by_model.get(model, ()), free_slot=False)

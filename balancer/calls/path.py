@@ -13,18 +13,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import orjson
 
 from balancer.calls import protocol
-from balancer.calls.dispatcher import NoServerError
+from balancer.calls.dispatcher import Dispatcher
 from balancer.calls.protocol import ProtocolError
 from balancer.control.probe import Probe
-from balancer.http.server import JSON_CT, Reply, Request, error_reply, json_reply
+from balancer.http.messages import JSON_CT, Reply, Request, error_reply, json_reply
 from balancer.http.upstream import UpstreamError
 from balancer.observe.events import Ev, EventBus
-from balancer.pool.pool import Pool, Server, ServerState
+from balancer.pool.members import NoServerError
+from balancer.pool.pool import Pool
+from balancer.pool.servers import Server
+from balancer.pool.states import ServerState
 
 # Per-connection headers of a model server's answer; the frontend frames its own answer.
 _DROP_RAW = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length"})
@@ -33,7 +36,11 @@ _DROP_RAW = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"con
 CACHE_ENTRIES = 4096  # per cache: each distinct config a client sends adds an entry
 
 
-class LRU(OrderedDict):  # type: ignore[type-arg]
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRU(OrderedDict[K, V]):
     """A dict that forgets its least recently used entries beyond ``size``: clients choose the
     configs, so the metadata and sizes caches must not grow with them (~4.6 KB each)."""
 
@@ -41,14 +48,14 @@ class LRU(OrderedDict):  # type: ignore[type-arg]
         super().__init__()
         self.size = size
 
-    def get(self, key: Any, default: Any = None) -> Any:
+    def get(self, key: K, default: Any = None) -> Any:
         try:
             self.move_to_end(key)
         except KeyError:
             return default
         return self[key]
 
-    def __setitem__(self, key: Any, value: Any) -> None:
+    def __setitem__(self, key: K, value: V) -> None:
         super().__setitem__(key, value)
         self.move_to_end(key)
         while len(self) > self.size:
@@ -61,8 +68,11 @@ def _pass_headers(raw: list[tuple[bytes, bytes]]) -> bytes:
 
 
 class Calls:
-    def __init__(self, pool: Pool, bus: EventBus, probe: Probe, max_body_mb: float) -> None:
+    def __init__(
+        self, pool: Pool, dispatcher: Dispatcher, bus: EventBus, probe: Probe, max_body_mb: float
+    ) -> None:
         self.pool = pool
+        self.disp = dispatcher  # the same one the pool keeps in step (its ``Members``)
         self.bus = bus
         self.probe = probe
         self.max_body_mb = max_body_mb
@@ -76,12 +86,14 @@ class Calls:
         self._reloads = 0
         self._support: dict[str, dict[str, Any]] = {}  # model -> ModelInfo's "support" flags
 
-    def reloaded(self, stale: set[str]) -> None:
-        """After a reload: retry limits are looked up again; the ``stale`` models (their servers'
-        command changed) have their cached metadata and sizes asked again of the new servers."""
+    def reconfigure(self, max_body_mb: float, stale: set[str]) -> None:
+        """After a reload: the body limit, retry limits looked up again; the ``stale`` models (their
+        servers' command changed) have their cached metadata and sizes asked again of the new servers."""
+        self.max_body_mb = max_body_mb
         self._attempts.clear()
         self._reloads += 1
-        for cache in (self._meta, self._in_sizes, self._out_sizes):
+        caches: tuple[dict[Any, Any], ...] = (self._meta, self._in_sizes, self._out_sizes)
+        for cache in caches:
             for key in [k for k in cache if k[-2] in stale]:
                 del cache[key]
 
@@ -92,13 +104,7 @@ class Calls:
     async def _wait_as_demand(self, model: str, pred: Any) -> None:
         """Wait (up to the start-up timeout) for ``pred``, counting as demand for ``model`` meanwhile
         ("" = a model no discovered spec has), so the scaler starts a server rather than one per call."""
-        waiting = self.pool.meta_waiting
-        waiting[model] = waiting.get(model, 0) + 1
-        self.pool.wake.set()
-        try:
-            await self.pool.wait_for(pred, self._max_startup())
-        finally:
-            waiting[model] -= 1
+        await self.pool.wait_as_demand(model, pred, self._max_startup())
 
     async def _check_model(self, model: str) -> None:
         """Known model: return. Unknown: wait for discovery of undiscovered specs, then decide."""
@@ -177,6 +183,8 @@ class Calls:
         self.inflight += 1
         try:
             call = next(self._call_ids)
+            doc: dict[str, Any] | None
+            req: protocol.ParsedRequest | None
             try:
                 doc = self._read(call, request, op)
                 model = doc["name"]
@@ -248,7 +256,8 @@ class Calls:
         for _ in range(3):
             s = await self._any_ready(model)
             try:
-                status, raw, data = await s.upstream.post("/" + op, body)  # type: ignore[union-attr]
+                assert s.upstream is not None  # set before a server becomes ready
+                status, raw, data = await s.upstream.post("/" + op, body)
                 return status, _pass_headers(raw), data
             except (OSError, UpstreamError) as exc:
                 await self._server_lost(s, f"{op}: {type(exc).__name__}: {exc}")
@@ -256,7 +265,7 @@ class Calls:
 
     async def _any_ready(self, model: str) -> Server:
         """A ready server of ``model`` (no slot taken: metadata is cheap), waiting for one if needed."""
-        disp, pool = self.pool.dispatcher, self.pool
+        disp, pool = self.disp, self.pool
         if not disp.by_model.get(model):
             await self._wait_as_demand(
                 model, lambda: bool(disp.by_model.get(model)) or not pool.can_serve(model)
@@ -264,7 +273,7 @@ class Calls:
         s = disp.least_loaded(model)
         if s is None:
             raise NoServerError(pool.unservable_reason(model))
-        return s  # type: ignore[return-value]
+        return cast(Server, s)  # the dispatcher's members are the pool's records
 
     async def _sizes(
         self, model: str, config: Any, ckey: bytes, op: str
@@ -291,7 +300,7 @@ class Calls:
 
     # -- forwarding ------------------------------------------------------------------------------
     async def _forward(self, call: int, op: str, model: str, body: bytes) -> Reply:
-        disp = self.pool.dispatcher
+        disp = self.disp
         emit = self.bus.emit
         max_attempts = self._max_attempts(model)
         path = "/" + op
@@ -317,27 +326,29 @@ class Calls:
                     elif fut.exception() is None:
                         disp.release(fut.result(), time.monotonic())
                     raise
-            emit(Ev.CALL_DISPATCHED, call=call, server=s.id, attempt=attempt)  # type: ignore[attr-defined]
+            srv = cast(Server, s)  # the dispatcher's members are the pool's records
+            emit(Ev.CALL_DISPATCHED, call=call, server=srv.id, attempt=attempt)
             t0 = time.monotonic()
             try:
-                status, raw, data = await s.upstream.post(path, body)  # type: ignore[attr-defined]
+                assert srv.upstream is not None  # set before a server becomes ready
+                status, raw, data = await srv.upstream.post(path, body)
             except (OSError, UpstreamError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-                await self._server_lost(s, reason)  # type: ignore[arg-type] # holding the slot meanwhile
-                disp.release(s, time.monotonic())
+                await self._server_lost(srv, reason)  # holding the slot meanwhile
+                disp.release(srv, time.monotonic())
                 if attempt >= max_attempts:
                     why = f"call failed on {attempt} server(s); last: {reason}"
                     return self._reject(call, ProtocolError("ServiceUnavailable", why, 503))
-                emit(Ev.CALL_REQUEUED, call=call, server=s.id, attempt=attempt, reason=reason)  # type: ignore[attr-defined]
+                emit(Ev.CALL_REQUEUED, call=call, server=srv.id, attempt=attempt, reason=reason)
                 continue
             except BaseException:
-                disp.release(s, time.monotonic())
+                disp.release(srv, time.monotonic())
                 raise
             t1 = time.monotonic()
-            disp.release(s, t1)
-            s.calls += 1  # type: ignore[attr-defined]
-            s.busy_s += t1 - t0  # type: ignore[attr-defined]
-            emit(Ev.CALL_COMPLETED, call=call, server=s.id, status=status, bytes=len(data), service_s=t1 - t0)  # type: ignore[attr-defined]
+            disp.release(srv, t1)
+            took = t1 - t0
+            self.pool.count_call(srv, took)
+            emit(Ev.CALL_COMPLETED, call=call, server=srv.id, status=status, bytes=len(data), service_s=took)
             return status, _pass_headers(raw), data
 
     def _max_attempts(self, model: str) -> int:

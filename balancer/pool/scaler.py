@@ -1,11 +1,13 @@
 """The scaler: observe the pool, ask the pure policy, apply its actions.
 
 Each pass builds ``policy.Observed`` from the pool (one walk over the live servers), calls
-``policy.decide`` and carries out what it returns: start servers through the backend, stop,
-drain, give up a start, hold a spec. It runs every ``scale_interval_s`` and at once (at most every
-``MIN_GAP_S``) when a call starts waiting or a server changes state. A pass that raises is
-journaled (``balancer.error``) and shown in the status API; the next pass runs as usual, so a bug
-can never leave the pool silently dead. The clock is injectable for tests.
+``policy.decide`` and carries out what it returns through the pool (which owns the servers' jobs):
+start servers, stop, drain, give up a start, hold a spec. The policy's own memory (cool-down
+stamps) comes back in its ``Decision`` and is handed back on the next pass as it is. It runs every
+``scale_interval_s`` and at once (at most every ``MIN_GAP_S``) when a call starts waiting or a
+server changes state. A pass that raises is journaled (``balancer.error``) and shown in the status
+API; the next pass runs as usual, so a bug can never leave the pool silently dead. The clock is
+injectable for tests.
 """
 
 from __future__ import annotations
@@ -14,59 +16,35 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from balancer.backends.base import (
-    ENV_CONCURRENCY,
-    ENV_LEASE,
-    ENV_MONITOR,
-    ENV_REGISTRATION_DIR,
-    ENV_SERVER_ID,
-    ENV_SPEC,
-    ENV_STARTUP,
-    ENV_TOKEN,
-    ENV_URL,
-    Backend,
-    Launch,
-)
 from balancer.observe.events import Ev, EventBus
-from balancer.policy.decide import (
+from balancer.policy.decide import decide
+from balancer.policy.rules import admissible_cpus
+from balancer.policy.types import (
     Action,
+    Decision,
     Drain,
     ForecastView,
     GiveUp,
     Hold,
     Limits,
     Observed,
+    SpecMemory,
     SpecObserved,
     Start,
     StartReason,
     Stop,
     StopReason,
-    admissible_cpus,
-    decide,
 )
-from balancer.pool.pool import Pool, Server, ServerState
+from balancer.pool.jobs import LaunchSettings
+from balancer.pool.pool import Pool
+from balancer.pool.servers import Mark, Server
+from balancer.pool.states import ServerState
 
 MIN_GAP_S = 0.01  # however many calls queue, at most one pass per 10 ms
 ERROR_REPEAT_S = 60.0  # the same error is journaled again after this long
-RECENT_DECISIONS = 100  # kept for a newly opened dashboard
-
-
-@dataclass(frozen=True)
-class LaunchSettings:
-    """What every launcher is told: where the balancer is and how to authenticate."""
-
-    url: str
-    token: str
-    lease_s: float
-    log_dir: Path
-    registration_dir: Path | None = None  # registration through files (filereg.py), not HTTP
-    monitor_interval_s: float = 5.0  # launchers' usage samples (balancer/launcher/usage.py); 0: none
 
 
 class Scaler:
@@ -74,31 +52,47 @@ class Scaler:
         self,
         pool: Pool,
         bus: EventBus,
-        backend: Backend,
         limits: Limits,
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
-        policy: Callable[[Limits, Observed, float], list[Action]] = decide,
+        policy: Callable[[Limits, Observed, float], Decision] = decide,
         forecast: Callable[[], ForecastView | None] = lambda: None,
     ) -> None:
         self.pool = pool
         self.bus = bus
-        self.backend = backend
         self.limits = limits
         self.interval_s = interval_s
         self.clock = clock
         self.policy = policy
         self.forecast = forecast  # the forecast service's current view; None: demand only
         self._observed: Observed | None = None  # this pass's inputs, journaled with its decisions
-        self._last_idle_stop: dict[str, float] = {}
-        self._last_demand_start: dict[str, float] = {}
-        self.launch: LaunchSettings | None = None
+        self._memory: dict[str, SpecMemory] = {}  # the policy's, from its last decision
         self.passes = 0
         self.error: str | None = None  # the last pass's error, None after a good pass
         self.errors = 0
         self._error_journaled: tuple[str, float] | None = None
         self._task: asyncio.Task[None] | None = None
-        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_DECISIONS)  # decisions, newest last
+
+    def reconfigure(
+        self, limits: Limits, interval_s: float, lease_s: float, monitor_interval_s: float
+    ) -> None:
+        """A reload's limits and pass interval, and the lease and usage period that servers started
+        from now on are told."""
+        self.limits = limits
+        self.interval_s = interval_s
+        if self.launch is not None:
+            self.launch = dataclasses.replace(
+                self.launch, lease_s=lease_s, monitor_interval_s=monitor_interval_s
+            )
+
+    @property
+    def launch(self) -> LaunchSettings | None:
+        """What launchers are told; the pool's jobs use it (a reload changes it for new servers)."""
+        return self.pool.jobs.settings
+
+    @launch.setter
+    def launch(self, settings: LaunchSettings | None) -> None:
+        self.pool.jobs.settings = settings
 
     def start(self, launch: LaunchSettings) -> None:
         self.launch = launch
@@ -125,6 +119,7 @@ class Scaler:
             now = self.clock()
             self._observed = self.observe()
             actions = self.policy(self.limits, self._observed, now)
+            self._memory = actions.memory
             for a in actions:
                 self.apply(a)
         except Exception as exc:
@@ -162,13 +157,10 @@ class Scaler:
         for s in pool.servers.values():
             by_spec[s.spec.name].append(s)
         disp = pool.dispatcher
-        meta = pool.meta_waiting
-        unknown = meta.get("", 0)
         specs = {}
         for name, rt in pool.specs.items():
-            waiting = sum(disp.waiting(m) + meta.get(m, 0) for m in rt.models)
-            if not rt.discovered:
-                waiting += unknown
+            waiting = pool.demand.of(rt.models, rt.discovered)
+            memory = self._memory.get(name, SpecMemory())
             oldest = None
             if waiting:
                 since = [t for t in (disp.oldest_wait(m) for m in rt.models) if t is not None]
@@ -182,8 +174,8 @@ class Scaler:
                 held=rt.held,
                 paused=rt.paused,
                 oldest_wait_m=oldest,
-                last_idle_stop_m=self._last_idle_stop.get(name),
-                last_demand_start_m=self._last_demand_start.get(name),
+                last_idle_stop_m=memory.last_idle_stop_m,
+                last_demand_start_m=memory.last_demand_start_m,
             )
         return Observed(specs, forecast=self.forecast(), adopting=self.clock() < pool.adopt_until)
 
@@ -193,20 +185,10 @@ class Scaler:
         if isinstance(a, Start):
             extra = {"time_limit_s": a.time_limit_s} if a.time_limit_s is not None else {}
             self._decision(a.spec, "start", a.reason.value, a.target, count=a.count, **extra)
-            if a.reason in (StartReason.DEMAND, StartReason.PREWARM):
-                self._last_demand_start[a.spec] = self.clock()
-            for sid in a.replaces:
-                s = pool.servers.get(sid)
-                if s is not None:
-                    s.replaced = True
-            servers = [pool.add_server(a.spec, a.reason.value) for _ in range(a.count)]
-            if a.reason is StartReason.ROLLOUT:
-                for s in servers:
-                    s.successor = True
-            pool.spawn(self._submit([self._launch(s, a.time_limit_s) for s in servers]))
+            pool.mark(a.replaces, Mark.REPLACED)
+            rollout = a.reason is StartReason.ROLLOUT
+            pool.start_servers(a.spec, a.count, a.reason.value, a.time_limit_s, successor=rollout)
         elif isinstance(a, Stop):
-            if a.reason in (StopReason.IDLE, StopReason.POLITE):
-                self._last_idle_stop[a.spec] = self.clock()
             s = pool.servers.get(a.server)
             # A server the operator drained stops for that reason, not the policy's time limit.
             reason = s.drain_reason if s is not None and s.drain_reason else a.reason.value
@@ -219,9 +201,8 @@ class Scaler:
             if s is not None:
                 pool.fail(s, "startup timeout")
         elif isinstance(a, Drain):
-            succ = pool.servers.get(a.retires) if a.retires is not None else None
-            if succ is not None:
-                succ.successor = False  # it has taken its place
+            if a.retires is not None:
+                pool.mark([a.retires], Mark.SUCCESSOR, False)  # it has taken its place
             s = pool.servers.get(a.server)
             why = StopReason.RETIRED if a.retires is not None else a.reason
             if s is None:
@@ -229,8 +210,8 @@ class Scaler:
             elif why is StopReason.TIME_LIMIT:  # not replaced yet: the policy starts one
                 pool.transition(s, ServerState.DRAINING, why.value)
             else:  # retired in a rolling replacement, or beyond max_servers: no replacement
-                extra = {"successor": a.retires} if a.retires is not None else {}
-                self._decision(a.spec, "drain", why.value, 0, server=a.server, **extra)
+                paired: dict[str, Any] = {"successor": a.retires} if a.retires is not None else {}
+                self._decision(a.spec, "drain", why.value, 0, server=a.server, **paired)
                 pool.drain(s, why.value)
         elif isinstance(a, Hold):
             pool.hold(a.spec, a.failures, a.reason)
@@ -249,34 +230,4 @@ class Scaler:
                 fields["forecast"] = fv.source
                 fields["idle_cpus"] = round(fv.idle[0], 3) if fv.idle else None
                 fields["admit_cpus"] = round(admissible_cpus(fv, self.limits.rules), 3)
-        self.recent.append(
-            {"t": time.time(), "spec": spec, "action": action, "target": target, "reason": reason, **fields}
-        )
         self.bus.emit(Ev.SCALE_DECISION, spec=spec, action=action, target=target, reason=reason, **fields)
-
-    def _launch(self, s: Server, time_limit_s: float | None = None) -> Launch:
-        ls = self.launch
-        assert ls is not None, "Scaler.start() gives the launch settings"
-        env = dict(s.spec.env)
-        env.update(
-            {
-                ENV_URL: ls.url,
-                ENV_TOKEN: ls.token,
-                ENV_SERVER_ID: s.id,
-                ENV_SPEC: s.spec.name,
-                ENV_LEASE: str(ls.lease_s),
-                ENV_STARTUP: str(s.spec.startup_timeout_s),
-                ENV_CONCURRENCY: str(s.spec.concurrency),
-                ENV_MONITOR: str(ls.monitor_interval_s),
-            }
-        )
-        if ls.registration_dir is not None:
-            env[ENV_REGISTRATION_DIR] = str(ls.registration_dir)
-        return Launch(s.id, s.spec, env, ls.log_dir, time_limit_s)
-
-    async def _submit(self, launches: list[Launch]) -> None:
-        try:
-            await self.backend.submit(launches)
-        except Exception as exc:  # a backend error fails these starts, the balancer keeps serving
-            for launch in launches:
-                self.pool.job_ended(launch.server_id, f"submit failed: {type(exc).__name__}: {exc}", True)

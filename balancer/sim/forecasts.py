@@ -13,7 +13,7 @@ import numpy as np
 
 from balancer.capacity.forecasters import make
 from balancer.capacity.series import DAY_S, Series
-from balancer.policy.decide import ForecastView
+from balancer.policy.types import ForecastView
 from balancer.sim.cluster import Cluster
 
 HISTORY_SLOTS_DAYS = 56  # the forecaster sees the last 8 weeks: weekly seasons and then some
@@ -78,8 +78,8 @@ class Learned:
         series = Series(self.epoch + c.t0 + first * self.step_s, self.step_s, hist[first:], self.total)
         model = make(self.name)
         try:
-            model.fit(series)  # type: ignore[attr-defined]
-            p = model.predict(self.horizon + int(self.retrain_s // self.step_s) + 1)  # type: ignore[attr-defined]
+            model.fit(series)
+            p = model.predict(self.horizon + int(self.retrain_s // self.step_s) + 1)
         except ValueError:
             self._mean = None  # too little history: no forecast, demand only (as live)
             return

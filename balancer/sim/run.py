@@ -17,27 +17,26 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from balancer.capacity.swf import SwfTrace
-from balancer.policy.decide import (
+from balancer.config.schema import ForecastRules
+from balancer.policy.decide import decide
+from balancer.policy.rules import admissible_cpus
+from balancer.policy.types import (
     Drain,
-    ForecastRules,
     ForecastView,
     GiveUp,
     Limits,
     Observed,
     Phase,
     SpecLimits,
+    SpecMemory,
     SpecObserved,
     Start,
-    StartReason,
     Stop,
-    StopReason,
-    admissible_cpus,
-    decide,
 )
 from balancer.sim.campaign import Campaign
 from balancer.sim.cluster import PENDING, Cluster, JobEvent
 from balancer.sim.forecasts import Learned, Oracle
+from balancer.sim.replay import Replay
 
 SPEC = "model"
 POLICIES = ("demand", "forecast", "oracle")
@@ -75,24 +74,6 @@ class SimConfig:
             max_time_limit_s=self.time_limit_s,
         )
         return Limits((spec,), self.margin_s, self.rules)
-
-
-class Replay:
-    """The trace replayed without our jobs: snapshots at campaign starts, start times, idle truth."""
-
-    def __init__(self, trace: SwfTrace, starts: list[float], step_s: float = 900.0) -> None:
-        c = Cluster.from_trace(trace, step_s)
-        self.trace = trace
-        self.snapshots: dict[float, Cluster] = {}
-        for t in sorted(starts):
-            c.advance_to(t)
-            self.snapshots[t] = c.clone()
-        while c.next_time() < math.inf:
-            c.step()
-        self.start = np.asarray(c.start[: c.n_trace])
-        self.submit = np.asarray(c.submit[: c.n_trace])
-        self.others_idle = c.others_idle_series()
-        self.step_s = step_s
 
 
 @dataclass
@@ -225,8 +206,7 @@ class _Sim:
         self.done_at: float | None = None
         self.busy_total = 0.0
         self.requeued = 0
-        self.last_idle_stop: float | None = None
-        self.last_demand_start: float | None = None
+        self.memory = SpecMemory()  # the policy's, from its last decision
         self.pending_max = 0
         self.beyond_max = 0
         self.added_beyond_max = 0
@@ -362,11 +342,13 @@ class _Sim:
             servers=tuple(self.servers.values()),
             waiting=len(self.queue),
             oldest_wait_m=oldest,
-            last_idle_stop_m=self.last_idle_stop,
-            last_demand_start_m=self.last_demand_start,
+            last_idle_stop_m=self.memory.last_idle_stop_m,
+            last_demand_start_m=self.memory.last_demand_start_m,
         )
         before = self._pending()
-        for a in decide(limits, Observed({SPEC: obs}, view), t):
+        decision = decide(limits, Observed({SPEC: obs}, view), t)
+        self.memory = decision.memory[SPEC]
+        for a in decision:
             self._apply(a, t)
         self._sample(limits, view, t, before)
 
@@ -376,21 +358,17 @@ class _Sim:
             for sid in a.replaces:
                 if sid in self.servers:
                     self.servers[sid].replaced = True
-            if a.reason in (StartReason.DEMAND, StartReason.PREWARM):
-                self.last_demand_start = t
             for _ in range(a.count):
                 self.n_ids += 1
                 sid = f"s{self.n_ids}"
                 job, evs = self.c.submit_job(self.cfg.cpus, limit)
-                s = _Server(sid, job, t)
-                self.servers[sid] = s
-                self.by_job[job] = s
+                new = _Server(sid, job, t)
+                self.servers[sid] = new
+                self.by_job[job] = new
                 self._job_events(evs)
         elif isinstance(a, Stop | GiveUp):
             s = self.servers.get(a.server)
             if s is not None:
-                if isinstance(a, Stop) and a.reason in (StopReason.IDLE, StopReason.POLITE):
-                    self.last_idle_stop = t
                 self._remove(s, t)
         elif isinstance(a, Drain):
             s = self.servers.get(a.server)
