@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,10 +20,13 @@ from urllib.parse import urlsplit
 import orjson
 
 from balancer.control.probe import Probe, exposed_addresses
-from balancer.http.server import Reply, Request, error_reply, json_reply
+from balancer.http.messages import Reply, Request, error_reply, json_reply
 from balancer.launcher.usage import clean_samples, journal_fields
 from balancer.observe.events import Ev, EventBus, Throttled
-from balancer.pool.pool import Pool, Server, ServerState
+from balancer.ops.views import held_reasons, server_view
+from balancer.pool.pool import Pool
+from balancer.pool.servers import Server
+from balancer.pool.states import ServerState
 
 _UNAUTHORIZED = ("Unauthorized", "missing or wrong balancer token", 401)
 AUTH_LOG_S = 5.0
@@ -37,6 +41,7 @@ class Control:
         token: str,
         lease_s: float,
         status_extra: Callable[[], dict[str, Any]] = dict,
+        gpus_of: Callable[[str], list[dict[str, Any]] | None] = lambda sid: None,  # profiling/gpus.py
     ) -> None:
         self.pool = pool
         self.bus = bus
@@ -45,7 +50,12 @@ class Control:
         self._bearer = f"Bearer {token}".encode()
         self._refusals = Throttled(bus, Ev.AUTH_REFUSED, AUTH_LOG_S)
         self._status_extra = status_extra
+        self._gpus_of = gpus_of
         self.usage_dropped = 0  # malformed usage samples from launchers (shown in the status)
+
+    def reconfigure(self, lease_s: float) -> None:
+        """A reloaded ``lease_s``: told to launchers from their next lease on."""
+        self.lease_s = lease_s
 
     def token_ok(self, token: str) -> bool:
         return hmac.compare_digest(f"Bearer {token}".encode(), self._bearer)
@@ -210,22 +220,13 @@ class Control:
         if not self.authorized(request):
             return error_reply(*_UNAUTHORIZED)
         disp = self.pool.dispatcher
+        now_m, now = self.pool.clock(), time.time()
         return json_reply(
             {
-                "servers": [
-                    {
-                        "id": s.id,
-                        "spec": s.spec.name,
-                        "state": s.state.value,
-                        "url": s.url,
-                        "outstanding": s.outstanding,
-                        "models": list(s.models),
-                    }
-                    for s in self.pool.live()
-                ],
+                "servers": [server_view(s, now_m, now, self._gpus_of(s.id)) for s in self.pool.live()],
                 "queues": {m: disp.waiting(m) for m in disp.queues},
                 "models": self.pool.known_models(),
-                "held": {n: rt.held_reason for n, rt in self.pool.specs.items() if rt.held},
+                "held": held_reasons(self.pool),
                 "usage_dropped": self.usage_dropped,
                 **self._status_extra(),
             }

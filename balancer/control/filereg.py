@@ -38,6 +38,10 @@ class FileRegistration:
         self._task: asyncio.Task[None] | None = None
         bus.subscribe(self._on_event)
 
+    def reconfigure(self, lease_s: float) -> None:
+        """A reloaded ``lease_s``: how often the launchers' heartbeat files are touched from now on."""
+        self.lease_s = lease_s
+
     def _on_event(self, e: dict[str, Any]) -> None:
         if e["ev"] in _STOPPED:
             self._stops.add(e["server"])  # its launcher learns it from a stop file

@@ -1,18 +1,20 @@
 """Health checks of model servers: ``GET /Info`` with a timeout, off the per-call path.
 
 Used when a launcher registers a server (is it really a UM-Bridge server, which models?) and when
-a call to a server breaks (is the server gone, or was it a stale keep-alive connection?).
+a call to a server breaks (is the server gone, or was it a stale keep-alive connection?). aiohttp
+is imported with the first check, not with the balancer: a run that never probes never loads it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+from typing import TYPE_CHECKING
 
-import aiohttp
 import orjson
 
-_LOST_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+if TYPE_CHECKING:
+    import aiohttp
 
 
 class Probe:
@@ -20,6 +22,8 @@ class Probe:
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True),
@@ -31,7 +35,8 @@ class Probe:
 
     async def models(self, url: str, timeout: float = 10.0) -> list[str]:
         """The model names a server's /Info lists; raises on any failure (with a readable message)."""
-        async with self._http().get(url + "/Info", timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+        http = self._http()
+        async with http.get(url + "/Info", timeout=_timeout(timeout)) as r:
             info = orjson.loads(await r.read())
         models = info["models"]
         if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
@@ -42,22 +47,30 @@ class Probe:
         """A server's input and output sizes of ``model`` for the empty config."""
         out = []
         for op, key in (("InputSizes", "inputSizes"), ("OutputSizes", "outputSizes")):
-            t = aiohttp.ClientTimeout(total=timeout)
+            t = _timeout(timeout)
             async with self._http().post(url + "/" + op, data=orjson.dumps({"name": model}), timeout=t) as r:
                 out.append(list(orjson.loads(await r.read())[key]))
         return out[0], out[1]
 
     async def alive(self, url: str, timeout: float = 2.0) -> bool:
         """Whether /Info still answers 200 (after a broken call: stale connection or dead server)."""
+        import aiohttp
+
         try:
-            async with self._http().get(url + "/Info", timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            async with self._http().get(url + "/Info", timeout=_timeout(timeout)) as r:
                 return r.status == 200
-        except _LOST_ERRORS:
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             return False
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _timeout(total: float) -> aiohttp.ClientTimeout:
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=total)
 
 
 def exposed_addresses(port: int) -> list[str]:

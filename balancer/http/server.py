@@ -7,119 +7,26 @@ Node.js, also behind uvicorn) and writes one buffer per answer does the same for
 It handles keep-alive and pipelining (one request at a time per connection, answers in request
 order, a malformed request's 400 after the answers it follows), chunked bodies, ``Expect:
 100-continue``, a body-size limit (413 at once from a Content-Length over it, after the body for a
-chunked one) and idle keep-alive connections (closed after ``IDLE_TIMEOUT_S``).
+chunked one) and idle keep-alive connections (closed after ``IDLE_TIMEOUT_S``). The request and
+reply types and the limits are in ``balancer.http.messages``, the routes in ``balancer.http.router``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from http import HTTPStatus
+from typing import cast
 
 import httptools
-import orjson
 
 from balancer.http.buffers import SharedBufferProtocol
-
-IDLE_TIMEOUT_S = 75.0
-
-
-@dataclass(frozen=True)
-class HttpLimits:
-    """What one client can make the frontend hold: every resource has a bound."""
-
-    max_body: int = 64 * 1024 * 1024  # larger: 413
-    max_url: int = 8 * 1024  # longer request target: 414
-    max_headers: int = 100  # more header lines: 431
-    max_header_bytes: int = 64 * 1024  # more header bytes: 431
-    max_connections: int = 4096  # more open connections: 503 and close at once
-    idle_timeout_s: float = IDLE_TIMEOUT_S  # no byte in either direction for this long: close
-    min_rate: float = 1024.0  # a request still arriving after rate_grace_s slower than this (B/s): 408
-    rate_grace_s: float = 30.0
-
-
-# (status, extra header lines already encoded, body); the frontend adds Content-Length.
-Reply = tuple[int, bytes, bytes]
-JSON_CT = b"Content-Type: application/json\r\n"
-
-
-class Request:
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "remote", "too_large")
-
-    def __init__(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: dict[bytes, bytes],
-        body: bytes,
-        keep_alive: bool,
-        too_large: bool,
-        remote: str | None,
-    ) -> None:
-        self.method = method
-        self.path = target.partition(b"?")[0].decode("latin-1")  # no route takes a query
-        self.headers = headers  # names lower-cased
-        self.body = body
-        self.keep_alive = keep_alive
-        self.too_large = too_large
-        self.remote = remote
-
-
-class StreamOut:
-    """What a ``Stream`` writes through: its connection, without the protocol's internals."""
-
-    __slots__ = ("_proto",)
-
-    def __init__(self, proto: HttpProtocol) -> None:
-        self._proto = proto
-
-    def write(self, data: bytes) -> bool:
-        """Queue ``data``; False once the connection is gone."""
-        t = self._proto.transport
-        if t is None or t.is_closing():
-            return False
-        t.write(data)
-        return True
-
-    def buffered(self) -> int:
-        """Bytes written but not yet taken by the peer: a slow reader's backlog."""
-        t = self._proto.transport
-        return t.get_write_buffer_size() if t is not None else 0
-
-    def close(self) -> None:
-        """End the stream now, dropping any backlog (a reader too slow to keep up)."""
-        t = self._proto.transport
-        if t is not None:
-            t.abort()
-
-
-class Stream:
-    """A handler's answer that goes on (server-sent events): the frontend writes the status line and
-    headers without Content-Length, hands ``open`` the connection and calls ``closed`` when the peer
-    leaves or the server closes it. The connection is not reused; requests after it are dropped."""
-
-    headers = b"Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-
-    def open(self, out: StreamOut) -> None:
-        raise NotImplementedError
-
-    def closed(self) -> None:
-        """The connection is gone; called once."""
-
-
-Handler = Callable[[Request], Awaitable["Reply | Stream"]]
-
-
-def json_reply(obj: object, status: int = 200) -> Reply:
-    return status, JSON_CT, orjson.dumps(obj)
-
-
-def error_reply(kind: str, message: str, status: int) -> Reply:
-    return json_reply({"error": {"type": kind, "message": message}}, status)
+from balancer.http.messages import HttpLimits, Reply, Request, Stream, StreamOut, error_reply
+from balancer.http.router import Router
 
 
 def _status_line(status: int) -> bytes:
@@ -131,29 +38,6 @@ def _status_line(status: int) -> bytes:
 
 
 _STATUS_LINES = {s.value: _status_line(s.value) for s in HTTPStatus}
-
-
-class Router:
-    """Exact routes plus prefix routes (``/api/servers/{id}/...``) for the control API."""
-
-    def __init__(self) -> None:
-        self.exact: dict[tuple[bytes, str], Handler] = {}
-        self.prefix: list[tuple[bytes, str, Handler]] = []
-
-    def add(self, method: str, path: str, handler: Handler) -> None:
-        self.exact[(method.encode(), path)] = handler
-
-    def add_prefix(self, method: str, prefix: str, handler: Handler) -> None:
-        self.prefix.append((method.encode(), prefix, handler))
-
-    def resolve(self, method: bytes, path: str) -> Handler | None:
-        h = self.exact.get((method, path))
-        if h is not None:
-            return h
-        for m, p, h in self.prefix:
-            if m == method and path.startswith(p):
-                return h
-        return None
 
 
 # Asked once per new connection: None serves it, a Reply refuses it (access.PeerGate).
@@ -173,6 +57,10 @@ class FrontServer:
         self.closing = False
         self.server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def reconfigure(self, max_body: int) -> None:
+        """A reloaded body-size limit, for requests from now on."""
+        self.limits = dataclasses.replace(self.limits, max_body=max_body)
 
     async def listen(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -209,8 +97,12 @@ class FrontServer:
                 c.close()
 
     async def close(self) -> None:
+        """Close the listener and every connection. The listener is closed first: ``wait_closed`` on a
+        server still listening waited out its whole timeout, one second added to every shutdown."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.server is not None:
+            self.server.close()
         for c in list(self.conns):
             c.close()
         if self.server is not None:
@@ -270,7 +162,7 @@ class HttpProtocol(SharedBufferProtocol):
 
     # -- connection -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream connection's is a Transport
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if peer else None
         if len(self.front.conns) >= self.front.limits.max_connections:
@@ -296,7 +188,7 @@ class HttpProtocol(SharedBufferProtocol):
         if self.transport is not None:
             self.transport.close()
 
-    def data_received(self, data: memoryview) -> None:  # type: ignore[override]
+    def data_received(self, data: memoryview) -> None:
         if self._done_reading:
             return  # the connection ends after the answers it owes
         self.last_active = time.monotonic()
@@ -412,6 +304,7 @@ class HttpProtocol(SharedBufferProtocol):
 
     async def _handle(self, req: Request) -> None:
         handler = self.front.router.resolve(req.method, req.path)
+        reply: Reply | Stream
         try:
             if self.refusal is not None:  # no handler runs; the connection ends with this answer
                 reply, req.keep_alive = self.refusal, False

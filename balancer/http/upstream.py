@@ -10,6 +10,7 @@ server owns its idle connections; the concurrency cap bounds how many it ever ha
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import httptools
 
@@ -47,9 +48,9 @@ class _Conn(SharedBufferProtocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream connection's is a Transport
 
-    def data_received(self, data: memoryview) -> None:  # type: ignore[override]
+    def data_received(self, data: memoryview) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:

@@ -76,20 +76,34 @@ Subscriber = Callable[[Event], None]
 
 
 class EventBus:
-    __slots__ = ("_broken", "_subs")
+    __slots__ = ("_broken", "_every", "_route", "_subs")
 
     def __init__(self) -> None:
-        self._subs: tuple[Subscriber, ...] = ()
+        self._subs: tuple[tuple[Subscriber, frozenset[str] | None], ...] = ()  # (fn, only), in order
+        self._every: tuple[Subscriber, ...] = ()  # those that take every event
+        # Each event name -> its subscribers (a name not in ``Ev``: ``_every``), so a subscriber of
+        # rare events (``only``) is never called for a call's events, and emit pays one dict lookup.
+        self._route: dict[str, tuple[Subscriber, ...]] = dict.fromkeys(EVENT_NAMES, ())
         self._broken: set[Subscriber] = set()
 
-    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
-        """Call ``fn(event)`` for every event from now on; returns the unsubscribe function."""
-        self._subs = (*self._subs, fn)
+    def subscribe(self, fn: Subscriber, only: frozenset[str] | None = None) -> Callable[[], None]:
+        """Call ``fn(event)`` for every event from now on, or for the events named in ``only``;
+        returns the unsubscribe function."""
+        entry = (fn, only)
+        self._subs = (*self._subs, entry)
+        self._reroute()
 
         def unsubscribe() -> None:
-            self._subs = tuple(s for s in self._subs if s is not fn)
+            self._subs = tuple(s for s in self._subs if s is not entry)
+            self._reroute()
 
         return unsubscribe
+
+    def _reroute(self) -> None:
+        subs = self._subs
+        self._every = tuple(fn for fn, only in subs if only is None)
+        names = EVENT_NAMES.union(*(only for _, only in subs if only is not None))
+        self._route = {ev: tuple(fn for fn, only in subs if only is None or ev in only) for ev in names}
 
     def emit(self, ev: str, **fields: Any) -> None:
         """Emit ``ev`` (an ``Ev`` constant) with its fields to every subscriber."""
@@ -97,7 +111,11 @@ class EventBus:
         fields["ev"] = ev
         fields["t"] = time()
         fields["m"] = monotonic()
-        for fn in self._subs:
+        try:
+            subs = self._route[ev]
+        except KeyError:  # a name outside ``Ev`` (tests)
+            subs = self._every
+        for fn in subs:
             try:
                 fn(fields)
             except Exception as exc:

@@ -2,7 +2,7 @@
 
 Every line carries the schema version ``v``, the event name ``ev``, wall-clock ``t`` (Unix seconds)
 and monotonic ``m`` (seconds, for durations that survive clock steps), stamped by the bus
-(``events.py``). The schema is documented in README.md ("Journal schema").
+(``observe.events``). The schema is documented in README.md ("Journal schema").
 """
 
 from __future__ import annotations

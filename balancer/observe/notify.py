@@ -26,8 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from balancer.config.load import NotifySettings
+from balancer.config.schema import NotifySettings
 from balancer.observe.events import Ev, Event, EventBus
+from balancer.units import human_duration
 
 EXAMPLES = 5  # lines quoted per message; the rest is a count
 
@@ -300,12 +301,12 @@ class Notifier:
         server_h = (self.server_s + sum(now - m for m in self._up.values())) / 3600
         wall = now - self.started_m
         body = "\n".join((
-            f"wall time: {_duration(wall)}",
+            f"wall time: {human_duration(wall)}",
             f"calls: {t['calls']} ({t['failed_calls']} failed, {t['model_errors']} model errors)",
             f"servers: {t['servers']} started, {t['server_failures']} failed",
             f"server-hours: {server_h:.2f}",
         ))  # fmt: skip
-        title = f"{self.settings.title_prefix}: run finished ({t['calls']} calls, {_duration(wall)})"
+        title = f"{self.settings.title_prefix}: run finished ({t['calls']} calls, {human_duration(wall)})"
         return _Message("run_finished", title, body, 1)
 
     def _send(self, msg: _Message) -> None:
@@ -355,9 +356,28 @@ class Notifier:
         self._loop = None  # late answers from the thread are dropped, not journaled after stop
 
 
-def _duration(s: float) -> str:
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
+class Notifications:
+    """The run's notifier, if any: none until ``[notify]`` has a first address (apprise and its
+    thread only then), started by a reload that gives one, reconfigured by the next ones."""
+
+    def __init__(self, settings: NotifySettings, bus: EventBus) -> None:
+        self.bus = bus
+        self.notifier: Notifier | None = None
+        if settings.urls:
+            self._start(settings)
+
+    def _start(self, settings: NotifySettings) -> None:
+        self.notifier = Notifier(settings, self.bus)
+        self.bus.subscribe(self.notifier)
+
+    def reconfigure(self, settings: NotifySettings) -> None:
+        """A reloaded ``[notify]``: the notifier takes it, or starts with the first address."""
+        if self.notifier is not None:
+            self.notifier.reconfigure(settings)
+        elif settings.urls:
+            self._start(settings)
+
+    async def close(self) -> None:
+        """Pending notices and the run summary, a bounded wait (``Notifier.close``)."""
+        if self.notifier is not None:
+            await self.notifier.close()

@@ -2,7 +2,7 @@
 
 A login node is shared: anyone on it can reach 127.0.0.1:4242 and, without this, run the owner's
 models on the owner's allocation. ``PeerGate`` is the frontend's ``admit`` hook: once per new
-connection it asks the kernel for the UID behind the peer's socket (``peer.py``) and answers
+connection it asks the kernel for the UID behind the peer's socket (``balancer.http.peer``) and answers
 every request on a refused connection with a 403 UM-Bridge error, so no handler (no model) runs.
 
 - The owner is the balancer's effective UID; ``allow_uids``/``allow_users`` add others.
@@ -20,9 +20,9 @@ import asyncio
 import os
 from collections.abc import Iterable
 
-from balancer.http.server import Reply, error_reply
+from balancer.http.messages import Reply, error_reply
+from balancer.http.peer import PeerLookup, user_uids
 from balancer.observe.events import Ev, EventBus, Throttled
-from balancer.ops.peer import PeerLookup, user_uids
 
 LOG_S = 5.0
 
@@ -52,7 +52,7 @@ class PeerGate:
         self.lookup = lookup or PeerLookup()
         self._refusals = Throttled(bus, Ev.PEER_REFUSED, LOG_S)
 
-    def allow(self, uids: Iterable[int], users: Iterable[str], remote: bool) -> None:
+    def reconfigure(self, uids: Iterable[int], users: Iterable[str], remote: bool) -> None:
         """A reload's ``allow_uids``/``allow_users``/``allow_remote``, for connections from now on."""
         self.allowed = frozenset({self.owner, *uids, *user_uids(list(users)).values()})
         self.allow_remote = remote

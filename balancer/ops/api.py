@@ -12,16 +12,23 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from balancer.http.server import Reply, Request, error_reply, json_reply
+from balancer.http.messages import Reply, Request, error_reply, json_reply
 from balancer.observe.events import Ev, Event, EventBus
-from balancer.policy.decide import SpecLimits
-from balancer.pool.pool import Pool, Server, ServerState
+from balancer.ops.views import server_view, spec_view, state_counts
+from balancer.policy.types import SpecLimits
+from balancer.pool.pool import Pool
 from balancer.pool.scaler import Scaler
+from balancer.pool.servers import Server
+from balancer.pool.states import ServerState
 from balancer.profiling.gpus import server_gpus
+
+if TYPE_CHECKING:
+    from balancer.ops.reload import Reloader
+    from balancer.profiling.workload import UsageAggregator
 
 _UNAUTHORIZED = ("Unauthorized", "missing or wrong balancer token", 401)
 RATE_WINDOW_S = 60  # calls/s in status is the mean over this many seconds
@@ -83,17 +90,6 @@ class CallStats:
         }
 
 
-def as_decision(e: Event) -> dict[str, Any]:
-    """An ``operator.action`` as a line among the scaler's decisions: "operator  t: pause by ann"."""
-    what = e["action"] if e.get("spec") is None else f"{e['action']} {e['target']}"
-    return {
-        "t": e["t"],
-        "spec": e.get("spec") or e["target"],
-        "action": "operator",
-        "reason": f"{what} by {e.get('who') or e.get('remote') or 'unknown'}",
-    }
-
-
 def _who(request: Request) -> str | None:
     """The user name the CLI sends (``X-Balancer-User``), journaled with a change."""
     return request.headers.get(b"x-balancer-user", b"").decode("utf-8", "replace")[:64] or None
@@ -101,7 +97,13 @@ def _who(request: Request) -> str | None:
 
 class OperatorApi:
     def __init__(
-        self, pool: Pool, scaler: Scaler, bus: EventBus, authorized: Callable[[Request], bool]
+        self,
+        pool: Pool,
+        scaler: Scaler,
+        bus: EventBus,
+        authorized: Callable[[Request], bool],
+        workload: UsageAggregator | None = None,  # workload classes in the status, GPUs per server
+        reloader: Reloader | None = None,  # POST /api/reload
     ) -> None:
         self.pool = pool
         self.scaler = scaler
@@ -109,50 +111,26 @@ class OperatorApi:
         self.authorized = authorized
         self.stats = CallStats()
         bus.subscribe(self.stats)
-        self.workload: Any = None  # the app's UsageAggregator (workload.py): classes, last usage
-        self.reloader: Any = None  # the app's Reloader (reload.py)
+        self.workload = workload
+        self.reloader = reloader
 
-    # -- views -----------------------------------------------------------------------------------
+    # -- views (balancer/ops/views.py) ---------------------------------------------------------------
+    def _gpus(self, sid: str) -> list[dict[str, Any]] | None:
+        return server_gpus(self.pool.backend, self.workload.latest if self.workload else {}, sid)
+
     def server_view(self, s: Server, now_m: float, now: float) -> dict[str, Any]:
-        return {
-            "id": s.id,
-            "spec": s.spec.name,
-            "state": s.state.value,
-            "url": s.url,
-            "host": s.host,
-            "job": s.job,
-            "models": list(s.models),
-            "outstanding": s.outstanding,
-            "concurrency": s.concurrency,
-            "calls": s.calls,
-            "age_s": round(now_m - s.requested_m, 1),
-            "time_left_s": round(s.deadline_wall - now, 1) if s.deadline_wall is not None else None,
-            "drain_reason": s.drain_reason,
-            "gpus": server_gpus(self.pool.backend, self.workload.latest if self.workload else {}, s.id),
-        }
+        return server_view(s, now_m, now, self._gpus(s.id))
 
     def specs_view(self) -> dict[str, Any]:
-        out = {}
-        counts: dict[str, dict[str, int]] = {n: {} for n in self.pool.specs}
-        for s in self.pool.servers.values():
-            c = counts[s.spec.name]
-            c[s.state.value] = c.get(s.state.value, 0) + 1
+        counts = state_counts(self.pool)
         limits = {lim.name: lim for lim in self.scaler.limits.specs}
-        for name, rt in self.pool.specs.items():
-            lim = limits.get(name) or SpecLimits(name, 0, 0)
-            out[name] = {
-                "min_servers": lim.min_servers,
-                "max_servers": lim.max_servers,
-                "backlog": lim.backlog,
-                "paused": rt.paused,
-                "removed": bool(rt.removed),
-                "held": rt.held,
-                "held_reason": rt.held_reason or None,
-                "models": sorted(rt.models),
-                "servers": counts[name],
-                "workload": self.workload.view(name) if self.workload is not None else None,
-            }
-        return out
+        wl = self.workload
+        return {
+            name: spec_view(
+                rt, limits.get(name) or SpecLimits(name, 0, 0), counts[name], wl.view(name) if wl else None
+            )
+            for name, rt in self.pool.specs.items()
+        }
 
     def status_extra(self) -> dict[str, Any]:
         """What ``/api/status`` adds for ``balancer status``: specs with limits and counts, calls."""
@@ -168,9 +146,8 @@ class OperatorApi:
 
     # -- changes ---------------------------------------------------------------------------------
     def _journal(self, request: Request, action: str, target: str, **fields: Any) -> None:
-        """Journal the change; it also joins the scaler's recent decisions (the dashboard lists them)."""
+        """Journal the change (the dashboard lists it among the decisions: observe/recent.py)."""
         doc = {"action": action, "target": target, "who": _who(request), "remote": request.remote, **fields}
-        self.scaler.recent.append(as_decision({"t": time.time(), **doc}))
         self.bus.emit(Ev.OPERATOR_ACTION, **doc)
 
     async def server_action(self, request: Request) -> Reply:
@@ -240,6 +217,8 @@ class OperatorApi:
             path = doc.get("path")
             if path is not None and not (isinstance(path, str) and path.startswith("/")):
                 return error_reply("InvalidInput", f"path must be an absolute path, got {path!r}", 400)
+        if self.reloader is None:
+            return error_reply("NotFound", "this balancer has no configuration file to reload", 404)
         ok, out = await self.reloader.reload(path, "api", _who(request), request.remote)
         if not ok:
             return error_reply("InvalidInput", str(out), 400)

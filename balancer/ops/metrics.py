@@ -15,16 +15,17 @@ specs are configured; never a call or server id.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from balancer.http.server import Reply, Request, error_reply
+from balancer.http.messages import Reply, Request, error_reply
 from balancer.observe.events import Ev, Event
-from balancer.pool.pool import Pool, ServerState
+from balancer.pool.pool import Pool
+from balancer.pool.states import ServerState
 
 PREFIX = "umbridge_balancer_"
 CONTENT_TYPE = b"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
@@ -33,6 +34,7 @@ BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 )  # fmt: skip
+_Labels = TypeVar("_Labels", bound=tuple[str, ...])  # one label value per label name
 _BOUNDS = (*(repr(float(b)) for b in BUCKETS), "+Inf")  # the buckets' ``le`` labels, formatted once
 UNKNOWN = "_unknown"  # a model name no spec serves (clients choose names: never a label of its own)
 NONE = "_none"  # a call without a model (Info, an unreadable body)
@@ -48,8 +50,9 @@ class _Hist:
         self.buckets = [0] * (len(BUCKETS) + 1)
         self.sum = 0.0
 
-    def family_args(self) -> tuple[list[tuple[str, float]], float]:
-        acc, out = 0, []
+    def family_args(self) -> tuple[list[tuple[str, int]], float]:
+        acc = 0
+        out: list[tuple[str, int]] = []
         for bound, n in zip(_BOUNDS, self.buckets, strict=True):
             acc += n
             out.append((bound, acc))
@@ -217,7 +220,7 @@ class Metrics(Collector):
         yield from self._forecast_gauges()
 
     @staticmethod
-    def _per_spec(name: str, doc: str, labels: tuple[str, ...], counts: dict[tuple[str, ...], int]) -> Any:
+    def _per_spec(name: str, doc: str, labels: tuple[str, ...], counts: Mapping[_Labels, int]) -> Any:
         c = CounterMetricFamily(PREFIX + name, doc, labels=labels)
         for key, n in sorted(counts.items()):
             c.add_metric(key, n)
@@ -246,8 +249,9 @@ class Metrics(Collector):
         for model, n in sorted(depth.items()):
             g.add_metric((model,), n)
         yield g
-        yield GaugeMetricFamily(PREFIX + "calls_in_flight", "Evaluation calls in the balancer",
-                                self.inflight())
+        yield GaugeMetricFamily(
+            PREFIX + "calls_in_flight", "Evaluation calls in the balancer", self.inflight()
+        )
 
     def _forecast_gauges(self) -> Iterator[Any]:
         """Capacity and forecast figures, each only where present."""

@@ -14,12 +14,30 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from balancer.config.load import BalancerConfig, ConfigError, ServerSpec, read_config
-from balancer.observe.events import Ev
-from balancer.policy.decide import Limits, SpecLimits
+from balancer.config.parse import read_config
+from balancer.config.schema import BalancerConfig, ConfigError, ServerSpec
+from balancer.observe.events import Ev, EventBus
+from balancer.policy.types import Limits, SpecLimits
+
+if TYPE_CHECKING:
+    from balancer.backends.base import Backend
+    from balancer.calls.path import Calls
+    from balancer.capacity.history import History
+    from balancer.capacity.monitor import CapacityMonitor
+    from balancer.capacity.service import ForecastService
+    from balancer.control.api import Control
+    from balancer.control.filereg import FileRegistration
+    from balancer.http.server import FrontServer
+    from balancer.observe.notify import Notifications
+    from balancer.ops.access import PeerGate
+    from balancer.pool.pool import Pool
+    from balancer.pool.scaler import Scaler
+    from balancer.profiling.recorder import Profiler
+    from balancer.profiling.workload import UsageAggregator
 
 # [balancer] keys a running balancer cannot take: its listeners, its scheduler and its files.
 FIXED = (
@@ -114,27 +132,55 @@ def merge_limits(current: Limits, cfg: BalancerConfig, diff: ConfigDiff, keep: s
     return Limits(tuple(out), cfg.backend_options.time_limit_margin_s, cfg.rules)
 
 
-class Reloader:
-    """One reload at a time, from the operator API or SIGHUP; keeps the file's path, digest and age."""
+@dataclass(frozen=True)
+class ConfigSource:
+    """The file a balancer was started from, as parsed ("auto" resources unsized: what the next
+    file is compared with), its digest and the command-line options that win over every reload.
+    No path: started without a file (tests, ``load-balancer``)."""
 
-    def __init__(self, balancer: Any, cfg: BalancerConfig) -> None:
-        self.b = balancer
-        self.raw = cfg  # as parsed, "auto" unsized: what the next file is compared with
-        self.path: str | None = None  # None: started without a file (tests, ``load-balancer``)
-        self.digest: str | None = None
-        self.overrides: dict[str, Any] = {}  # serve's command-line options win over every reload too
+    parsed: BalancerConfig
+    path: str | None = None
+    digest: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reloadable:
+    """The parts a reload changes; each takes its new settings through its own ``reconfigure``."""
+
+    bus: EventBus
+    pool: Pool
+    backend: Backend
+    scaler: Scaler
+    calls: Calls
+    control: Control
+    gate: PeerGate
+    forecast: ForecastService
+    workload: UsageAggregator
+    notify: Notifications
+    listeners: Callable[[], Sequence[FrontServer]]  # the client and control listeners (body limit)
+    files: FileRegistration | None = None
+    monitor: CapacityMonitor | None = None
+    history: History | None = None
+    profiler: Profiler | None = None
+
+
+class Reloader:
+    """One reload at a time, from the operator API or SIGHUP; keeps the file's path, digest and age,
+    and the configuration in force (``cfg``)."""
+
+    def __init__(self, parts: Reloadable, cfg: BalancerConfig, source: ConfigSource) -> None:
+        self.parts = parts
+        self.cfg = cfg  # in force: "auto" resources sized
+        self.raw = source.parsed  # as parsed, "auto" unsized: what the next file is compared with
+        self.path = source.path
+        self.digest = source.digest
+        self.overrides = source.overrides  # serve's command-line options win over every reload too
         self.loaded_at = time.time()
         self.reloads = 0
         self.rejected = 0
         self.last_rejected: str | None = None
         self._lock = asyncio.Lock()
-
-    def source(
-        self, parsed: BalancerConfig, path: str | None, digest: str | None, overrides: dict[str, Any]
-    ) -> None:
-        """The file the balancer was started from, as parsed ("auto" resources unsized), with the
-        command-line options that win over it."""
-        self.raw, self.path, self.digest, self.overrides = parsed, path, digest, overrides
 
     def status(self) -> dict[str, Any]:
         return {
@@ -163,13 +209,13 @@ class Reloader:
                 return True, {"ok": True, **doc}
             self.rejected += 1
             self.last_rejected = reason
-            self.b.bus.emit(
+            self.parts.bus.emit(
                 Ev.CONFIG_REJECTED, path=where, trigger=trigger, who=who, remote=remote, reason=reason
             )
             return False, reason
 
     async def _reload(self, path: str | None, who: dict[str, Any]) -> dict[str, Any]:
-        from balancer.profiling.recorder import size_specs
+        from balancer.profiling.autosize import size_specs
         from balancer.profiling.workload import journal_priors
 
         path = path or self.path
@@ -180,15 +226,15 @@ class Reloader:
         diff = diff_config(self.raw, new)
         if diff.fixed:
             raise ConfigError(", ".join(diff.fixed), RESTART.format("them" if len(diff.fixed) > 1 else "it"))
-        b = self.b
+        p = self.parts
         fresh = [s for s in new.servers if s.name in diff.added or s.name in diff.relaunch]
-        await b.backend.check_specs(fresh)
+        await p.backend.check_specs(fresh)
         sized: dict[str, ServerSpec] = {}
         if fresh:
-            done = await size_specs(dataclasses.replace(new, servers=tuple(fresh)), b.bus)
+            done = await size_specs(dataclasses.replace(new, servers=tuple(fresh)), p.bus)
             sized = {s.name: s for s in done.servers}
         # Everything is checked: from here on nothing awaits until the whole difference is applied.
-        current = {name: rt.spec for name, rt in b.pool.specs.items()}
+        current = {name: rt.spec for name, rt in p.pool.specs.items()}
         specs = []
         for s in new.servers:
             if s.name in sized:
@@ -211,23 +257,22 @@ class Reloader:
             "replacing": replacing,
             "settings": list(diff.settings),
         }
-        b.bus.emit(Ev.CONFIG_RELOADED, **who, **doc)  # before any server the change starts
-        b.scaler.recent.append(reload_decision({"t": time.time(), **who, **doc}))  # a dashboard opened later
+        p.bus.emit(Ev.CONFIG_RELOADED, **who, **doc)  # before any server the change starts
         if fresh:  # the workload class of a new command: the prior again until it is measured
-            store = b.profiler.store if b.profiler is not None else None
+            store = p.profiler.store if p.profiler is not None else None
             try:
-                await journal_priors([sized[s.name] for s in fresh], b.bus, b.workload, store)
+                await journal_priors([sized[s.name] for s in fresh], p.bus, p.workload, store)
             except Exception as exc:  # applied already: a prior that cannot be read is not a rejection
-                b.bus.emit(Ev.BALANCER_ERROR, where="reload", error=f"{type(exc).__name__}: {exc}", count=1)
+                p.bus.emit(Ev.BALANCER_ERROR, where="reload", error=f"{type(exc).__name__}: {exc}", count=1)
         return doc
 
     def _apply(self, cfg: BalancerConfig, diff: ConfigDiff) -> dict[str, int]:
-        b = self.b
-        pool = b.pool
+        p = self.parts
+        pool = p.pool
         # Backend and profiler first: the next server of a new or changed spec is theirs to know.
-        b.backend.reconfigure(cfg)
-        if b.profiler is not None:
-            b.profiler.reconfigure(cfg)
+        p.backend.reconfigure(cfg)
+        if p.profiler is not None:
+            p.profiler.reconfigure(cfg)
         by_name = {s.name: s for s in cfg.servers}
         stale: set[str] = set()  # models whose cached metadata a new command may answer otherwise
         for name in diff.removed:
@@ -240,49 +285,40 @@ class Reloader:
             relaunch = name in diff.relaunch
             if relaunch:
                 stale |= pool.specs[name].models
-                b.workload.forget(name)  # a new command's class is measured afresh
+                p.workload.forget(name)  # a new command's class is measured afresh
             outdated = pool.update_spec(by_name[name], relaunch)
             if relaunch:
                 replacing[name] = len(outdated)
         draining = {n for n, rt in pool.specs.items() if rt.removed}
-        b.scaler.limits = merge_limits(b.scaler.limits, cfg, diff, draining)
+        limits = merge_limits(p.scaler.limits, cfg, diff, draining)
+        p.scaler.reconfigure(limits, cfg.scale_interval_s, cfg.lease_s, cfg.monitor_interval_s)
         self._settings(cfg, diff)
-        b.calls.reloaded(stale)
+        p.calls.reconfigure(cfg.max_body_mb, stale)
         for m in stale:
             pool.model_sizes.pop(m, None)
-        b.cfg = pool.cfg = cfg
+        self.cfg = cfg
         pool.changed()
         return replacing
 
     def _settings(self, cfg: BalancerConfig, diff: ConfigDiff) -> None:
-        """The live [balancer], [forecast] and [notify] settings, where they are used."""
-        b = self.b
+        """The live [balancer], [forecast] and [notify] settings, to the parts that use them."""
+        p = self.parts
         keys = set(diff.settings)
-        b.scaler.interval_s = cfg.scale_interval_s
-        b.control.lease_s = cfg.lease_s
-        if b.files is not None:
-            b.files.lease_s = cfg.lease_s
-        if b.scaler.launch is not None:  # servers started from now on
-            b.scaler.launch = dataclasses.replace(
-                b.scaler.launch, lease_s=cfg.lease_s, monitor_interval_s=cfg.monitor_interval_s
-            )
-        b.calls.max_body_mb = cfg.max_body_mb
-        for front in b.fronts:
-            front.limits = dataclasses.replace(front.limits, max_body=cfg.max_body_bytes)
+        p.control.reconfigure(cfg.lease_s)
+        if p.files is not None:
+            p.files.reconfigure(cfg.lease_s)
+        for front in p.listeners():
+            front.reconfigure(cfg.max_body_bytes)
         if keys & {"balancer.allow_uids", "balancer.allow_users", "balancer.allow_remote"}:
-            b.gate.allow(cfg.allow_uids, cfg.allow_users, cfg.allow_remote)
-        if "forecast.enabled" in keys:
-            b.forecast.set_enabled(cfg.forecast.enabled)
-        b.forecast.settings = cfg.forecast
-        if b.monitor is not None:
-            b.monitor.interval_s = cfg.forecast.collect_interval_s
-        if b.history is not None:
-            b.history.retention_s = cfg.forecast.retention_days * 86400.0
+            p.gate.reconfigure(cfg.allow_uids, cfg.allow_users, cfg.allow_remote)
         trained = ("grid_s", "horizon_s", "min_history_s", "forecaster", "partition", "retention_days")
-        if any(f"forecast.{k}" in keys for k in trained):
-            b.forecast.retrain()
+        p.forecast.reconfigure(cfg.forecast, retrain=any(f"forecast.{k}" in keys for k in trained))
+        if p.monitor is not None:
+            p.monitor.reconfigure(cfg.forecast.collect_interval_s)
+        if p.history is not None:
+            p.history.reconfigure(cfg.forecast.retention_days * 86400.0)
         if any(k.startswith("notify.") for k in keys):
-            b.set_notify(cfg.notify)  # [profiles]: profiler.reconfigure took them in _apply
+            p.notify.reconfigure(cfg.notify)  # [profiles]: profiler.reconfigure took them in _apply
 
 
 def describe_reload(doc: Any) -> str:
