@@ -2,8 +2,10 @@
 
 Data flows one way: client -> frontend (HTTP) -> ``calls`` -> ``dispatcher`` -> ``pool`` -> model
 server. The ``scaler`` observes the pool and applies the pure ``policy``; the backend reports job
-fates to the pool. Everything runs on one event loop, so no locks are needed. The backend is built
-by the caller (``cli``) and handed in, so tests can hand in a fake one.
+fates to the pool. Everything runs on one event loop, so no locks are needed. Each component gets
+its collaborators here, in its constructor; the backend is built by the caller (``runner``) and
+handed in, so tests can hand in a fake one. The process around it (run directory, listeners'
+ports, signals) is ``runner.Runner``'s.
 """
 
 from __future__ import annotations
@@ -13,31 +15,42 @@ import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from balancer.backends.base import Backend
-from balancer.calls import protocol
-from balancer.calls.dispatcher import NoServerError
-from balancer.calls.path import Calls, shmem_unsupported, test_shmem
+from balancer.calls.dispatcher import Dispatcher
+from balancer.calls.path import Calls
 from balancer.capacity.api import ForecastApi
 from balancer.capacity.service import ForecastService
-from balancer.config.load import BalancerConfig
+from balancer.config.schema import BalancerConfig
 from balancer.control.api import Control
 from balancer.control.filereg import FileRegistration
 from balancer.control.probe import Probe
-from balancer.http.server import Reply, Request, Router
+from balancer.http.messages import HttpLimits
+from balancer.http.peer import user_uids
+from balancer.http.server import FrontServer
 from balancer.observe.events import Ev, EventBus
-from balancer.observe.metrics import Metrics
-from balancer.observe.notify import Notifier
+from balancer.observe.notify import Notifications
+from balancer.observe.recent import Recent
 from balancer.ops.access import PeerGate
 from balancer.ops.api import OperatorApi
-from balancer.ops.dashboard import Dashboard, Feed
-from balancer.ops.peer import user_uids
-from balancer.ops.reload import Reloader
-from balancer.policy.decide import Limits, StopReason
+from balancer.ops.dashboard import Dashboard
+from balancer.ops.feed import Feed
+from balancer.ops.metrics import Metrics
+from balancer.ops.reload import ConfigSource, Reloadable, Reloader
+from balancer.policy.types import Limits, StopReason
+from balancer.pool.jobs import LaunchSettings
+from balancer.pool.members import NoServerError
 from balancer.pool.pool import Pool
-from balancer.pool.scaler import LaunchSettings, Scaler
+from balancer.pool.scaler import Scaler
+from balancer.profiling.gpus import server_gpus
 from balancer.profiling.workload import UsageAggregator, journal_priors
+from balancer.routes import client_router, control_router
+
+if TYPE_CHECKING:
+    from balancer.capacity.history import History
+    from balancer.capacity.monitor import CapacityMonitor
+    from balancer.profiling.recorder import Profiler
 
 STOP_WAIT_S = 5.0  # after the stop of every server, how long to wait for their jobs to end
 FIRST_FORECAST_S = 10.0  # at start, how long the first scaling pass waits for a first forecast
@@ -52,22 +65,30 @@ class Balancer:
         token: str,
         backend: Backend,
         clock: Callable[[], float] = time.monotonic,
+        http_limits: HttpLimits | None = None,
+        source: ConfigSource | None = None,
     ) -> None:
-        self.cfg = cfg
         self.bus = bus
         self.run_dir = run_dir
         self.token = token
         self.backend = backend
         self.probe = Probe()
-        self.pool = Pool(cfg, bus, backend, clock=clock, state_dir=run_dir)
+        self.recent = Recent(bus)  # the rare events a dashboard tab opened late shows
+        dispatcher = Dispatcher(clock=clock)  # the call path's; the pool keeps its members in step
+        self.pool = Pool(cfg, bus, backend, dispatcher, clock=clock, state_dir=run_dir)
         backend.bind(self.pool)
-        self.calls = Calls(self.pool, bus, self.probe, cfg.max_body_mb)
+        self.calls = Calls(self.pool, dispatcher, bus, self.probe, cfg.max_body_mb)
         fc = cfg.forecast
-        self.history = _history(fc) if fc.collect else None
-        self.forecast = ForecastService(fc, bus, self.history)
-        self.forecast.sources = (cfg.scheduler, "swf", "sacct")
-        self.monitor: Any = None
+        self.history: History | None = None  # capacity samples (SQLite, outlives the run), when collected
+        self.monitor: CapacityMonitor | None = None
         self._first: asyncio.Future[None] | None = None
+        if fc.collect:
+            from balancer.capacity.history import open_history
+
+            self.history = open_history(fc)
+        # The history is shared by every run of its owner: train on this scheduler's samples and
+        # on imported traces, never on a local demo's samples mixed into a cluster's.
+        self.forecast = ForecastService(fc, bus, self.history, sources=(cfg.scheduler, "swf", "sacct"))
         if fc.collect:
             from balancer.capacity.collectors import make_collector
             from balancer.capacity.monitor import CapacityMonitor
@@ -75,10 +96,10 @@ class Balancer:
             collector = make_collector(cfg, backend)
             self.monitor = CapacityMonitor(collector, self.history, self.forecast, bus, fc.collect_interval_s)
         limits = Limits.from_config(cfg)
-        self.scaler = Scaler(
-            self.pool, bus, backend, limits, cfg.scale_interval_s, clock, forecast=self.forecast.view
+        self.scaler = Scaler(self.pool, bus, limits, cfg.scale_interval_s, clock, forecast=self.forecast.view)
+        self.control = Control(
+            self.pool, bus, self.probe, token, cfg.lease_s, self._status_extra, self._gpus_of
         )
-        self.control = Control(self.pool, bus, self.probe, token, cfg.lease_s, self._status_extra)
         self.forecast_api = ForecastApi(self.forecast, self.control.authorized)
         users = user_uids(cfg.allow_users).values()
         self.gate = PeerGate(bus, (*cfg.allow_uids, *users), cfg.allow_remote)  # the client port's
@@ -87,43 +108,53 @@ class Balancer:
         # Workload class per spec from server.usage (workload.py); the local backend pins CPU-bound.
         self.workload = UsageAggregator(bus, self._busy, self._models_of)
         bus.subscribe(self.workload)
-        if hasattr(backend, "workload_of"):
-            backend.workload_of = self.workload.current
-        self.profiler = _profiler(cfg, bus)  # model profiles (profiler.py); None when off
-        self.notifier: Notifier | None = None
-        if cfg.notify.urls:
-            self.notifier = Notifier(cfg.notify, bus)
-            bus.subscribe(self.notifier)
-        self.operator = OperatorApi(self.pool, self.scaler, bus, self.control.authorized)
-        self.operator.workload = self.workload  # classes in /api/status, GPUs in /api/servers
-        # The dashboard's feed subscribes to the bus only while a tab is open.
-        feed = Feed(self.pool, bus, self.scaler, self.forecast, self.monitor, lambda: self.calls.inflight)
-        feed.usage_latest = self.workload.latest
-        self.dashboard = Dashboard(feed)
-        self.url = f"http://{cfg.host}:{cfg.port}"
-        self.fronts: list[Any] = []  # the listeners (cli): a reload changes their body limit
-        # Live reload (reload.py); cli tells it the file, its digest and the command line's options.
-        self.reloader = Reloader(self, cfg)
-        self.operator.reloader = self.reloader
-        self.files: FileRegistration | None = None
+        backend.use_workload(self.workload.current)
+        self.profiler: Profiler | None = None  # model profiles (profiling/recorder.py), [profiles] on
+        if cfg.profiles.enabled:
+            from balancer.profiling.recorder import open_profiler
+
+            self.profiler = open_profiler(cfg, bus)
+        self.notify = Notifications(cfg.notify, bus)  # a notifier from the first address on
+        reg_dir = Path(cfg.registration_dir) if cfg.registration_dir else run_dir / "registration"
+        self.files = None  # registration through files (a cluster without HTTP to the balancer)
         if cfg.registration == "file":
-            reg_dir = Path(cfg.registration_dir) if cfg.registration_dir else run_dir / "registration"
             self.files = FileRegistration(reg_dir, self.control, bus, cfg.lease_s)
+        parts = Reloadable(
+            bus, self.pool, backend, self.scaler, self.calls, self.control, self.gate, self.forecast,
+            self.workload, self.notify, lambda: (self.front, self.control_front), self.files, self.monitor,
+            self.history, self.profiler,
+        )  # fmt: skip
+        # Live reload (reload.py): the file, its digest and the command line's options from the runner.
+        self.reloader = Reloader(parts, cfg, source or ConfigSource(cfg))
+        # Classes in /api/status, GPUs in /api/servers.
+        authorized = self.control.authorized
+        self.operator = OperatorApi(self.pool, self.scaler, bus, authorized, self.workload, self.reloader)
+        # The dashboard's feed subscribes to the bus only while a tab is open.
+        feed = Feed(
+            self.pool, bus, self.scaler, self.forecast, self.monitor, lambda: self.calls.inflight,
+            usage_latest=self.workload.latest, recent=self.recent,
+        )  # fmt: skip
+        self.dashboard = Dashboard(feed)
+        http = http_limits or HttpLimits(max_body=cfg.max_body_bytes)
+        self.front = FrontServer(client_router(self), http, admit=self.gate)  # owner-only
+        self.control_front = FrontServer(control_router(self), http)  # the launchers', token only
+        self.url = f"http://{cfg.host}:{cfg.port}"
+
+    @property
+    def cfg(self) -> BalancerConfig:
+        """The configuration in force: the one at start, or the last reload's."""
+        return self.reloader.cfg
 
     def _models_of(self, spec: str) -> list[str]:
         rt = self.pool.specs.get(spec)  # None: a reload removed it
         return sorted(rt.models) if rt is not None else []
 
-    def set_notify(self, settings: Any) -> None:
-        """A reloaded ``[notify]``: the notifier takes it, or starts with the first address."""
-        if self.notifier is not None:
-            self.notifier.reconfigure(settings)
-        elif settings.urls:
-            self.notifier = Notifier(settings, self.bus)
-            self.bus.subscribe(self.notifier)
-
     def _busy(self) -> list[tuple[str, int, int, float]]:
         return [(s.id, s.calls, s.outstanding, s.busy_s) for s in self.pool.servers.values()]
+
+    def _gpus_of(self, server: str) -> list[dict[str, Any]] | None:
+        """A server's GPUs for the status and the operator's list (profiling/gpus.py)."""
+        return server_gpus(self.backend, self.workload.latest, server)
 
     def _status_extra(self) -> dict[str, Any]:
         fc = self.forecast.status()
@@ -198,8 +229,7 @@ class Balancer:
             self.history.close()
         if self.profiler is not None:  # the run's last figures into the profile store
             await self.profiler.close()
-        if self.notifier is not None:  # pending notices and the run summary, bounded wait
-            await self.notifier.close()
+        await self.notify.close()  # pending notices and the run summary, bounded wait
         self.bus.emit(Ev.BALANCER_STOPPED)
 
     async def _first_forecast(self) -> None:
@@ -208,69 +238,3 @@ class Balancer:
         await self.forecast.train_once()
         self.monitor.start(first_done=True)
         self.forecast.start(first_done=True)
-
-    def control_router(self) -> Router:
-        """The launchers' API on its own listener (``control_host``: where compute nodes reach it),
-        token only; the client port does not serve it."""
-        r = Router()
-        r.add("POST", "/api/servers/register", self.control.register)
-        r.add_prefix("POST", "/api/servers/", self.control.servers)  # lease, exited
-        # Prometheus on another host scrapes here (token), without opening the owner-only client port.
-        r.add("GET", "/metrics", lambda req: self.metrics.endpoint(req, self.control.authorized))
-        return r
-
-    def client_router(self) -> Router:
-        """UM-Bridge and the operator's routes, on the owner-only client port (``host``)."""
-        calls, control = self.calls, self.control
-        r = Router()
-        r.add("GET", "/Info", calls.info)
-        for op in protocol.EVAL_OPS:
-            r.add("POST", f"/{op}", _bind(calls.evaluate, op))
-            r.add("POST", f"/{op}ShMem", shmem_unsupported)
-        for op in protocol.META_OPS:
-            r.add("POST", f"/{op}", _bind(calls.metadata, op))
-        r.add("POST", "/TestShMem", test_shmem)
-        r.add_prefix("POST", "/api/servers/", self.operator.server_action)  # drain, stop
-        r.add_prefix("POST", "/api/specs/", self.operator.spec_action)
-        r.add("POST", "/api/reload", self.operator.reload)
-        r.add("GET", "/api/servers", self.operator.servers)
-        r.add("GET", "/api/status", control.status)
-        r.add("GET", "/metrics", lambda req: self.metrics.endpoint(req, control.authorized))
-        r.add("GET", "/api/forecast", self.forecast_api.get)
-        r.add("PUT", "/api/forecast", self.forecast_api.put)
-        r.add("DELETE", "/api/forecast", self.forecast_api.delete)
-        for method, path, handler, prefix in self.dashboard.routes():  # read-only: no token
-            (r.add_prefix if prefix else r.add)(method, path, handler)
-        return r
-
-
-def _history(fc: Any) -> Any:
-    """The capacity history (SQLite, outlives the run) at the configured or the default path."""
-    from balancer.capacity.history import History, default_history_path
-
-    path = Path(fc.history).expanduser() if fc.history else default_history_path()
-    return History(path, retention_s=fc.retention_days * 86400.0)
-
-
-def _profiler(cfg: BalancerConfig, bus: EventBus) -> Any:
-    """The profiler on the bus, its store open; a store that cannot be opened is journaled, and
-    the run goes on without profiles."""
-    if not cfg.profiles.enabled:
-        return None
-    from balancer.profiling.recorder import Profiler, open_store
-
-    try:
-        store = open_store(cfg.profiles)
-    except Exception as exc:  # sqlite3.Error, OSError: a read-only home must not stop the balancer
-        bus.emit(Ev.BALANCER_ERROR, where="profiles", error=f"{type(exc).__name__}: {exc}", count=1)
-        return None
-    profiler = Profiler(cfg, bus, store)
-    bus.subscribe(profiler)
-    return profiler
-
-
-def _bind(fn: Any, op: str) -> Any:
-    async def handler(request: Request) -> Reply:
-        return await fn(request, op)
-
-    return handler

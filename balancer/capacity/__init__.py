@@ -1,1 +1,3 @@
-"""balancer.capacity."""
+"""The cluster around the pool: its idle capacity collected (SLURM, HyperQueue, this machine),
+kept in a history, rebuilt from traces, forecast, backtested and served at ``/api/forecast``.
+"""

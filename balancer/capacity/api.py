@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from balancer.capacity.service import MAX_OVERRIDE_S, ForecastService, Override
-from balancer.http.server import Reply, Request, error_reply, json_reply
+from balancer.http.messages import Reply, Request, error_reply, json_reply
 
 _UNAUTHORIZED = ("Unauthorized", "missing or wrong balancer token", 401)
 _OVERRIDE_KEYS = {"idle_cpus", "idle_gpus", "expires_in_s", "expires_at", "reason"}

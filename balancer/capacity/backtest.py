@@ -18,12 +18,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from balancer.capacity.forecasters import BASELINE, FORECASTERS, make
 from balancer.capacity.series import DAY_S, Series
+from balancer.units import parse_duration
 
 DEFAULT_MIN_TRAIN_S = 28 * DAY_S  # history before the first origin: four weeks of weekly pattern
 
@@ -88,7 +89,7 @@ def _one(series: Series, name: str, horizon: int, slots: list[int], max_train: i
         train = Series(
             series.start + lo_slot * series.step_s, series.step_s, series.values[lo_slot:o], series.total
         )
-        model: Any = make(name)
+        model = make(name)
         t0 = time.perf_counter()
         try:
             model.fit(train)
@@ -114,12 +115,12 @@ def _one(series: Series, name: str, horizon: int, slots: list[int], max_train: i
 def choose(results: Sequence[BacktestResult], baseline: str = BASELINE) -> str:
     """The forecaster with the lowest MAE if it strictly beats ``baseline``; else the baseline
     (also when the baseline itself was not backtested or failed: nothing beat it provably)."""
-    base = next((r for r in results if r.name == baseline and r.mae is not None), None)
-    ok = [r for r in results if r.mae is not None and math.isfinite(r.mae)]
+    base = next((r.mae for r in results if r.name == baseline and r.mae is not None), None)
+    ok = [(r.mae, r.name) for r in results if r.mae is not None and math.isfinite(r.mae)]
     if base is None or not ok:
         return baseline
-    best = min(ok, key=lambda r: (r.mae, r.name))
-    return best.name if best.mae < base.mae else baseline
+    best_mae, best_name = min(ok)  # lowest MAE, ties by name
+    return best_name if best_mae < base else baseline
 
 
 def format_table(results_by_series: dict[str, Sequence[BacktestResult]]) -> str:
@@ -154,17 +155,6 @@ def format_table(results_by_series: dict[str, Sequence[BacktestResult]]) -> str:
         lines.append(f"{label}: {n} origins; chosen: {choose(rs)}")
         lines += [f"  {r.name} failed: {r.error}" for r in rs if r.error]
     return "\n".join(lines)
-
-
-_UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": DAY_S, "w": 7 * DAY_S}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``900``, ``15m``, ``48h``, ``7d`` or ``2w``; ``ValueError`` otherwise."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)?\s*", text)
-    if not m or float(m.group(1)) <= 0:
-        raise ValueError(f"not a positive duration: {text!r} (use e.g. 900, 15m, 48h, 7d)")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
 def load_history(path: str, step_s: float) -> Series:
@@ -262,7 +252,7 @@ def _fail(message: str) -> int:
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         print(f"balancer: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 

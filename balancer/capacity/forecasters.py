@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from balancer.capacity import forecasters_extra as extras
-from balancer.capacity.series import DAY_S, WEEK_S, Prediction, Series
+from balancer.capacity.series import DAY_S, WEEK_S, Forecaster, Prediction, Series
 
 LEVEL = 0.8  # the interval's nominal coverage
 RESIDUAL_ORIGINS = 14  # past origins, one a day, whose errors size the interval
@@ -163,7 +163,7 @@ def _fill(v: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
     return v
 
 
-FORECASTERS: dict[str, Callable[[], object]] = {
+FORECASTERS: dict[str, Callable[[], Forecaster]] = {
     "seasonal-naive-day": lambda: SeasonalNaive(DAY_S, "seasonal-naive-day"),
     "seasonal-naive-week": lambda: SeasonalNaive(WEEK_S, "seasonal-naive-week"),
     "blend": Blend,
@@ -173,7 +173,7 @@ BASELINE = "seasonal-naive-day"
 FORECASTERS.update(extras.available())
 
 
-def make(name: str) -> object:
+def make(name: str) -> Forecaster:
     """A new forecaster by name; ``KeyError`` names the known ones, or the extra that brings it."""
     try:
         return FORECASTERS[name]()

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from balancer.capacity.series import DAY_S, WEEK_S, Prediction, Series
+from balancer.capacity.series import DAY_S, WEEK_S, Forecaster, Prediction, Series
 
 LEVEL = 80  # interval, percent
 SEED = 0
@@ -51,10 +51,12 @@ def _filled(history: Series) -> np.ndarray:
 def _clipped(history: Series, mean: np.ndarray, lo: Any, hi: Any, name: str) -> Prediction:
     total = history.total
 
-    def clip(a: Any) -> np.ndarray | None:
-        return None if a is None else np.clip(np.asarray(a, dtype=np.float64), 0.0, total)
+    def clip(a: Any) -> np.ndarray:
+        return np.clip(np.asarray(a, dtype=np.float64), 0.0, total)
 
-    return Prediction(history.end, history.step_s, clip(mean), clip(lo), clip(hi), model=name)
+    lo_c = None if lo is None else clip(lo)
+    hi_c = None if hi is None else clip(hi)
+    return Prediction(history.end, history.step_s, clip(mean), lo_c, hi_c, model=name)
 
 
 class StatsForecastModel:
@@ -170,16 +172,16 @@ class NeuralProphetModel:
         )
 
 
-_STATS: dict[str, Callable[[], object]] = {
+_STATS: dict[str, Callable[[], Forecaster]] = {
     "mstl": lambda: StatsForecastModel("mstl", _mstl, need_s=2 * WEEK_S),
     "autoets": lambda: StatsForecastModel("autoets", _autoets, need_s=2 * DAY_S),
 }
-_NP: dict[str, Callable[[], object]] = {"neuralprophet": NeuralProphetModel}
+_NP: dict[str, Callable[[], Forecaster]] = {"neuralprophet": NeuralProphetModel}
 
 
-def available() -> dict[str, Callable[[], object]]:
+def available() -> dict[str, Callable[[], Forecaster]]:
     """The optional forecasters whose library can be found in this environment."""
-    out: dict[str, Callable[[], object]] = {}
+    out: dict[str, Callable[[], Forecaster]] = {}
     if _installed("statsforecast"):
         out.update(_STATS)
     if _installed("neuralprophet"):

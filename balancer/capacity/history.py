@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -118,7 +119,8 @@ class History:
         since: float | None,
         until: float | None,
     ) -> tuple[str, list[object]]:
-        conds, args = ["idle_cpus IS NOT NULL"], []
+        conds: list[str] = ["idle_cpus IS NOT NULL"]
+        args: list[object] = []
         if source is not None:
             names = [source] if isinstance(source, str) else list(source)
             conds.append(f"source IN ({','.join('?' * len(names))})")
@@ -195,6 +197,10 @@ class History:
             ).fetchall()
         return [(str(s), str(p), int(c)) for s, p, c in rows]
 
+    def reconfigure(self, retention_s: float) -> None:
+        """A reloaded ``retention_days``: the next prune keeps this much of the collected samples."""
+        self.retention_s = retention_s
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -204,3 +210,9 @@ class History:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_history(settings: Any) -> History:
+    """The capacity history (outlives the run) at ``[forecast] history``, or the default path."""
+    path = Path(settings.history).expanduser() if settings.history else default_history_path()
+    return History(path, retention_s=settings.retention_days * 86400.0)

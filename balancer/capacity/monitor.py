@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +18,6 @@ from balancer.observe.events import Ev, EventBus
 
 ERROR_REPEAT_S = 60.0
 PRUNE_EVERY_S = 3600.0
-RECENT_SAMPLES = 720  # journaled samples kept for a newly opened dashboard (12 h at one a minute)
 
 
 class CapacityMonitor:
@@ -43,7 +41,10 @@ class CapacityMonitor:
         self._error_logged: tuple[str, float] | None = None
         self._pruned = 0.0
         self._task: asyncio.Task[None] | None = None
-        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_SAMPLES)
+
+    def reconfigure(self, interval_s: float) -> None:
+        """A reloaded ``collect_interval_s``: the next sample comes after this long."""
+        self.interval_s = interval_s
 
     def start(self, first_done: bool = False) -> None:
         self._task = asyncio.create_task(self._loop(first_done), name="capacity-monitor")
@@ -91,7 +92,6 @@ class CapacityMonitor:
         waits = [s.expected_wait_s for s in samples if s.expected_wait_s is not None]
         if waits:
             fields["expected_wait_s"] = min(waits)
-        self.recent.append({"t": t, **fields})
         self.bus.emit(Ev.CAPACITY_SAMPLE, **fields)
         return samples
 
@@ -105,4 +105,3 @@ class CapacityMonitor:
     def status(self) -> dict[str, Any]:
         source = getattr(self.collector, "source", None)
         return {"source": source, "samples": self.samples, "error": self.error}
-

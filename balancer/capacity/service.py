@@ -14,12 +14,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from balancer.capacity.sample import CapacitySample
-from balancer.capacity.series import DAY_S, Prediction, Series
 from balancer.observe.events import Ev, EventBus
-from balancer.policy.decide import ForecastView
+from balancer.policy.types import ForecastView
+
+if TYPE_CHECKING:  # numpy's: imported where a forecast is trained, never by a run without one
+    from balancer.capacity.series import Prediction, Series
 
 MAX_OVERRIDE_S = 30 * 86400.0  # an override forgotten by its owner ends within a month
 BACKTEST_ORIGINS = 14  # daily origins over the last two weeks of the site's history
@@ -59,6 +61,7 @@ class ForecastService:
         bus: EventBus,
         history: Any = None,  # cluster.history.History; None: nothing to train on
         wall: Callable[[], float] = time.time,
+        sources: tuple[str, ...] | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
@@ -76,7 +79,7 @@ class ForecastService:
         self._view_key: Any = None
         # The history is shared by every run of its owner: train on this scheduler's samples and
         # on imported traces, never on a local demo's samples mixed into a cluster's.
-        self.sources: tuple[str, ...] | None = None
+        self.sources = sources
 
     # -- what the scaler sees -------------------------------------------------------------------
     def view(self) -> ForecastView | None:
@@ -160,6 +163,14 @@ class ForecastService:
         if enabled != self.enabled:
             self.enabled = enabled
             self.bus.emit(Ev.FORECAST_CHANGED, change="enabled" if enabled else "disabled")
+
+    def reconfigure(self, settings: Any, retrain: bool) -> None:
+        """A reloaded ``[forecast]``: switched on or off (journaled), the new settings from the next
+        view on, and a training now when ``retrain`` (a setting of the model or its grid changed)."""
+        self.set_enabled(bool(settings.enabled))
+        self.settings = settings
+        if retrain:
+            self.retrain()
 
     def set_override(self, ov: Override) -> None:
         self.override = ov
@@ -263,6 +274,7 @@ def train(series: Series | None, settings: Any, now: float) -> tuple[Trained | N
 
     from balancer.capacity import backtest as bt
     from balancer.capacity import forecasters as models
+    from balancer.capacity.series import DAY_S
 
     if series is None or not len(series.values):
         return None, "cold: no history yet"

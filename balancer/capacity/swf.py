@@ -14,8 +14,17 @@ from pathlib import Path
 import numpy as np
 
 # 1-based SWF field numbers of the columns kept.
-FIELDS = {"id": 1, "submit": 2, "wait": 3, "run": 4, "procs": 5, "req_procs": 8, "req_time": 9,
-          "status": 11, "user": 12}
+FIELDS = {
+    "id": 1,
+    "submit": 2,
+    "wait": 3,
+    "run": 4,
+    "procs": 5,
+    "req_procs": 8,
+    "req_time": 9,
+    "status": 11,
+    "user": 12,
+}
 
 
 class TraceError(ValueError):
@@ -83,8 +92,13 @@ def read_swf(path: str | Path) -> SwfTrace:
     max_procs = _int(header.get("MaxProcs")) or _int(header.get("MaxNodes"))
     if not max_procs:
         max_procs = int(max(jobs["procs"].max(), jobs["req_procs"].max()))
-    return SwfTrace(str(p), max_procs, float(_int(header.get("UnixStartTime")) or 0),
-                    float(_int(header.get("TimeZone")) or 0), jobs)
+    return SwfTrace(
+        str(p),
+        max_procs,
+        float(_int(header.get("UnixStartTime")) or 0),
+        float(_int(header.get("TimeZone")) or 0),
+        jobs,
+    )
 
 
 def _int(text: str | None) -> int | None:

@@ -11,6 +11,7 @@ import argparse
 import time
 from typing import Any
 
+from balancer import units
 from balancer.cli.apiclient import CliError, call, command, target_args
 
 
@@ -42,17 +43,11 @@ def add_forecast_parser(sub: Any) -> None:
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from "90", "30m", "2h", "1d"."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    t = text.strip().lower()
-    mult = units.get(t[-1:], None)
+    """Seconds (> 0) from "90", "30m", "2h", "1d" (``units.parse_duration``)."""
     try:
-        value = float(t[:-1] if mult else t) * (mult or 1)
+        return units.parse_duration(text)
     except ValueError:
-        raise CliError(f"not a duration: {text!r} (use seconds or 30m, 2h, 1d)") from None
-    if value <= 0:
-        raise CliError(f"duration must be > 0, got {text!r}")
-    return value
+        raise CliError(f"not a duration: {text!r} (use seconds or 30m, 2h, 1d; > 0)") from None
 
 
 def request(url: str, token: str, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

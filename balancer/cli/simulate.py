@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
+from balancer import units
 from balancer.capacity.swf import SwfTrace, TraceError, read_swf
-from balancer.policy.decide import parse_time_limit
 from balancer.sim import campaign as camp
+from balancer.sim.replay import Replay
 from balancer.sim.report import metrics, plot, table
-from balancer.sim.run import POLICIES, Replay, SimConfig, simulate
+from balancer.sim.run import POLICIES, SimConfig, simulate
 
 DAY_S = 86400.0
 
@@ -93,19 +93,11 @@ def simulate_main(args: argparse.Namespace) -> int:
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from "4h", "90m", "30s", "3600" or a SLURM time ("D-HH:MM:SS", "HH:MM:SS")."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if m and (m.group(2) or ":" not in text):
-        scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        value = float(m.group(1)) * scale
-    else:
-        try:
-            value = parse_time_limit(text) or 0.0
-        except ValueError:
-            raise UsageError(f"--time-limit: expected e.g. 4h, 90m or 04:00:00, got {text!r}") from None
-    if value <= 0:
-        raise UsageError(f"--time-limit must be > 0, got {text!r}")
-    return value
+    """``--time-limit`` in seconds ("4h", "90m", "3600", "04:00:00"; ``units.parse_duration``)."""
+    try:
+        return units.parse_duration(text)
+    except ValueError:
+        raise UsageError(f"--time-limit: expected e.g. 4h, 90m or 04:00:00 (> 0), got {text!r}") from None
 
 
 def campaign_start(trace: SwfTrace, start: str | None, start_day: float | None) -> float:
@@ -205,7 +197,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         print(f"balancer: error: {message}", file=sys.stderr)
         sys.exit(2)
 

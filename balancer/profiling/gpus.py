@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from balancer.backends.base import Backend
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +22,7 @@ log = logging.getLogger(__name__)
 def nvml_gpus() -> list[str] | None:
     """Indices of the NVIDIA GPUs NVML sees; None when NVML is not installed or does not start."""
     try:
-        import pynvml  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        import pynvml
     except ImportError:
         return None
     try:
@@ -110,13 +113,12 @@ class CoreAllocator:
 
 
 def server_gpus(
-    backend: Any, latest: dict[str, dict[str, Any]], server_id: str
+    backend: Backend, latest: dict[str, dict[str, Any]], server_id: str
 ) -> list[dict[str, Any]] | None:
     """A server's GPUs for ``balancer servers`` and the dashboard: the devices the local backend
     gave it, else those its launcher sampled, with utilisation and memory from its last usage
     sample (``server.usage``) where NVML reported them; None when it has none."""
-    held = getattr(backend, "server_resources", None)
-    devices = list((held(server_id) or {}).get("gpus") or []) if held is not None else []
+    devices = list((backend.server_resources(server_id) or {}).get("gpus") or [])
     sampled = {str(g.get("index")): g for g in (latest.get(server_id) or {}).get("gpus") or []}
     if not devices and not sampled:
         return None

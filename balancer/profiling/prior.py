@@ -86,40 +86,54 @@ def _name(func: ast.expr) -> str:
     return ""
 
 
-def count_features(source: str) -> dict[str, int]:
-    """Per class, how many features of it the source has."""
-    tree = ast.parse(source)
-    counts = dict.fromkeys(("cpu", "memory", "io", "wait"), 0)
+def _module_constants(tree: ast.AST) -> dict[str, int]:
+    """Module-level size constants (``N = 50_000_000``), so ``np.zeros(N)`` counts as big."""
     consts: dict[str, int] = {}
-    for node in ast.walk(tree):  # module-level size constants: N = 50_000_000
+    for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             n = _size(node.value, consts)
             if n:
                 consts[node.targets[0].id] = n
+    return consts
+
+
+def _count_import(node: ast.Import | ast.ImportFrom, counts: dict[str, int]) -> None:
+    mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+    for m in mods:
+        root = m.split(".")[0]
+        counts["wait"] += root in _WAIT_MODULES
+        counts["io"] += root in _IO_MODULES
+
+
+def _count_call(node: ast.Call, counts: dict[str, int], consts: dict[str, int]) -> None:
+    name = _name(node.func)
+    if name in _CPU_CALLS:
+        counts["cpu"] += 2
+    if name in _ALLOC_CALLS and node.args and _size(node.args[0], consts) >= BIG_ELEMENTS:
+        counts["memory"] += 4
+    if name in _COPY_CALLS:
+        counts["memory"] += 1
+    if name in _IO_CALLS:
+        counts["io"] += 2 if name in ("fsync", "fdatasync", "flush") else 1
+    if name in _WAIT_CALLS:
+        counts["wait"] += 3 if name == "sleep" else 1
+
+
+def count_features(source: str) -> dict[str, int]:
+    """Per class, how many features of it the source has."""
+    tree = ast.parse(source)
+    counts = dict.fromkeys(("cpu", "memory", "io", "wait"), 0)
+    consts = _module_constants(tree)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            for m in mods:
-                root = m.split(".")[0]
-                counts["wait"] += root in _WAIT_MODULES
-                counts["io"] += root in _IO_MODULES
+            _count_import(node, counts)
         elif isinstance(node, (ast.For, ast.While)):
             arith = sum(isinstance(n, (ast.BinOp, ast.AugAssign)) for n in ast.walk(node))
             counts["cpu"] += 1 + min(arith, 5)
         elif isinstance(node, ast.ListComp | ast.GeneratorExp):
             counts["cpu"] += 1
         elif isinstance(node, ast.Call):
-            name = _name(node.func)
-            if name in _CPU_CALLS:
-                counts["cpu"] += 2
-            if name in _ALLOC_CALLS and node.args and _size(node.args[0], consts) >= BIG_ELEMENTS:
-                counts["memory"] += 4
-            if name in _COPY_CALLS:
-                counts["memory"] += 1
-            if name in _IO_CALLS:
-                counts["io"] += 2 if name in ("fsync", "fdatasync", "flush") else 1
-            if name in _WAIT_CALLS:
-                counts["wait"] += 3 if name == "sleep" else 1
+            _count_call(node, counts, consts)
         elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
             if isinstance(node.left, ast.List) and _size(node.right, consts) >= BIG_ELEMENTS:
                 counts["memory"] += 4  # [0] * N

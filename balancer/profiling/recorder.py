@@ -1,5 +1,5 @@
 """The profiler: a bus subscriber that adds up one run's figures per spec and model, flushes them
-into the profile store (``profiles.py``) every ``flush_s`` and at shutdown, sizes ``"auto"``
+into the profile store (``profiling.store``) every ``flush_s`` and at shutdown, sizes ``"auto"``
 resources at start, and says when a spec's resources are far from what it uses.
 
 Everything on the event path is dict arithmetic (the subscriber runs inside every ``emit``); the
@@ -21,63 +21,34 @@ import json
 import logging
 import math
 from collections import deque
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from balancer.observe.events import Ev, Event, EventBus
-from balancer.profiling.sizing import MIB, parse_memory, size
+from balancer.observe.histogram import INV_LOG_BASE
+from balancer.profiling.autosize import open_store
 from balancer.profiling.store import (
     COUNTERS,
-    INV_LOG_BASE,
     SPEC_ROW,
     ProfileStore,
-    default_profiles_path,
     delta,
     log_bin,
     quantile,
     spec_hash,
     util_bin,
 )
+from balancer.units import MIB, parse_memory
 
 log = logging.getLogger(__name__)
 
 EVAL_OPS = frozenset({"Evaluate", "Gradient", "ApplyJacobian", "ApplyHessian"})
+# The events the profiler reads: it subscribes to these only (``Profiler._handlers``).
+EVENTS = frozenset({
+    Ev.CALL_RECEIVED, Ev.CALL_DISPATCHED, Ev.CALL_COMPLETED, Ev.CALL_REQUEUED, Ev.CALL_FAILED,
+    Ev.SERVER_USAGE, Ev.SERVER_REQUESTED, Ev.SERVER_ADOPTED, Ev.SERVER_READY, Ev.WORKLOAD_CLASSIFIED,
+    Ev.SERVER_STOPPED, Ev.SERVER_FAILED,
+})  # fmt: skip
 MAX_SPANS = 100_000  # calls kept per server between two usage samples
-
-
-def open_store(settings: Any) -> ProfileStore:
-    """The store at ``[profiles] path``, or the default one under ``$XDG_DATA_HOME``."""
-    path = Path(settings.path).expanduser() if settings.path else default_profiles_path()
-    return ProfileStore(path)
-
-
-async def size_specs(cfg: Any, bus: EventBus) -> Any:
-    """``cfg`` with every ``"auto"`` resource sized from the store (journaled as ``profile.sized``),
-    before any backend sees the specs."""
-    if not any(s.resources.auto for s in cfg.servers):
-        return cfg
-    settings = cfg.profiles
-
-    def read() -> dict[str, dict[str, Any] | None]:
-        if not settings.enabled:
-            return {}
-        with open_store(settings) as store:
-            return {s.name: store.spec_figures(s.name, spec_hash(s)) for s in cfg.servers if s.resources.auto}
-
-    try:
-        figures = await asyncio.to_thread(read)
-    except Exception as exc:  # sqlite3.Error, OSError: the run starts with the defaults, and says why
-        bus.emit(Ev.BALANCER_ERROR, where="profiles", error=f"{type(exc).__name__}: {exc}", count=1)
-        figures = {}
-    specs = []
-    for spec in cfg.servers:
-        if spec.resources.auto:
-            res, reasons = size(spec.resources, figures.get(spec.name), settings)
-            spec = dataclasses.replace(spec, resources=res)
-            for r in reasons:
-                bus.emit(Ev.PROFILE_SIZED, spec=spec.name, field=r.field, value=r.value, source=r.source)
-        specs.append(spec)
-    return dataclasses.replace(cfg, servers=tuple(specs))
 
 
 def _given(res: Any) -> dict[str, Any]:
@@ -120,6 +91,7 @@ class Profiler:
         self._task: asyncio.Task[None] | None = None
         self.flushes = 0
         self.error: str | None = None
+        self._on = self._handlers()
 
     # -- reload ------------------------------------------------------------------------------------
     def reconfigure(self, cfg: Any) -> None:
@@ -168,44 +140,69 @@ class Profiler:
 
     # -- the event path ----------------------------------------------------------------------------
     def __call__(self, e: Event) -> None:
-        ev = e["ev"]
-        if ev == Ev.CALL_RECEIVED:
-            if e.get("op") in EVAL_OPS:
-                self.calls[e["call"]] = [e["op"], e.get("model"), None]
-        elif ev == Ev.CALL_DISPATCHED:
-            c = self.calls.get(e["call"])
-            s = self.servers.get(e["server"])
-            if c is not None and s is not None:
-                c[2] = e["server"]
-                s.open[e["call"]] = e["t"]
-        elif ev == Ev.CALL_COMPLETED:
-            c = self.calls.pop(e["call"], None)
-            if c is not None:
-                self._completed(c, e)
-        elif ev in (Ev.CALL_REQUEUED, Ev.CALL_FAILED):
-            c = self.calls.get(e["call"]) if ev == Ev.CALL_REQUEUED else self.calls.pop(e["call"], None)
-            if c is not None and c[2] in self.servers:
-                self._span(self.servers[c[2]], e, done=False)
-                c[2] = None
-        elif ev == Ev.SERVER_USAGE:
-            self._usage(e)
-        elif ev in (Ev.SERVER_REQUESTED, Ev.SERVER_ADOPTED):
-            if e.get("spec") in self.specs:
-                self.servers[e["server"]] = _Server(e["spec"], e["m"] if ev == Ev.SERVER_REQUESTED else None)
-        elif ev == Ev.SERVER_READY:
-            self._ready(e)
-        elif ev == Ev.WORKLOAD_CLASSIFIED:
-            if e.get("spec") in self.specs and isinstance(e.get("counters"), dict):
-                f = self._spec(e["spec"])
-                f["workload"] = dict(e["counters"])  # the run's busy-sample sums so far (workload.py)
-                if e.get("cls"):
-                    f["workload_class"] = e["cls"]
-        elif ev in (Ev.SERVER_STOPPED, Ev.SERVER_FAILED):
-            s = self.servers.pop(e["server"], None)
-            if s is not None and s.ready_m is not None:
-                f = self._spec(s.spec)
-                f["lifetime_max"] = max(f.get("lifetime_max", 0.0), e["m"] - s.ready_m)
-                f["wall_s"] += e["m"] - (s.wall_mark or s.ready_m)
+        handler = self._on.get(e["ev"])
+        if handler is not None:
+            handler(e)
+
+    def _handlers(self) -> dict[str, Callable[[Event], None]]:
+        """One handler per event the profiler reads (``EVENTS``), so the bus calls it for no other."""
+        return {
+            Ev.CALL_RECEIVED: self._received,
+            Ev.CALL_DISPATCHED: self._dispatched,
+            Ev.CALL_COMPLETED: self._call_completed,
+            Ev.CALL_REQUEUED: self._call_ended,
+            Ev.CALL_FAILED: self._call_ended,
+            Ev.SERVER_USAGE: self._usage,
+            Ev.SERVER_REQUESTED: self._requested,
+            Ev.SERVER_ADOPTED: self._requested,
+            Ev.SERVER_READY: self._ready,
+            Ev.WORKLOAD_CLASSIFIED: self._classified,
+            Ev.SERVER_STOPPED: self._server_ended,
+            Ev.SERVER_FAILED: self._server_ended,
+        }
+
+    def _received(self, e: Event) -> None:
+        if e.get("op") in EVAL_OPS:
+            self.calls[e["call"]] = [e["op"], e.get("model"), None]
+
+    def _dispatched(self, e: Event) -> None:
+        c = self.calls.get(e["call"])
+        s = self.servers.get(e["server"])
+        if c is not None and s is not None:
+            c[2] = e["server"]
+            s.open[e["call"]] = e["t"]
+
+    def _call_completed(self, e: Event) -> None:
+        c = self.calls.pop(e["call"], None)
+        if c is not None:
+            self._completed(c, e)
+
+    def _call_ended(self, e: Event) -> None:
+        """A requeued call leaves its server (and comes back dispatched); a failed one is over."""
+        requeued = e["ev"] == Ev.CALL_REQUEUED
+        c = self.calls.get(e["call"]) if requeued else self.calls.pop(e["call"], None)
+        if c is not None and c[2] in self.servers:
+            self._span(self.servers[c[2]], e, done=False)
+            c[2] = None
+
+    def _requested(self, e: Event) -> None:
+        if e.get("spec") in self.specs:
+            requested = e["m"] if e["ev"] == Ev.SERVER_REQUESTED else None
+            self.servers[e["server"]] = _Server(e["spec"], requested)
+
+    def _classified(self, e: Event) -> None:
+        if e.get("spec") in self.specs and isinstance(e.get("counters"), dict):
+            f = self._spec(e["spec"])
+            f["workload"] = dict(e["counters"])  # the run's busy-sample sums so far (workload.py)
+            if e.get("cls"):
+                f["workload_class"] = e["cls"]
+
+    def _server_ended(self, e: Event) -> None:
+        s = self.servers.pop(e["server"], None)
+        if s is not None and s.ready_m is not None:
+            f = self._spec(s.spec)
+            f["lifetime_max"] = max(f.get("lifetime_max", 0.0), e["m"] - s.ready_m)
+            f["wall_s"] += e["m"] - (s.wall_mark or s.ready_m)
 
     def _spec(self, spec: str) -> dict[str, Any]:
         f = self.spec_figs.get(spec)
@@ -250,7 +247,7 @@ class Profiler:
         o["sum_s"] += service
         if service > o["max"]:
             o["max"] = service
-        b = math.floor(math.log(service if service > 1e-6 else 1e-6) * INV_LOG_BASE)  # profiles.log_bin
+        b = math.floor(math.log(service if service > 1e-6 else 1e-6) * INV_LOG_BASE)  # histogram.log_bin
         hist = o["hist"]
         hist[b] = hist.get(b, 0) + 1
 
@@ -323,7 +320,7 @@ class Profiler:
             used = quantile(f["util_hist"], 0.9, "util") or 0.0
             used = 0.0 if used <= 0.05 else used  # the lowest bin's middle is an idle model
             if res.cpus >= 2 and res.cpus >= 2 * used:
-                advice = f"cpus = {max(1, math.ceil(used - 0.1))} (or \"auto\")"
+                advice = f'cpus = {max(1, math.ceil(used - 0.1))} (or "auto")'
                 self._mismatch(spec, "cpus", res.cpus, round(used, 2), f"uses {used:.2f} cores (p90 while "
                                f"busy) of {res.cpus} CPUs given: {advice}")  # fmt: skip
         if (spec, "memory") not in self.mismatches and res.memory and f["rss_peak_bytes"] > 0:
@@ -369,10 +366,13 @@ class Profiler:
             now[(names.get(spec, spec), self.hashes[spec], SPEC_ROW)] = f
         for (spec, model), f in self.model_figs.items():
             now[(names.get(spec, spec), self.hashes[spec], model)] = f
-        now = json.loads(json.dumps({"\0".join(k): v for k, v in now.items()}))  # a deep copy
-        out, new = {}, set()
-        for joined, figs in now.items():
-            key = tuple(joined.split("\0"))
+        # A deep copy, through JSON: its keys are the row keys joined.
+        copied: dict[str, dict[str, Any]] = json.loads(json.dumps({"\0".join(k): v for k, v in now.items()}))
+        out: dict[tuple[str, str, str], dict[str, Any]] = {}
+        new: set[Any] = set()
+        for joined, figs in copied.items():
+            spec, spec_hash, model = joined.split("\0")
+            key = (spec, spec_hash, model)
             before = self._flushed.get(key)
             d = delta(figs, before or {})
             if before is None:
@@ -409,3 +409,18 @@ class Profiler:
                 await self._task
         await self.flush()
         await asyncio.to_thread(self.store.close)
+
+
+def open_profiler(cfg: Any, bus: EventBus) -> Profiler | None:
+    """The profiler on the bus, its store open; None with ``[profiles]`` off. A store that cannot be
+    opened is journaled, and the run goes on without profiles."""
+    if not cfg.profiles.enabled:
+        return None
+    try:
+        store = open_store(cfg.profiles)
+    except Exception as exc:  # sqlite3.Error, OSError: a read-only home must not stop the balancer
+        bus.emit(Ev.BALANCER_ERROR, where="profiles", error=f"{type(exc).__name__}: {exc}", count=1)
+        return None
+    profiler = Profiler(cfg, bus, store)
+    bus.subscribe(profiler, only=EVENTS)
+    return profiler

@@ -9,46 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Any
 
-MIB = 1024 * 1024
-MEMORY_STEP_MIB = 64  # sized memory is rounded up to this
+from balancer.units import MIB, format_memory, format_time_limit, parse_memory, parse_time_limit
+
 CPU_SLACK = 0.1  # cores: a one-thread model with a helper thread (1.05 cores) still asks for one CPU
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)B?", re.IGNORECASE)
-_UNIT = {"": MIB, "K": 1024, "M": MIB, "G": 1024 * MIB, "T": 1024 * 1024 * MIB}  # SLURM: no unit = MB
-
-
-def parse_memory(text: str | int) -> int:
-    """Bytes of a scheduler size (``"2G"``, ``"512M"``, ``4096`` = MB as in SLURM); ValueError if not one."""
-    m = _SIZE_RE.fullmatch(str(text).strip())
-    if not m:
-        raise ValueError(f"not a size: {text!r}")
-    return int(float(m.group(1)) * _UNIT[m.group(2).upper()])
-
-
-def format_memory(nbytes: float) -> str:
-    """Bytes rounded up to ``MEMORY_STEP_MIB``, as SLURM's ``--mem`` takes them (``448M``)."""
-    step = MEMORY_STEP_MIB * MIB
-    return f"{max(1, math.ceil(nbytes / step)) * MEMORY_STEP_MIB}M"
-
-
-def parse_duration(text: str) -> float:
-    """Seconds of a SLURM time (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``)."""
-    from balancer.policy.decide import parse_time_limit
-
-    seconds = parse_time_limit(text)
-    if seconds is None:
-        raise ValueError(f"not a time limit: {text!r}")
-    return float(seconds)
-
-
-def format_duration(seconds: float) -> str:
-    """``HH:MM:SS`` rounded up to the minute (``D-HH:MM:SS`` past a day)."""
-    minutes = max(1, math.ceil(seconds / 60))
-    d, rest = divmod(minutes, 1440)
-    h, m = divmod(rest, 60)
-    return f"{d}-{h:02d}:{m:02d}:00" if d else f"{h:02d}:{m:02d}:00"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +67,10 @@ def size(resources: Any, profile: dict[str, Any] | None, settings: Any) -> tuple
     if "time_limit" in auto:
         life = prof.get("lifetime_max") or 0
         if life > 0:
-            cap = parse_duration(settings.max_time_limit)
-            limit = format_duration(min(life * settings.time_headroom, cap))
+            cap = parse_time_limit(settings.max_time_limit)
+            if cap is None:
+                raise ValueError(f"not a time limit: {settings.max_time_limit!r}")
+            limit = format_time_limit(min(life * settings.time_headroom, cap))
             changes["time_limit"] = limit
             src = f"longest server lifetime {life:.0f} s x {settings.time_headroom:g}"
             reasons.append(Sized("time_limit", limit, src + f" (at most {settings.max_time_limit})"))

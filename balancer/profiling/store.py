@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-LOG_BASE = 1.05  # compute and start-up times: log bins 5 % wide, so merged quantiles are within 5 %
+from balancer.observe.histogram import bin_middle, quantile_bins
+from balancer.observe.histogram import log_bin as _log_bin
+
 UTIL_BIN = 0.05  # cores used: linear bins of 1/20 core
 MAX_KEYS = frozenset({"max", "rss_peak_bytes", "gpu_mem_peak_bytes", "startup_max", "lifetime_max"})
 REPLACE_KEYS = frozenset({"resources", "workload_class"})  # the latest run's value wins
@@ -97,12 +99,9 @@ def delta(now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-INV_LOG_BASE = 1 / math.log(LOG_BASE)
-
-
 def log_bin(x: float) -> str:
-    """The histogram bin of a time (the profiler inlines this on the per-call path)."""
-    return str(math.floor(math.log(x if x > 1e-6 else 1e-6) * INV_LOG_BASE))
+    """The histogram bin of a time (``observe.histogram``; keys are strings in the stored JSON)."""
+    return str(_log_bin(x))
 
 
 def util_bin(x: float) -> str:
@@ -111,16 +110,10 @@ def util_bin(x: float) -> str:
 
 def quantile(hist: dict[str, int], q: float, kind: str = "log") -> float | None:
     """The ``q`` quantile of a histogram (the middle of its bin), None when empty."""
-    items = sorted((int(k), n) for k, n in hist.items() if n > 0)
-    total = sum(n for _, n in items)
-    if not total:
+    (b,) = quantile_bins({int(k): n for k, n in hist.items()}, (q,))
+    if b is None:
         return None
-    rank, seen, b = q * total, 0, items[-1][0]
-    for b, n in items:  # noqa: B007 - the bin where the rank is reached
-        seen += n
-        if seen >= rank:
-            break
-    return LOG_BASE ** (b + 0.5) if kind == "log" else (b + 0.5) * UTIL_BIN
+    return bin_middle(b) if kind == "log" else (b + 0.5) * UTIL_BIN
 
 
 # -- the store ---------------------------------------------------------------------------------------
@@ -256,7 +249,7 @@ def profiles(store: ProfileStore) -> Iterator[dict[str, Any]]:
     for (spec, h), rows in by_spec.items():
         spec_row = next((r for r in rows if r["model"] == SPEC_ROW), None)
         fig = summarize_spec(spec_row["data"]) if spec_row else {}
-        models = [r for r in rows if r["model"] != SPEC_ROW] or [None]
+        models: list[dict[str, Any] | None] = [r for r in rows if r["model"] != SPEC_ROW] or [None]
         for r in models:
             m = summarize_model(r["data"]) if r else {"calls": 0, "ops": {}}
             base = r or spec_row

@@ -320,7 +320,7 @@ async def journal_priors(
 ) -> None:
     """The prior of every spec, journaled as ``workload.prior`` before the first start, so the local
     backend already pins a model that looks CPU-bound: the class its profile's counters give (earlier
-    runs measured it: ``profiles.py`` keeps them), else the guess from its Python source. Both read
+    runs measured it: ``profiling.store`` keeps them), else the guess from its Python source. Both read
     files, off the event loop. A reload calls it again for its new and changed specs only: each
     call sets the priors of the specs it is given and touches no other."""
     from balancer.profiling.prior import as_fields, prior_of
