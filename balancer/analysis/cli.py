@@ -21,8 +21,10 @@ EXIT_INTERRUPTED = 130
 
 _EXTRAS_HINT = "the analysis needs pandas, matplotlib and tqdm: pip install 'umbridge-balancer[analysis]'"
 
-_RUN_HELP = ("a balancer journal (or run directory), a HyperQueue journal export (hq journal export) "
-             "or sacct --json output; the format is detected from the content")
+_RUN_HELP = (
+    "a balancer journal (or run directory), a HyperQueue journal export (hq journal export) "
+    "or sacct --json output; the format is detected from the content"
+)
 
 
 def _err(msg: str) -> None:
@@ -31,6 +33,7 @@ def _err(msg: str) -> None:
 
 def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turn bad input, missing extras and Ctrl-C into one line and an exit status."""
+
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
@@ -114,18 +117,27 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def _progress_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--progress", dest="progress", action="store_const", const=True, default=None,
-                   help="always show a progress bar while loading (default: on a terminal, for long loads)")
-    g.add_argument("--no-progress", dest="progress", action="store_const", const=False,
-                   help="never show a progress bar")
+    g.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_const",
+        const=True,
+        default=None,
+        help="always show a progress bar while loading (default: on a terminal, for long loads)",
+    )
+    g.add_argument(
+        "--no-progress", dest="progress", action="store_const", const=False, help="never show a progress bar"
+    )
 
 
 def add_subcommands(subparsers: Any) -> None:
     """Register ``analyze`` and ``plot`` on an argparse subparsers object; each sets ``func(args) -> int``."""
     a = subparsers.add_parser(
-        "analyze", help="timing summary of one or more runs, side by side",
+        "analyze",
+        help="timing summary of one or more runs, side by side",
         description="Per-run timing summary (makespan, lag, SLR, throughput, server start-up and "
-                    "utilisation) with the runs as columns. Metrics a format does not have show as '-'.")
+        "utilisation) with the runs as columns. Metrics a format does not have show as '-'.",
+    )
     a.add_argument("runs", nargs="+", metavar="RUN", help=_RUN_HELP)
     a.add_argument("--csv", metavar="FILE", help="also write the summary table as CSV (raw numbers)")
     a.add_argument("--calls-csv", metavar="FILE", help="also write the per-call table of all runs as CSV")
@@ -134,9 +146,11 @@ def add_subcommands(subparsers: Any) -> None:
     a.set_defaults(func=cmd_analyze)
 
     p = subparsers.add_parser(
-        "plot", help="PNG plots of one or more runs",
+        "plot",
+        help="PNG plots of one or more runs",
         description="Makespan and lag distributions, a server timeline per run, queue length and live "
-                    "servers over time, and server utilisation, as PNG files.")
+        "servers over time, and server utilisation, as PNG files.",
+    )
     p.add_argument("runs", nargs="+", metavar="RUN", help=_RUN_HELP)
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory for the PNG files")
     _progress_flags(p)
@@ -145,7 +159,9 @@ def add_subcommands(subparsers: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m balancer.analysis``."""
-    parser = argparse.ArgumentParser(prog="python -m balancer.analysis", description="Timing analysis of runs.")
+    parser = argparse.ArgumentParser(
+        prog="python -m balancer.analysis", description="Timing analysis of runs."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{analyze,plot}")
     add_subcommands(sub)
     args = parser.parse_args(argv)

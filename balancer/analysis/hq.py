@@ -36,12 +36,28 @@ from balancer.analysis.model import (
 )
 from balancer.analysis.progress import ByteProgress
 
-_KNOWN = frozenset({
-    "server-start", "server-stop", "job-created", "job-completed", "job-open", "job-close",
-    "task-started", "task-finished", "task-failed", "task-canceled", "worker-connected", "worker-lost",
-    "worker-overview", "autoalloc-queue-created", "autoalloc-queue-removed", "autoalloc-allocation-queued",
-    "autoalloc-allocation-started", "autoalloc-allocation-finished",
-})
+_KNOWN = frozenset(
+    {
+        "server-start",
+        "server-stop",
+        "job-created",
+        "job-completed",
+        "job-open",
+        "job-close",
+        "task-started",
+        "task-finished",
+        "task-failed",
+        "task-canceled",
+        "worker-connected",
+        "worker-lost",
+        "worker-overview",
+        "autoalloc-queue-created",
+        "autoalloc-queue-removed",
+        "autoalloc-allocation-queued",
+        "autoalloc-allocation-started",
+        "autoalloc-allocation-finished",
+    }
+)
 
 _minute_cache: dict[str, int] = {}
 
@@ -89,7 +105,9 @@ def _task_keys(e: dict[str, Any]) -> list[tuple[int, int]]:
     out = []
     for t in e["tasks"]:
         if isinstance(t, dict):
-            out.append((int(t.get("job_id", t.get("job"))), int(t.get("job_task_id", t.get("task")))))
+            job_id: Any = t.get("job_id", t.get("job"))  # JSON: int() rejects a missing one
+            task_id: Any = t.get("job_task_id", t.get("task"))
+            out.append((int(job_id), int(task_id)))
         elif isinstance(t, str) and "@" in t:
             job, task = t.split("@", 1)
             out.append((int(job), int(task)))
@@ -156,11 +174,20 @@ def _apply(st: _State, typ: str, e: dict[str, Any], t: float) -> None:
         st.completed.setdefault(int(e["job"]), t)
     elif typ == "worker-connected":
         sid = f"w{e['id']}"
-        conf = e.get("configuration") if isinstance(e.get("configuration"), dict) else {}
+        conf = e.get("configuration")
+        if not isinstance(conf, dict):
+            conf = {}
         alloc = _allocation_id(e)
-        st.workers[sid] = {"server": sid, "ready": t, "started": t, "registered": t, "alloc": alloc,
-                           "host": conf.get("hostname"), "job": alloc, "spec": None if alloc is None
-                           else f"allocation {alloc}"}
+        st.workers[sid] = {
+            "server": sid,
+            "ready": t,
+            "started": t,
+            "registered": t,
+            "alloc": alloc,
+            "host": conf.get("hostname"),
+            "job": alloc,
+            "spec": None if alloc is None else f"allocation {alloc}",
+        }
     elif typ == "worker-lost":
         rec = st.workers.get(f"w{e['id']}")
         if rec is not None and "stopped" not in rec:
@@ -214,17 +241,18 @@ def read_hq(path: Path, name: str, progress: bool | None = None) -> Run:
     return _build(path, name, st, first, last, warnings, wall0=ref + first)
 
 
-def _build(path: Path, name: str, st: _State, t0: float, last: float, warnings: list[str],
-           wall0: float) -> Run:
+def _build(
+    path: Path, name: str, st: _State, t0: float, last: float, warnings: list[str], wall0: float
+) -> Run:
     """Turn the collected events into the common tables."""
     rows = []
     iv_rows = []
     tasks_of: dict[int, list[int]] = {}
-    for job, task in set(st.starts) | set(st.ends):
-        tasks_of.setdefault(job, []).append(task)
+    for job, task_no in set(st.starts) | set(st.ends):
+        tasks_of.setdefault(job, []).append(task_no)
     jobs = sorted(set(st.created) | set(tasks_of))
     for job in jobs:
-        tasks = sorted(tasks_of.get(job, [])) or [None]
+        tasks: list[int | None] = [*sorted(tasks_of.get(job, []))] or [None]  # None: a job without tasks
         created = sorted(st.created.get(job, []))
         for task in tasks:
             key = (job, task) if task is not None else None
@@ -246,10 +274,20 @@ def _build(path: Path, name: str, st: _State, t0: float, last: float, warnings: 
                 completed = st.completed[job]  # the paper's definition: job-completed - job-created
             compute = end[0] - starts[-1][0] if (starts and end is not None) else np.nan
             worker = starts[-1][1] if starts else None
-            rows.append({"call": str(job) if task in (None, 0) and len(tasks) == 1 else f"{job}.{task}",
-                         "model": st.names.get(job), "received": received, "queued": received,
-                         "dispatched": first_start, "completed": completed, "server": worker,
-                         "attempts": len(starts), "outcome": outcome, "compute": compute})
+            rows.append(
+                {
+                    "call": str(job) if task in (None, 0) and len(tasks) == 1 else f"{job}.{task}",
+                    "model": st.names.get(job),
+                    "received": received,
+                    "queued": received,
+                    "dispatched": first_start,
+                    "completed": completed,
+                    "server": worker,
+                    "attempts": len(starts),
+                    "outcome": outcome,
+                    "compute": compute,
+                }
+            )
             for i, (s_t, s_w) in enumerate(starts):
                 stop = starts[i + 1][0] if i + 1 < len(starts) else (end[0] if end else np.nan)
                 iv_rows.append((rows[-1]["call"], s_w, s_t - t0, stop - t0))
@@ -263,16 +301,19 @@ def _build(path: Path, name: str, st: _State, t0: float, last: float, warnings: 
     calls["cached"] = False
     calls = finish_calls(calls)
 
-    intervals = pd.DataFrame(iv_rows, columns=list(INTERVAL_COLUMNS)) if iv_rows else empty_frame(
-        INTERVAL_COLUMNS)
-    end = (st.server_stop if st.server_stop is not None else last) - t0
+    intervals = (
+        pd.DataFrame(iv_rows, columns=list(INTERVAL_COLUMNS)) if iv_rows else empty_frame(INTERVAL_COLUMNS)
+    )
+    run_end = (st.server_stop if st.server_stop is not None else last) - t0
     notes = []
     unattributed = intervals["server"].isna()
     aggregate = None
     if len(intervals) and unattributed.any():
-        aggregate = float((intervals["end"].fillna(end) - intervals["start"]).sum())
-        notes.append("tasks carry no worker id (older HyperQueue export): utilisation assumes each task "
-                     "held one worker while it ran")
+        aggregate = float((intervals["end"].fillna(run_end) - intervals["start"]).sum())
+        notes.append(
+            "tasks carry no worker id (older HyperQueue export): utilisation assumes each task "
+            "held one worker while it ran"
+        )
 
     srv = pd.DataFrame(list(st.workers.values())) if st.workers else empty_frame(("server",))
     if "alloc" in srv:
@@ -282,7 +323,18 @@ def _build(path: Path, name: str, st: _State, t0: float, last: float, warnings: 
         if col in srv:
             srv[col] = srv[col] - t0
     intervals = clip_intervals(intervals, srv)
-    servers = finish_servers(srv, intervals, calls, end, busy_known=aggregate is None)
-    return Run(name=name, path=path, fmt="hq", calls=calls, servers=servers, intervals=intervals, end=end,
-               t0=wall0, unavailable=frozenset({"metadata_calls"}), notes=notes, warnings=warnings,
-               aggregate_busy=aggregate)
+    servers = finish_servers(srv, intervals, calls, run_end, busy_known=aggregate is None)
+    return Run(
+        name=name,
+        path=path,
+        fmt="hq",
+        calls=calls,
+        servers=servers,
+        intervals=intervals,
+        end=run_end,
+        t0=wall0,
+        unavailable=frozenset({"metadata_calls"}),
+        notes=notes,
+        warnings=warnings,
+        aggregate_busy=aggregate,
+    )

@@ -31,8 +31,10 @@ def resolve(path: str | os.PathLike[str]) -> Path:
         found = sorted(p.glob("*.jsonl"))
         if len(found) == 1:
             return found[0]
-        raise AnalysisError(f"{p}: a directory without journal.jsonl"
-                            + (f" and with {len(found)} *.jsonl files; name one" if found else ""))
+        raise AnalysisError(
+            f"{p}: a directory without journal.jsonl"
+            + (f" and with {len(found)} *.jsonl files; name one" if found else "")
+        )
     if not p.exists():
         raise AnalysisError(f"{p}: no such file")
     if not p.is_file():
@@ -83,7 +85,8 @@ def detect_format(path: Path) -> tuple[str, Any]:
     if b"\0" in head[:4096]:
         hint = " (a binary HyperQueue journal? export it first: hq journal export FILE > FILE.jsonl)"
     raise AnalysisError(
-        f"{path}: not a balancer journal, HyperQueue journal export or sacct --json output{hint}")
+        f"{path}: not a balancer journal, HyperQueue journal export or sacct --json output{hint}"
+    )
 
 
 def load_run(path: str | os.PathLike[str], name: str | None = None, progress: bool | None = None) -> Run:

@@ -96,8 +96,9 @@ def timeline(run: Run) -> Figure:
     unknown = iv["server"].isna()
     if unknown.any():
         iv.loc[unknown, "server"] = _lanes(iv[unknown])
-    rows = list(servers["server"]) + sorted(set(iv["server"]) - set(servers["server"]),
-                                            key=lambda s: (len(s), s))
+    rows = list(servers["server"]) + sorted(
+        set(iv["server"]) - set(servers["server"]), key=lambda s: (len(s), s)
+    )
     rows = rows[:MAX_GANTT_ROWS]
     y = {s: i for i, s in enumerate(rows)}
     fig = Figure(figsize=(12, max(3.0, min(0.3 * len(rows) + 1.5, 30))), layout="constrained")
@@ -132,10 +133,16 @@ def timeline(run: Run) -> Figure:
     ax.set_title(title)
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color="#f2c18d", label="starting (requested to ready)"),
-                       Patch(color="#cfe3f5", label="ready, idle"),
-                       Patch(color="#1f5fa8", label="serving a call")],
-              loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    ax.legend(
+        handles=[
+            Patch(color="#f2c18d", label="starting (requested to ready)"),
+            Patch(color="#cfe3f5", label="ready, idle"),
+            Patch(color="#1f5fa8", label="serving a call"),
+        ],
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        fontsize="small",
+    )
     return fig
 
 
@@ -145,11 +152,19 @@ def queue_and_servers(runs: Sequence[Run]) -> Figure:
     ax_q, ax_s = fig.subplots(2, 1, sharex=True)
     for name, r in zip(unique_names(runs), runs, strict=True):
         t, q = queue_length(r.calls, r.end)
-        ax_q.step(np.concatenate([[0.0], t, [r.end]]), np.concatenate([[0.0], q, [q[-1] if q.size else 0]]),
-                  where="post", label=name)
+        ax_q.step(
+            np.concatenate([[0.0], t, [r.end]]),
+            np.concatenate([[0.0], q, [q[-1] if q.size else 0]]),
+            where="post",
+            label=name,
+        )
         t, n = live_servers(r.servers)
-        ax_s.step(np.concatenate([[0.0], t, [r.end]]), np.concatenate([[0.0], n, [n[-1] if n.size else 0]]),
-                  where="post", label=name)
+        ax_s.step(
+            np.concatenate([[0.0], t, [r.end]]),
+            np.concatenate([[0.0], n, [n[-1] if n.size else 0]]),
+            where="post",
+            label=name,
+        )
     ax_q.set_xlabel("time since start of run [s]")
     ax_q.set_ylabel("calls waiting")
     ax_q.set_title("Queue length over time")
@@ -188,8 +203,11 @@ def utilisation(runs: Sequence[Run]) -> Figure:
 
 def make_figures(runs: Sequence[Run]) -> dict[str, Figure]:
     """All figures for the runs, keyed by file name stem."""
-    figs = {"distributions": distributions(runs), "queue_servers": queue_and_servers(runs),
-            "utilisation": utilisation(runs)}
+    figs = {
+        "distributions": distributions(runs),
+        "queue_servers": queue_and_servers(runs),
+        "utilisation": utilisation(runs),
+    }
     for name, r in zip(unique_names(runs), runs, strict=True):
         figs[f"timeline_{_slug(name)}"] = timeline(r)
     return figs

@@ -29,8 +29,16 @@ class ByteProgress:
             from tqdm import tqdm
         except ImportError:  # tqdm is optional: no bar, same results
             return
-        self._bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, file=sys.stderr,
-                         delay=delay, disable=None if enabled is None else False, leave=False)
+        self._bar = tqdm(
+            total=total,
+            desc=desc,
+            unit="B",
+            unit_scale=True,
+            file=sys.stderr,
+            delay=delay,
+            disable=None if enabled is None else False,
+            leave=False,
+        )
 
     def advance(self, fh: IO[bytes]) -> None:
         """Move the bar to the file's current position."""
@@ -43,7 +51,8 @@ class ByteProgress:
     def __enter__(self) -> ByteProgress:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -28,6 +28,7 @@ _UNFINISHED = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFI
 
 def _cpu(time: dict[str, Any]) -> float:
     """CPU seconds from a ``total`` (or ``user`` + ``system``) ``{seconds, microseconds}`` pair."""
+
     def sec(x: Any) -> float:
         if not isinstance(x, dict):
             return np.nan
@@ -78,10 +79,23 @@ def read_sacct(path: Path, name: str, doc: dict[str, Any]) -> Run:
             outcome = "ok"
         else:
             outcome = "failed"
-        rows.append({"call": str(jid), "model": job.get("name"), "received": submission, "queued": submission,
-                     "dispatched": start, "completed": end, "server": f"job {jid}",
-                     "attempts": int(not np.isnan(start)), "outcome": outcome, "compute": end - start,
-                     "cpu": cpu, "host": nodes if isinstance(nodes, str) else None, "state": state})
+        rows.append(
+            {
+                "call": str(jid),
+                "model": job.get("name"),
+                "received": submission,
+                "queued": submission,
+                "dispatched": start,
+                "completed": end,
+                "server": f"job {jid}",
+                "attempts": int(not np.isnan(start)),
+                "outcome": outcome,
+                "compute": end - start,
+                "cpu": cpu,
+                "host": nodes if isinstance(nodes, str) else None,
+                "state": state,
+            }
+        )
     if not rows:
         raise AnalysisError(f"{path}: no jobs with a submission time in the sacct JSON")
     df = pd.DataFrame(rows)
@@ -90,12 +104,19 @@ def read_sacct(path: Path, name: str, doc: dict[str, Any]) -> Run:
         df[col] = df[col] - t0
     end = float(np.nanmax(df[["received", "dispatched", "completed"]].to_numpy()))
 
-    servers = pd.DataFrame({
-        "server": df["server"], "spec": df["model"], "host": df["host"], "job": df["call"],
-        "requested": df["received"], "started": df["dispatched"], "ready": df["dispatched"],
-        "stopped": df["completed"],
-        "end_reason": np.where(df["outcome"] == "failed", "failed", "stopped"),
-    })
+    servers = pd.DataFrame(
+        {
+            "server": df["server"],
+            "spec": df["model"],
+            "host": df["host"],
+            "job": df["call"],
+            "requested": df["received"],
+            "started": df["dispatched"],
+            "ready": df["dispatched"],
+            "stopped": df["completed"],
+            "end_reason": np.where(df["outcome"] == "failed", "failed", "stopped"),
+        }
+    )
     cpu = df["cpu"].to_numpy()
     calls = df.drop(columns=["host", "state", "cpu"])
     calls["op"] = None
@@ -108,5 +129,16 @@ def read_sacct(path: Path, name: str, doc: dict[str, Any]) -> Run:
     warnings = [f"{path}: skipped {skipped} job record(s) without usable times"] if skipped else []
     notes = ["sacct reports whole seconds; each job is one call and one server (one server per call)"]
     unavailable = frozenset({"metadata_calls", "retried_calls", "utilisation", "idle_server_s"})
-    return Run(name=name, path=path, fmt="sacct", calls=calls, servers=servers, intervals=intervals, end=end,
-               t0=t0, unavailable=unavailable, notes=notes, warnings=warnings)
+    return Run(
+        name=name,
+        path=path,
+        fmt="sacct",
+        calls=calls,
+        servers=servers,
+        intervals=intervals,
+        end=end,
+        t0=t0,
+        unavailable=unavailable,
+        notes=notes,
+        warnings=warnings,
+    )

@@ -64,10 +64,247 @@ class _Writer:
         self.buf.clear()
 
 
-def write_journal(path: str | Path, *, calls: int = 200, clients: int = 4, servers: int = 2,
-                  concurrency: int = 1, service: float = 0.05, startup: float = 0.4, metadata: int = 3,
-                  invalid: int = 0, lose_server_at: float | None = None, seed: int = 0,
-                  t0: float = 1.7e9, m0: float = 5000.0, truth: bool = True) -> Truth:
+@dataclass
+class _Params:
+    calls: int
+    clients: int
+    servers: int
+    concurrency: int
+    service: float
+    startup: float
+    metadata: int
+    invalid: int
+    truth: bool
+
+
+class _Sim:
+    """The event loop of ``write_journal``: one ``on_<kind>`` method per kind of simulated event."""
+
+    def __init__(self, p: _Params, emit: _Writer, tr: Truth, rng: random.Random) -> None:
+        self.p, self.emit, self.tr, self.rng = p, emit, tr, rng
+        self.heap: list[tuple[float, int, str, Any]] = []
+        self.seq = 0
+        self.srv: dict[str, dict[str, Any]] = {}
+        self.queue: deque[dict[str, Any]] = deque()
+        self.calls_left = p.calls
+        self.invalid_ids: set[int] = set()
+        self.next_id = 0
+        self.remaining_meta = {0: list(METADATA_OPS[:1] + METADATA_OPS[1:] * 8)[: p.metadata]}
+        self.meta_cached = False
+        self.in_flight: dict[int, dict[str, Any]] = {}
+        self.invalid_every = max(p.calls // p.invalid, 1) if p.invalid else 0
+
+    def push(self, when: float, kind: str, payload: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (when, self.seq, kind, payload))
+
+    def run(self) -> float:
+        now = 0.0
+        while self.heap:
+            now, _, kind, payload = heapq.heappop(self.heap)
+            getattr(self, f"on_{kind}")(now, payload)
+        return now
+
+    def start_server(self, now: float, sid: str, reason: str) -> None:
+        self.emit(
+            now,
+            "scale.decision",
+            spec="default",
+            action="start",
+            count=1,
+            target=len(self.srv) + 1,
+            reason=reason,
+        )
+        self.emit(now, "server.requested", server=sid, spec="default", reason="scale")
+        self.srv[sid] = {"alive": False, "busy": set(), "requested": now}
+        s_up = self.p.startup * self.rng.uniform(0.8, 1.2)
+        self.push(now + 0.3 * s_up, "started", sid)
+        self.push(now + 0.9 * s_up, "registered", sid)
+        self.push(now + s_up, "ready", sid)
+
+    def dispatch(self, now: float) -> None:
+        srv, conc = self.srv, self.p.concurrency
+        while self.queue:
+            free = [s for s, r in srv.items() if r["alive"] and len(r["busy"]) < conc]
+            if not free:
+                return
+            sid = min(free, key=lambda s: (len(srv[s]["busy"]), s))
+            call = self.queue.popleft()
+            call["attempt"] += 1
+            call["server"] = sid
+            call["dispatched"] = now
+            call.setdefault("first_dispatch", now)
+            srv[sid]["busy"].add(call["id"])
+            self.emit(now, "call.dispatched", call=call["id"], server=sid, attempt=call["attempt"])
+            dur = 0.002 if call["op"] != "Evaluate" else self.p.service * self.rng.lognormvariate(0.0, 0.3)
+            call["service"] = dur
+            self.push(now + dur + 0.0004, "done", (sid, call["id"], call["attempt"]))
+
+    def _next_op(self, client: int) -> str | None:
+        meta = self.remaining_meta.get(client)
+        if meta:
+            return meta.pop(0)
+        if self.calls_left > 0:
+            self.calls_left -= 1
+            return "Evaluate"
+        return None
+
+    def _fails_invalid(self, now: float, cid: int, client: int) -> bool:
+        """An invalid evaluation fails with 400 at once, and its client sends the next call."""
+        every = self.invalid_every
+        if not (every and cid % every == 0 and len(self.invalid_ids) < self.p.invalid):
+            return False
+        self.invalid_ids.add(cid)
+        self.tr.failed += 1
+        self.emit(now, "call.failed", call=cid, status=400, reason="invalid input")
+        self.push(now + 0.001, "arrive", client)
+        return True
+
+    def on_arrive(self, now: float, client: int) -> None:
+        op = self._next_op(client)
+        if op is None:
+            return
+        cid = self.next_id
+        self.next_id += 1
+        if cid == 0:
+            self.tr.first_received = now
+        self.emit(now, "call.received", call=cid, op=op, model="forward", bytes=48 if op == "Evaluate" else 2)
+        if op == "Evaluate":
+            self.tr.evaluations += 1
+            if self._fails_invalid(now, cid, client):
+                return
+        else:
+            self.tr.metadata_calls += 1
+            if self.meta_cached:
+                self.push(now + 0.0001, "cached", (cid, client))
+                return
+            self.meta_cached = True
+        call = {"id": cid, "op": op, "client": client, "received": now, "attempt": 0}
+        self.in_flight[cid] = call
+        self.queue.append(call)
+        if all(not r["alive"] or len(r["busy"]) >= self.p.concurrency for r in self.srv.values()):
+            self.emit(now, "call.queued", call=cid, model="forward", depth=len(self.queue))
+        self.dispatch(now)
+
+    def on_done(self, now: float, payload: tuple[str, int, int]) -> None:
+        sid, cid, attempt = payload
+        call = self.in_flight.get(cid)
+        if call is None or call["attempt"] != attempt or call.get("server") != sid:
+            return  # this attempt was lost with its server
+        self.srv[sid]["busy"].discard(cid)
+        del self.in_flight[cid]
+        service_s = round(call["service"] + 0.0002, 6)
+        self.emit(
+            now,
+            "call.completed",
+            call=cid,
+            server=sid,
+            status=200,
+            bytes=64,
+            service_s=service_s,
+            cached=False,
+        )
+        tr = self.tr
+        if self.p.truth:
+            tr.busy_intervals.setdefault(sid, []).append((call["dispatched"], now))
+            if call["op"] == "Evaluate":
+                tr.makespan[cid] = now - call["received"]
+                tr.compute[cid] = service_s
+                tr.queue_wait[cid] = call["first_dispatch"] - call["received"]
+        tr.last_completed = now
+        self.push(now + 0.001, "arrive", call["client"])
+        self.dispatch(now)
+
+    def on_cached(self, now: float, payload: tuple[int, int]) -> None:
+        self.emit(
+            now,
+            "call.completed",
+            call=payload[0],
+            server=None,
+            status=200,
+            bytes=40,
+            service_s=None,
+            cached=True,
+        )
+        self.push(now + 0.001, "arrive", payload[1])
+
+    def on_ready(self, now: float, sid: str) -> None:
+        self.srv[sid]["alive"] = True
+        self.emit(
+            now,
+            "server.ready",
+            server=sid,
+            spec="default",
+            models=["forward"],
+            concurrency=self.p.concurrency,
+        )
+        self.tr.startup[sid] = now - self.srv[sid]["requested"]
+        self.dispatch(now)
+
+    def on_started(self, now: float, sid: str) -> None:
+        self.emit(now, "server.started", server=sid, spec="default", job=f"local-{sid}", host="node1")
+
+    def on_registered(self, now: float, sid: str) -> None:
+        port = 7000 + int(sid[1:])
+        self.emit(
+            now,
+            "server.registered",
+            server=sid,
+            url=f"http://node1:{port}",
+            host="node1",
+            port=port,
+            job=f"local-{sid}",
+        )
+
+    def on_lose(self, now: float, sid: str) -> None:
+        rec = self.srv[sid]
+        rec["alive"] = False
+        lost = sorted(rec["busy"])
+        rec["busy"].clear()
+        for cid in reversed(lost):
+            call = self.in_flight[cid]
+            self.tr.requeued += 1
+            if self.p.truth:
+                self.tr.busy_intervals.setdefault(sid, []).append((call["dispatched"], now))
+            self.emit(
+                now, "call.requeued", call=cid, server=sid, attempt=call["attempt"], reason="server lost"
+            )
+            call["server"] = None
+            self.queue.appendleft(call)
+        self.emit(now, "server.failed", server=sid, reason="process exited")
+        self.start_server(now, f"s{len(self.srv) + 1}", "replace lost server")
+        self.dispatch(now)
+
+    def finish(self, now: float) -> float:
+        end = now + 0.05
+        self.emit(end, "balancer.stopping", reason="signal")
+        alive = [sid for sid, rec in self.srv.items() if rec["alive"]]
+        for sid in alive:
+            self.emit(end, "server.draining", server=sid, reason="shutdown")
+        for sid in alive:
+            self.emit(end + 0.01, "server.stopped", server=sid, reason="shutdown")
+        self.emit(end + 0.02, "balancer.stopped")
+        self.emit.flush()
+        return end + 0.02
+
+
+def write_journal(
+    path: str | Path,
+    *,
+    calls: int = 200,
+    clients: int = 4,
+    servers: int = 2,
+    concurrency: int = 1,
+    service: float = 0.05,
+    startup: float = 0.4,
+    metadata: int = 3,
+    invalid: int = 0,
+    lose_server_at: float | None = None,
+    seed: int = 0,
+    t0: float = 1.7e9,
+    m0: float = 5000.0,
+    truth: bool = True,
+) -> Truth:
     """Simulate a run and write its journal to ``path``; returns the ground truth.
 
     ``calls`` evaluations are spread over ``clients`` closed-loop clients; the first client starts
@@ -75,169 +312,26 @@ def write_journal(path: str | Path, *, calls: int = 200, clients: int = 4, serve
     evaluations fail with 400; ``lose_server_at`` kills server s1 at that time (its calls are
     re-queued and a replacement is started).
     """
-    rng = random.Random(seed)
     tr = Truth()
-    heap: list[tuple[float, int, str, Any]] = []
-    seq = 0
-
-    def push(when: float, kind: str, payload: Any) -> None:
-        nonlocal seq
-        seq += 1
-        heapq.heappush(heap, (when, seq, kind, payload))
-
-    srv: dict[str, dict[str, Any]] = {}
-    queue: deque[dict[str, Any]] = deque()
-    calls_left = calls
-    invalid_ids: set[int] = set()
-    next_id = 0
-    remaining_meta = {0: list(METADATA_OPS[:1] + METADATA_OPS[1:] * 8)[:metadata]}
-    meta_cached = False
-    in_flight: dict[int, dict[str, Any]] = {}
-    invalid_every = max(calls // invalid, 1) if invalid else 0
-
+    params = _Params(calls, clients, servers, concurrency, service, startup, metadata, invalid, truth)
     with open(path, "wb") as fh:
         emit = _Writer(fh, t0, m0, tr)
-        emit(0.0, "balancer.started", url="http://127.0.0.1:4242", host="127.0.0.1", port=4242,
-             scheduler="local", pid=4242, run_dir="/tmp/run")
-
-        def start_server(now: float, sid: str, reason: str) -> None:
-            emit(now, "scale.decision", spec="default", action="start", count=1, target=len(srv) + 1,
-                 reason=reason)
-            emit(now, "server.requested", server=sid, spec="default", reason="scale")
-            srv[sid] = {"alive": False, "busy": set(), "requested": now}
-            s_up = startup * rng.uniform(0.8, 1.2)
-            push(now + 0.3 * s_up, "started", sid)
-            push(now + 0.9 * s_up, "registered", sid)
-            push(now + s_up, "ready", sid)
-
-        def dispatch(now: float) -> None:
-            while queue:
-                free = [s for s, r in srv.items() if r["alive"] and len(r["busy"]) < concurrency]
-                if not free:
-                    return
-                sid = min(free, key=lambda s: (len(srv[s]["busy"]), s))
-                call = queue.popleft()
-                call["attempt"] += 1
-                call["server"] = sid
-                call["dispatched"] = now
-                call.setdefault("first_dispatch", now)
-                srv[sid]["busy"].add(call["id"])
-                emit(now, "call.dispatched", call=call["id"], server=sid, attempt=call["attempt"])
-                dur = 0.002 if call["op"] != "Evaluate" else service * rng.lognormvariate(0.0, 0.3)
-                call["service"] = dur
-                push(now + dur + 0.0004, "done", (sid, call["id"], call["attempt"]))
-
-        def arrive(now: float, client: int) -> None:
-            nonlocal next_id, calls_left, meta_cached
-            meta = remaining_meta.get(client)
-            if meta:
-                op = meta.pop(0)
-            elif calls_left > 0:
-                op = "Evaluate"
-                calls_left -= 1
-            else:
-                return
-            cid = next_id
-            next_id += 1
-            if cid == 0:
-                tr.first_received = now
-            emit(now, "call.received", call=cid, op=op, model="forward", bytes=48 if op == "Evaluate" else 2)
-            if op == "Evaluate":
-                tr.evaluations += 1
-                if invalid_every and cid % invalid_every == 0 and len(invalid_ids) < invalid:
-                    invalid_ids.add(cid)
-                    tr.failed += 1
-                    emit(now, "call.failed", call=cid, status=400, reason="invalid input")
-                    push(now + 0.001, "arrive", client)
-                    return
-            else:
-                tr.metadata_calls += 1
-                if meta_cached:
-                    push(now + 0.0001, "cached", (cid, client))
-                    return
-                meta_cached = True
-            call = {"id": cid, "op": op, "client": client, "received": now, "attempt": 0}
-            in_flight[cid] = call
-            queue.append(call)
-            busy = all(not r["alive"] or len(r["busy"]) >= concurrency for r in srv.values())
-            if busy:
-                emit(now, "call.queued", call=cid, model="forward", depth=len(queue))
-            dispatch(now)
-
+        emit(
+            0.0,
+            "balancer.started",
+            url="http://127.0.0.1:4242",
+            host="127.0.0.1",
+            port=4242,
+            scheduler="local",
+            pid=4242,
+            run_dir="/tmp/run",
+        )
+        sim = _Sim(params, emit, tr, random.Random(seed))
         for i in range(servers):
-            start_server(0.001 * i, f"s{i + 1}", "initial pool")
+            sim.start_server(0.001 * i, f"s{i + 1}", "initial pool")
         for c in range(clients):
-            push(0.01 + 0.001 * c, "arrive", c)
+            sim.push(0.01 + 0.001 * c, "arrive", c)
         if lose_server_at is not None:
-            push(lose_server_at, "lose", "s1")
-
-        now = 0.0
-        while heap:
-            now, _, kind, payload = heapq.heappop(heap)
-            if kind == "arrive":
-                arrive(now, payload)
-            elif kind == "done":
-                sid, cid, attempt = payload
-                call = in_flight.get(cid)
-                if call is None or call["attempt"] != attempt or call.get("server") != sid:
-                    continue  # this attempt was lost with its server
-                srv[sid]["busy"].discard(cid)
-                del in_flight[cid]
-                service_s = round(call["service"] + 0.0002, 6)
-                emit(now, "call.completed", call=cid, server=sid, status=200, bytes=64, service_s=service_s,
-                     cached=False)
-                if truth:
-                    tr.busy_intervals.setdefault(sid, []).append((call["dispatched"], now))
-                    if call["op"] == "Evaluate":
-                        tr.makespan[cid] = now - call["received"]
-                        tr.compute[cid] = service_s
-                        tr.queue_wait[cid] = call["first_dispatch"] - call["received"]
-                tr.last_completed = now
-                push(now + 0.001, "arrive", call["client"])
-                dispatch(now)
-            elif kind == "cached":
-                emit(now, "call.completed", call=payload[0], server=None, status=200, bytes=40,
-                     service_s=None, cached=True)
-                push(now + 0.001, "arrive", payload[1])
-            elif kind == "ready":
-                srv[payload]["alive"] = True
-                emit(now, "server.ready", server=payload, spec="default", models=["forward"],
-                     concurrency=concurrency)
-                tr.startup[payload] = now - srv[payload]["requested"]
-                dispatch(now)
-            elif kind == "started":
-                emit(now, "server.started", server=payload, spec="default", job=f"local-{payload}",
-                     host="node1")
-            elif kind == "registered":
-                port = 7000 + int(payload[1:])
-                emit(now, "server.registered", server=payload, url=f"http://node1:{port}", host="node1",
-                     port=port, job=f"local-{payload}")
-            elif kind == "lose":
-                rec = srv[payload]
-                rec["alive"] = False
-                lost = sorted(rec["busy"])
-                rec["busy"].clear()
-                for cid in reversed(lost):
-                    call = in_flight[cid]
-                    tr.requeued += 1
-                    if truth:
-                        tr.busy_intervals.setdefault(payload, []).append((call["dispatched"], now))
-                    emit(now, "call.requeued", call=cid, server=payload, attempt=call["attempt"],
-                         reason="server lost")
-                    call["server"] = None
-                    queue.appendleft(call)
-                emit(now, "server.failed", server=payload, reason="process exited")
-                start_server(now, f"s{len(srv) + 1}", "replace lost server")
-                dispatch(now)
-
-        end = now + 0.05
-        emit(end, "balancer.stopping", reason="signal")
-        alive = [sid for sid, rec in srv.items() if rec["alive"]]
-        for sid in alive:
-            emit(end, "server.draining", server=sid, reason="shutdown")
-        for sid in alive:
-            emit(end + 0.01, "server.stopped", server=sid, reason="shutdown")
-        emit(end + 0.02, "balancer.stopped")
-        emit.flush()
-    tr.end = end + 0.02
+            sim.push(lose_server_at, "lose", "s1")
+        tr.end = sim.finish(sim.run())
     return tr

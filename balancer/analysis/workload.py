@@ -23,7 +23,7 @@ def workload_rows(path: Path) -> list[dict[str, Any]]:
             spec = e.get("spec")
             if not isinstance(spec, str):
                 continue
-            empty = {"spec": spec, "prior": None, "measured": None, "why": "", "figures": {}}
+            empty: dict[str, Any] = {"spec": spec, "prior": None, "measured": None, "why": "", "figures": {}}
             r = rows.setdefault(spec, empty)
             if e.get("ev") == "workload.prior":
                 r["prior"] = e.get("cls")
