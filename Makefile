@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean sysdeps neuralprophet
+.PHONY: demo test test-fast lint bench clean sysdeps neuralprophet
 
 # python3-venv is not part of a minimal Debian; install it (as root) only when missing.
 sysdeps:
@@ -21,12 +21,19 @@ $(STAMP): pyproject.toml | sysdeps
 demo: $(STAMP)
 	$(PY) -m balancer.demo
 
+# ruff's lint (complexity rule included) and its formatter, and mypy on the package (pyproject.toml).
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
-test: $(STAMP)
-	$(PY) -m ruff check .
+# Everything: unit, inproc, system (balancer subprocesses), cluster (SLURM, HyperQueue), browser.
+test: lint
 	$(PY) -m pytest -q
+
+# The quick loop: pure functions and the in-process harness (no balancer subprocess, cluster or browser).
+test-fast: lint
+	$(PY) -m pytest -q -m "unit or inproc"
 
 bench: $(STAMP)
 	$(PY) bench/overhead.py
@@ -40,7 +47,7 @@ neuralprophet: | sysdeps
 	$(NP_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(NP_VENV)/bin/python -m pip install -q --disable-pip-version-check -e ".[neuralprophet]" \
 	  torch==2.13.0 numpy==1.26.4 pandas==2.2.3 pytest pytest-timeout tomli-w
-	$(NP_VENV)/bin/python -m pytest -q tests/test_forecast.py
+	$(NP_VENV)/bin/python -m pytest -q tests/unit/test_forecast.py
 
 clean:
 	rm -rf .balancer-runs .pytest_cache demo-run

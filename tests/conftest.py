@@ -10,9 +10,29 @@ import pytest
 
 from tests.helpers import BalancerProc, pid_alive
 
+# One marker per tier, named as its folder (registered in pyproject.toml, --strict-markers). A test
+# whose file sits in a lower tier's folder but needs more carries its tier's marker itself.
+TIERS = ("unit", "inproc", "system", "cluster", "browser")
+
 # The capacity history outlives a run (by default in ~/.local/share): every balancer the tests start,
 # in-process or as a subprocess, keeps it in this session's own directory instead.
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="ub-test-data-")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give each test its folder's tier marker, unless it names its own tier: ``-m "unit or inproc"``
+    then selects what runs in-process, quickly, with no balancer subprocess, cluster or browser. A
+    test file outside the tier folders is refused, as no tier's selection would ever run it."""
+    root = Path(__file__).resolve().parent
+    outside: set[str] = set()
+    for item in items:
+        rel = Path(str(item.path)).resolve().relative_to(root).parts
+        if len(rel) < 2 or rel[0] not in TIERS:
+            outside.add("/".join(rel))  # it would run in no tier's selection: refuse it
+        elif not any(item.get_closest_marker(t) for t in TIERS):
+            item.add_marker(getattr(pytest.mark, rel[0]))
+    if outside:
+        raise pytest.UsageError(f"tests outside tests/{{{','.join(TIERS)}}}/: {', '.join(sorted(outside))}")
 
 
 @pytest.fixture

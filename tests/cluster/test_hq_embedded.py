@@ -17,12 +17,14 @@ from typing import Any
 import psutil
 import pytest
 
-from balancer.backends.base import ENV_SERVER_ID, Launch
+from balancer.backends.base import Launch
 from balancer.backends.hyperqueue import backend as hqb
 from balancer.backends.hyperqueue.client import HqClient
 from balancer.backends.hyperqueue.embedded import EmbeddedCluster
 from balancer.backends.hyperqueue.resources import HqRequest, hq_request, parse_duration, reference_job_script
-from balancer.config.load import ConfigError, parse_config
+from balancer.config.parse import parse_config
+from balancer.config.schema import ConfigError
+from balancer.launcher.contract import ENV_SERVER_ID
 
 pytest.importorskip("hyperqueue")
 

@@ -8,7 +8,15 @@ import pytest
 
 from tests.helpers import test_model_spec, wait_until
 from tests.slurm.fixture import FINISHED
-from tests.test_reload import Load, fewest_ready_after, index_of, read_cfg, ready_of, reload_cli, write_cfg
+from tests.system.test_reload import (
+    Load,
+    fewest_ready_after,
+    index_of,
+    read_cfg,
+    ready_of,
+    reload_cli,
+    write_cfg,
+)
 
 pytestmark = pytest.mark.timeout(180)
 

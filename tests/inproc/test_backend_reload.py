@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from balancer.backends import make_backend
 from balancer.backends.base import Launch
 from balancer.backends.batch.slurm import SlurmBackend
 from balancer.backends.local import LocalBackend
-from balancer.config.load import ConfigError, parse_config
+from balancer.backends.registry import make_backend
+from balancer.config.parse import parse_config
+from balancer.config.schema import ConfigError
 from balancer.observe.events import EventBus
 from balancer.profiling.recorder import Profiler
 from balancer.profiling.store import SPEC_ROW, ProfileStore, spec_hash
@@ -281,7 +282,7 @@ def usage(sid: str, spec: str, t: float, cpu_s: float) -> dict[str, Any]:
 
 
 def test_workload_survives_a_removed_spec_and_forgets_a_changed_one() -> None:
-    from balancer.config.load import ServerSpec
+    from balancer.config.schema import ServerSpec
 
     pool_specs = {"w": ["m"], "gone": ["g"]}
     bus = EventBus()

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from balancer.backends.base import ENV_SERVER_ID, ENV_TOKEN
-from balancer.config.load import parse_config
+from balancer.calls.dispatcher import Dispatcher
+from balancer.config.parse import parse_config
+from balancer.launcher.contract import ENV_SERVER_ID, ENV_TOKEN
 from balancer.observe.events import EVENT_NAMES, EventBus
 from balancer.policy.decide import decide
-from balancer.pool.pool import TRANSITIONS, Pool, ServerState
+from balancer.pool.pool import Pool
+from balancer.pool.states import TRANSITIONS, ServerState
 from tests.fakes import TOKEN, FakeScheduler, model_server, running, until
 
 S = ServerState
@@ -34,7 +36,7 @@ def test_transitions_follow_the_table_and_keep_the_dispatcher_in_step(tmp_path: 
         events: list[dict] = []
         bus = EventBus()
         bus.subscribe(events.append)
-        pool = Pool(cfg, bus, FakeScheduler(cfg, tmp_path))
+        pool = Pool(cfg, bus, FakeScheduler(cfg, tmp_path), Dispatcher())
         s = pool.add_server("t", "demand")
         # Every move the table forbids changes nothing and emits nothing.
         for frm in S:
@@ -79,7 +81,7 @@ def test_a_start_that_dies_before_ready_is_a_failed_start_and_a_late_started_rep
         bus = EventBus()
         events: list[dict] = []
         bus.subscribe(events.append)
-        pool = Pool(cfg, bus, FakeScheduler(cfg, tmp_path))
+        pool = Pool(cfg, bus, FakeScheduler(cfg, tmp_path), Dispatcher())
         a, b = pool.add_server("t", "demand"), pool.add_server("t", "demand")
         pool.register(a, "http://127.0.0.1:1", {})  # the launcher beat the scheduler's poll
         pool.job_started(a.id, "8", "node1")

@@ -1,25 +1,21 @@
-"""The dashboard: its files, its event stream (in process), and the page in headless Chromium."""
+"""The dashboard in-process: its files and its event stream (the page in headless Chromium:
+browser/test_dashboard_chromium)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import requests
-import umbridge
 
-from balancer.http.server import FrontServer, HttpLimits, Router, Stream, StreamOut
+from balancer.http.messages import HttpLimits, Stream, StreamOut
+from balancer.http.router import Router
+from balancer.http.server import FrontServer
 from balancer.observe.events import Ev
-from balancer.ops.dashboard import MAX_BACKLOG, Tab
-from tests.browser import chromium, new_page  # noqa: F401 - the fixture
+from balancer.ops.feed import MAX_BACKLOG, Tab
 from tests.fakes import running, until
-from tests.helpers import test_model_spec, wait_until
 
 SPEC = {"name": "t", "command": ["true"], "models": ["forward"]}
 
@@ -180,65 +176,3 @@ def test_a_tab_that_reads_too_slowly_is_closed() -> None:
     out.backlog = MAX_BACKLOG + 1
     tab.send(b"data: 2\n\n")
     assert out.closed and b"data: 2" not in out.data
-
-
-def _load(url: str, stop: threading.Event, errors: list[BaseException]) -> None:
-    try:
-        model = umbridge.HTTPModel(url, "forward")
-        x = 0.0
-        while not stop.is_set():
-            assert model([[x]]) == [[2 * x]]
-            x += 1
-    except BaseException as exc:  # reported by the test
-        errors.append(exc)
-
-
-def _status(b: Any) -> dict[str, Any]:
-    r = requests.get(b.url + "/api/status", headers={"Authorization": f"Bearer {b.token()}"}, timeout=5)
-    r.raise_for_status()
-    return r.json()
-
-
-def _number(page: Any, selector: str) -> float:
-    return float(page.inner_text(selector).replace(",", "").split()[0])
-
-
-def test_dashboard_in_headless_chromium(start_balancer: Any, chromium: Any) -> None:  # noqa: F811
-    # The page's policy forbids eval, so the waits read the page through Playwright's locators
-    # (its own isolated world), never page.wait_for_function.
-    spec = test_model_spec(min_servers=1, max_servers=2, env={"TEST_DELAY": "20"})
-    b = start_balancer([spec])
-    page = new_page(chromium)
-    page.goto(b.url + "/dashboard")
-    ready = page.locator("#servers tr[data-state=ready]")
-    ready.first.wait_for()
-    assert page.inner_text("#conn") == "live"
-    before = _number(page, "#t-calls")
-    stop, errors = threading.Event(), []
-    load = [threading.Thread(target=_load, args=(b.url, stop, errors)) for _ in range(4)]
-    for t in load:
-        t.start()
-    try:
-        # The counters rise while the load runs; the waiting calls start a second server.
-        wait_until(lambda: _number(page, "#t-calls") >= before + 100, 30, what="calls counter")
-        ready.nth(1).wait_for()
-        wait_until(lambda: all(float(c) > 0 for c in page.locator("#servers td.calls").all_inner_texts()), 30)
-        wait_until(lambda: page.inner_text("#t-p50").endswith("ms"), 10, what="latency tile")
-        page.locator("#decisions li:not(.empty)").nth(1).wait_for()
-        shot = b.run_dir / "dashboard.png"
-        page.screenshot(path=str(shot))
-    finally:
-        stop.set()
-        for t in load:
-            t.join(30)
-    assert not errors, errors
-    assert shot.stat().st_size > 10_000
-    if os.environ.get("DASHBOARD_SCREENSHOT"):  # e.g. docs/dashboard.png, for the README
-        shutil.copyfile(shot, os.environ["DASHBOARD_SCREENSHOT"])
-    assert _status(b)["dashboard"]["tabs"] == 1
-    bad = [m for m in page.console if m[0] == "error"]
-    assert not bad and not page.errors, (bad, page.errors)
-    # A closed tab costs nothing: the feed leaves the bus, nothing is left behind, no error.
-    page.context.close()
-    wait_until(lambda: _status(b)["dashboard"] == {"tabs": 0, "opened": 1, "subscribed": False}, 10)
-    assert not b.events("balancer.error")

@@ -9,7 +9,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from balancer.http.server import FrontServer, HttpLimits, Reply, Request, Router, error_reply, json_reply
+from balancer.http.messages import HttpLimits, Reply, Request, error_reply, json_reply
+from balancer.http.router import Router
+from balancer.http.server import FrontServer
 from tests.fakes import running
 
 BODY = b'{"name": "forward", "input": [[1.0]]}'

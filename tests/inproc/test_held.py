@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from balancer.policy.decide import hold_retry_s
+from balancer.policy.rules import hold_retry_s
 from tests.fakes import model_server, running, until
 
 SPEC = {"name": "t", "command": [sys.executable], "models": ["forward"], "max_start_failures": 1}

@@ -16,7 +16,8 @@ import pytest
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
-from balancer.config.load import ConfigError, NotifySettings, parse_config
+from balancer.config.parse import parse_config
+from balancer.config.schema import ConfigError, NotifySettings
 from balancer.observe.events import EventBus
 from balancer.observe.notify import Notifier
 from tests.fakes import model_server, running, until

@@ -85,7 +85,7 @@ def test_hostile_nesting_is_a_journaled_400_not_a_500(tmp_path: Path):
     asyncio.run(main())
 
 
-ODD_FORWARD = '''
+ODD_FORWARD = """
 import os, umbridge
 class Forward(umbridge.Model):  # the same name as testmodel's, another model: two inputs
     def __init__(self): super().__init__("forward")
@@ -94,7 +94,7 @@ class Forward(umbridge.Model):  # the same name as testmodel's, another model: t
     def __call__(self, parameters, config): return [[sum(parameters[0])]]
     def supports_evaluate(self): return True
 umbridge.serve_models([Forward()], int(os.environ["PORT"]))
-'''
+"""
 
 
 def test_two_specs_serving_one_model_name_with_other_sizes_are_refused(tmp_path: Path):

@@ -1,5 +1,6 @@
 """Registration through a shared directory (``registration = "file"``), for compute nodes that
-cannot reach the login node: registration, lease, stop and exit reports all go through files."""
+cannot reach the login node: registration, lease, stop and exit reports all go through files
+(on SLURM: cluster/test_filereg_slurm)."""
 
 from __future__ import annotations
 
@@ -31,11 +32,6 @@ def serve_through_files(tmp_path: Path, env: dict[str, str] | None = None, **bal
 
 def test_local_servers_register_and_stop_through_files(tmp_path: Path):
     serve_through_files(tmp_path)
-
-
-def test_slurm_servers_register_and_stop_through_files(tmp_path: Path, slurm):
-    serve_through_files(tmp_path, slurm.env, scheduler="slurm", host="127.0.0.1")
-    wait_until(lambda: slurm.jobs() == [], 30, what="no job left after the stop")
 
 
 def test_launchers_stop_when_the_balancer_heartbeat_stops(tmp_path: Path):

@@ -1,5 +1,6 @@
 """A balancer restarted with the same run directory within the lease takes its servers back:
-their launchers register again, the backend follows their jobs, nothing is started anew."""
+their launchers register again, the backend follows their jobs, nothing is started anew
+(SLURM jobs: cluster/test_restart_slurm)."""
 
 from __future__ import annotations
 
@@ -43,8 +44,3 @@ def restart_adopts(tmp_path: Path, env: dict[str, str] | None = None, **balancer
 
 def test_a_restarted_balancer_adopts_its_local_servers(tmp_path: Path):
     restart_adopts(tmp_path)
-
-
-def test_a_restarted_balancer_adopts_its_slurm_jobs(tmp_path: Path, slurm):
-    restart_adopts(tmp_path, slurm.env, scheduler="slurm", host="127.0.0.1")
-    wait_until(lambda: slurm.jobs() == [], 30, what="no job left after the stop")  # adopted jobs ended

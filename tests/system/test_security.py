@@ -1,9 +1,9 @@
-"""The owner's pool is the owner's: the status API wants the token, the run directory and its files
-are private, and a model server on the balancer's machine listens on loopback (or is reported)."""
+"""The owner's pool is the owner's, for a real balancer process: the run directory and its files are
+private, and a model server on the balancer's machine listens on loopback (or is reported); the
+status API's token: inproc/test_security_api."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
 import sys
@@ -12,7 +12,6 @@ from pathlib import Path
 import umbridge
 
 from balancer.control.probe import exposed_addresses
-from tests.fakes import running
 from tests.helpers import BalancerProc, reap, test_model_spec, wait_until
 
 ALL_INTERFACES = """
@@ -29,18 +28,6 @@ umbridge.serve_models([Forward()], int(os.environ["PORT"]))  # binds every inter
 
 def mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
-
-
-def test_the_status_api_wants_the_token(tmp_path: Path):
-    async def main() -> None:
-        async with running(tmp_path, [{"name": "t", "command": ["x"], "models": ["forward"]}]) as h:
-            denied = await h.get("/api/status", token=None)
-            assert denied["error"]["type"] == "Unauthorized"
-            assert (await h.get("/api/status", token="wrong"))["error"]["type"] == "Unauthorized"
-            assert "servers" in await h.get("/api/status")
-            await h.event("auth.refused", path="/api/status")
-
-    asyncio.run(main())
 
 
 def test_private_files_and_a_local_server_on_loopback_only(tmp_path: Path):

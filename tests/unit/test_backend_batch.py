@@ -1,13 +1,12 @@
-"""Batch-scheduler backends without a cluster: generated job scripts and sbatch arguments as strings,
-SLURM's state table, the typed option validation, the launcher's variables, and the batch base
-driven through its hooks by a toy scheduler made of real shell commands (a fourth scheduler, as
-README's "Adding a scheduler" describes it)."""
+"""Batch-scheduler backends without a cluster: sbatch arguments as strings, SLURM's state table, the
+typed option validation, the launcher's variables, and the batch base driven through its hooks by a
+toy scheduler made of real shell commands (a fourth scheduler, as README's "Adding a scheduler"
+describes it; marked inproc). Job scripts run for real: system/test_batch_job_scripts."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,12 +14,15 @@ from typing import Any
 
 import pytest
 
-from balancer.backends import SCHEDULERS, make_backend
-from balancer.backends.base import ENV_SERVER_ID, Launch
-from balancer.backends.batch.base import BatchBackend, JobState, StatusRow
+from balancer.backends.base import Launch
+from balancer.backends.batch.base import BatchBackend, StatusRow
 from balancer.backends.batch.slurm import STATES, SlurmBackend
-from balancer.config.load import ConfigError, parse_config
+from balancer.backends.registry import SCHEDULERS, make_backend
+from balancer.backends.states import JobState
+from balancer.config.parse import parse_config
+from balancer.config.schema import ConfigError
 from balancer.launcher import main as launch
+from balancer.launcher.contract import ENV_SERVER_ID
 
 
 def slurm_cfg(tmp_path: Path, spec: dict[str, Any], backend: dict[str, Any] | None = None):
@@ -33,55 +35,6 @@ def slurm(tmp_path: Path, spec: dict[str, Any], backend: dict[str, Any] | None =
     assert isinstance(be, SlurmBackend)
     be.job_names[spec["name"]] = f"umbridge-{spec['name']}-abc"
     return be
-
-
-def test_slurm_job_script_keeps_the_users_directives_and_exports_what_the_launcher_needs(tmp_path):
-    user = tmp_path / "job.sh"
-    user.write_text("#!/bin/bash\n#SBATCH --time=5\n#SBATCH -J theirs\n#SBATCH --mem=1G\nexec model\n")
-    be = slurm(tmp_path, {"name": "m", "job_script": str(user)})
-    script = be.job_script(be.cfg.servers[0], tmp_path / "logs")
-    lines = script.splitlines()
-    assert lines[:3] == ["#!/bin/bash", "#SBATCH --time=5", "#SBATCH --mem=1G"]  # -J is ours
-    assert "export UMBRIDGE_BALANCER_TASK_INDEX=$first" in lines
-    assert lines[-1] == f"exec {sys.executable} -m balancer.launcher -- bash {user}"
-    # The job id the launcher gets, as scancel and the reference's url-<job>.txt write it.
-    export = next(x for x in lines if x.startswith("export UMBRIDGE_BALANCER_JOB_ID="))
-    cases = (({"SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "3"}, "7_3"), ({"SLURM_JOB_ID": "9"}, "9"))
-    for env, want in cases:
-        out = subprocess.run(
-            ["bash", "-c", f"{export}; echo $UMBRIDGE_BALANCER_JOB_ID"],
-            env={"PATH": os.environ["PATH"], **env},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        assert out.stdout.strip() == want
-
-
-def test_slurm_several_servers_per_job_start_their_launchers_by_index(tmp_path):
-    # The launcher's Python is configurable: a stand-in that logs what the launcher would get.
-    fake_python = tmp_path / "python"
-    fake_python.write_text(
-        '#!/bin/bash\necho "index $UMBRIDGE_BALANCER_TASK_INDEX job $UMBRIDGE_BALANCER_JOB_ID: $*"\n'
-    )
-    fake_python.chmod(0o755)
-    be = slurm(
-        tmp_path, {"name": "m", "command": ["model"], "servers_per_job": 2}, {"python": str(fake_python)}
-    )
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    script = be.job_script(be.cfg.servers[0], logs)
-    env = {
-        "PATH": os.environ["PATH"],
-        ENV_SERVER_ID: "a,b,c,d",
-        "SLURM_ARRAY_JOB_ID": "7",
-        "SLURM_ARRAY_TASK_ID": "1",
-    }
-    subprocess.run(["bash", "-c", script], env=env, check=True, timeout=30)
-    # Array task 1 of two servers per job runs the launchers of c and d.
-    assert sorted(p.name for p in logs.iterdir()) == ["c.log", "d.log"]
-    assert (logs / "c.log").read_text() == "index 2 job 7_1: -m balancer.launcher -- model\n"
-    assert (logs / "d.log").read_text().startswith("index 3 job 7_1")
 
 
 def test_sbatch_arguments(tmp_path):
@@ -237,6 +190,7 @@ class Recorder:
         self.log.append(("deadline", server_id))
 
 
+@pytest.mark.inproc  # its fake scheduler commands are small processes
 def test_a_fourth_scheduler_is_its_hooks(tmp_path):
     (tmp_path / "sched.py").write_text(SCHED)
     # The batch options of any batch scheduler will do for the toy (it is not in the registry).

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from balancer.backends import SCHEDULERS, backend_class
 from balancer.backends.options import BackendOptions, args, one_of, parse_options, positive, word
-from balancer.config.load import ConfigError, parse_config
+from balancer.backends.registry import SCHEDULERS, backend_class
+from balancer.config.parse import parse_config
+from balancer.config.schema import ConfigError
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Cluster capacity: collectors against the real schedulers, the SQLite history, trace imports, CLI."""
+"""Cluster capacity: the SQLite history, trace imports, parsing, CLI (collectors against real
+schedulers: cluster/test_capacity_collectors; the local one: system/test_capacity_local)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,18 @@ import gzip
 import json
 import math
 import os
-import shutil
 import stat
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
-import psutil
 import pytest
 
-from balancer.backends.batch.slurm import SlurmBackend, parse_slurm_time
+from balancer.backends.batch.slurm import SlurmBackend
 from balancer.capacity.collect import CollectError
-from balancer.capacity.collect_hq import HqCollector, parse_allocations, parse_jobs, parse_workers
+from balancer.capacity.collect_hq import parse_allocations, parse_jobs, parse_workers
 from balancer.capacity.collect_local import LocalCollector
 from balancer.capacity.collect_slurm import ProbeJob, SlurmCollector, gres_gpus, parse_node_gres, parse_sinfo
 from balancer.capacity.collectors import make_collector
@@ -33,9 +31,8 @@ from balancer.capacity.series import Series
 from balancer.capacity.swf import TraceError
 from balancer.capacity.traces import load_series, sacct_idle
 from balancer.cli.cluster import add_capacity_parser
-from balancer.config.load import parse_config
-from tests.helpers import ROOT, wait_until
-from tests.slurm.fixture import SlurmCluster
+from balancer.config.parse import parse_config
+from tests.helpers import ROOT
 
 STEP = 900.0
 T0 = (time.time() // 86400 - 10) * 86400  # a slot boundary ten days ago: inside the retention
@@ -239,91 +236,6 @@ def test_swf_import_into_history(tmp_path: Path):
     assert len(load_series(plain, STEP).values) == 2
 
 
-# -- collectors ------------------------------------------------------------------------------------
-def _sinfo_cpus(slurm: SlurmCluster) -> list[float]:
-    """allocated/idle/other/total CPUs of the test cluster, as sinfo prints them."""
-    a_i_o_t = slurm.run(["sinfo", "-h", "-o", "%C"]).stdout.strip()
-    return [float(x) for x in a_i_o_t.split("/")]
-
-
-def _pending(slurm: SlurmCluster) -> tuple[int, float]:
-    cpus = slurm.run(["squeue", "-h", "-r", "-t", "PD", "-o", "%C"]).stdout.split()
-    return len(cpus), sum(float(c) for c in cpus)
-
-
-def test_slurm_collector_matches_sinfo_and_squeue(
-    slurm: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
-    cfg = parse_config(
-        {
-            "balancer": {"scheduler": "slurm"},
-            "servers": [
-                {"name": "m", "command": ["true"], "resources": {"cpus": 1, "time_limit": "00:02:00"}}
-            ],
-        },
-        base_dir=tmp_path,
-    )
-    backend = SlurmBackend(cfg, tmp_path / "run")
-
-    async def main() -> None:
-        collector = make_collector(cfg, backend)  # before start: it follows the job names given then
-        await backend.start()
-        try:
-            await check(collector, backend.job_names["m"])
-        finally:
-            await backend.close()
-
-    async def check(collector: Any, our_name: str) -> None:
-        assert isinstance(collector, SlurmCollector) and collector.default_only
-        # An idle node: everything free, and the will-run test says a job of ours starts now.
-        (idle,) = await collector.sample()
-        assert (idle.partition, idle.total_cpus, idle.idle_cpus, idle.alloc_cpus) == ("debug", 2, 2, 0)
-        assert idle.pending_jobs == 0 and idle.our_pending == 0
-        assert idle.expected_wait_s is not None and idle.expected_wait_s < 5
-        # Other users' jobs take both CPUs; one more of theirs and one of ours wait.
-        running = [
-            slurm.sbatch("-J", "other", "-c", "1", "-t", "5", "--output=/dev/null", wrap="sleep 300")
-            for _ in range(2)
-        ]
-        for job in running:
-            slurm.wait_state(job, {"RUNNING"})
-        slurm.sbatch("-J", "other", "-c", "2", "-t", "3", "--output=/dev/null", wrap="sleep 300")
-        ours = slurm.sbatch("-J", our_name, "-c", "1", "-t", "2", "--output=/dev/null", wrap="sleep 300")
-        t0 = time.perf_counter()
-        (full,) = await collector.sample()
-        took = time.perf_counter() - t0
-        a, i, o, t = _sinfo_cpus(slurm)
-        assert (
-            (full.alloc_cpus, full.idle_cpus, full.other_cpus, full.total_cpus)
-            == (a, i, o, t)
-            == (2, 0, 0, 2)
-        )
-        assert (full.pending_jobs, full.pending_cpus) == _pending(slurm) == (2, 3)
-        assert full.our_pending == 1
-        print(f"slurm collector sample: {took * 1000:.0f} ms")
-
-        # The backfill scheduler's expected start of our job (squeue --start) becomes the wait.
-        def our_start() -> float | None:
-            return parse_slurm_time(slurm.run(["squeue", "-h", "-j", ours, "-o", "%S"]).stdout)
-
-        before = wait_until(our_start, timeout=60, interval=0.25, what="backfill's expected start of our job")
-        (known,) = await collector.sample()
-        after = our_start()  # backfill may have run again in between
-        assert known.expected_wait_s is not None
-        assert any(
-            known.expected_wait_s == pytest.approx(max(0.0, t - known.t), abs=1e-3) for t in (before, after)
-        )
-        assert 0 < known.expected_wait_s <= 600
-        # A partition filter, and a partition that does not exist.
-        (named,) = await SlurmCollector(partitions=["debug"]).sample()
-        assert (named.partition, named.total_cpus, named.pending_jobs) == ("debug", 2, 2)
-        with pytest.raises(CollectError, match="no partition"):
-            await SlurmCollector(partitions=["nosuch"]).sample()
-
-    asyncio.run(main())
-
-
 def test_slurm_collector_fails_in_one_line_without_a_cluster(tmp_path: Path):
     env = {**os.environ, "SLURM_CONF": str(tmp_path / "none.conf"), "PATH": str(tmp_path)}
     with pytest.raises(CollectError, match=r"^slurm: sinfo failed \(127\): .*cannot run"):
@@ -344,80 +256,6 @@ def test_gres_and_node_parsing():
         parts,
     )
     assert p.idle_gpus == 3 + 0 + 0 + 4
-
-
-def test_local_collector_follows_psutil():
-    c = LocalCollector()
-    (first,) = asyncio.run(c.sample())
-    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        proc = psutil.Process(burner.pid)
-        wait_until(lambda: sum(proc.cpu_times()[:2]) >= 0.5, 20, what="the burner to spin 0.5 s")
-        burnt = sum(proc.cpu_times()[:2])  # CPU seconds it spent inside the collector's window
-        (second,) = asyncio.run(c.sample())
-    finally:
-        burner.kill()
-        burner.wait()
-    cpus = psutil.cpu_count()
-    for s in (first, second):
-        assert (s.source, s.partition, s.total_cpus) == ("local", "", cpus)
-        assert 0 <= s.idle_cpus <= cpus and s.alloc_cpus == pytest.approx(cpus - s.idle_cpus)
-        assert s.mem_used_frac == pytest.approx(psutil.virtual_memory().percent / 100, abs=0.05)
-        assert s.load == pytest.approx(os.getloadavg()[0] / cpus, abs=1.0)
-    window = second.t - first.t + 0.05
-    assert second.idle_cpus <= cpus - burnt / window + 0.05, "CPU time a spinning process took counts as busy"
-
-
-def test_hq_embedded_collector_sees_its_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    pytest.importorskip("hyperqueue")
-    from balancer.backends.base import ENV_SERVER_ID, Launch
-    from balancer.backends.hyperqueue import backend as hqb
-
-    monkeypatch.setattr(hqb, "launcher_argv", lambda command, python=None: list(command))
-    raw = {
-        "balancer": {"scheduler": "hyperqueue"},
-        "servers": [{"name": "m", "command": ["sleep", "60"]}],
-        "backend": {"workers": 1, "cpus_per_worker": 2, "poll_interval_s": 0.05},
-    }
-    cfg = parse_config(raw, base_dir=tmp_path)
-    be = hqb.HyperQueueBackend(cfg, tmp_path / "run")
-    started: set[str] = set()
-    be.bind(
-        type(
-            "Ev",
-            (),
-            {
-                "job_started": lambda self, sid, job, host: started.add(sid),
-                "job_ended": lambda self, *a: None,
-                "job_deadline": lambda self, *a: None,
-            },
-        )()
-    )
-
-    async def main() -> list[CapacitySample]:
-        collector = make_collector(cfg, be)  # as the app does: before the backend starts
-        with pytest.raises(CollectError, match="not started"):
-            await collector.sample()
-        await be.start()
-        try:
-            got = await collector.sample()
-            launches = [
-                Launch(f"s{i}", cfg.servers[0], {ENV_SERVER_ID: f"s{i}"}, be.run_dir / "logs")
-                for i in range(3)
-            ]
-            await be.submit(launches)
-            await until_async(lambda: len(started) == 2)
-            return got + await collector.sample()
-        finally:
-            await be.close()
-
-    empty, busy = asyncio.run(main())
-    assert (empty.total_cpus, empty.idle_cpus, empty.pending_jobs, empty.workers) == (2, 2, 0, 1)
-    assert (busy.total_cpus, busy.idle_cpus, busy.alloc_cpus, busy.pending_jobs) == (2, 0, 2, 1)
-
-
-async def until_async(pred: Any, timeout: float = 20.0) -> None:
-    await asyncio.to_thread(wait_until, pred, timeout)
 
 
 def test_hq_json_parsing():
@@ -496,52 +334,6 @@ def test_cli_import_show_collect_and_bad_input(tmp_path: Path, capsys: pytest.Ca
         assert _cli(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) <= 3, (argv, err)
-
-
-@pytest.mark.skipif(shutil.which("hq") is None, reason="the hq binary is not on PATH (HPC users download it)")
-def test_hq_binary_collector_lists_workers_and_tasks(tmp_path: Path):
-    hq = shutil.which("hq") or "hq"
-    d = str(tmp_path / "hq")
-    procs = [
-        subprocess.Popen(
-            [hq, "--server-dir", d, "server", "start"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-    ]
-    try:
-        wait_until(
-            lambda: (
-                subprocess.run([hq, "--server-dir", d, "server", "info"], capture_output=True).returncode == 0
-            ),
-            30,
-            0.1,
-            "hq server",
-        )
-        procs.append(
-            subprocess.Popen(
-                [hq, "--server-dir", d, "worker", "start", "--cpus", "2"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        for _ in range(3):
-            subprocess.run(
-                [hq, "--server-dir", d, "submit", "--cpus", "1", "--", "sleep", "60"],
-                check=True,
-                capture_output=True,
-            )
-        collector = HqCollector(d, hq)
-
-        def full() -> CapacitySample | None:
-            (s,) = asyncio.run(collector.sample())
-            return s if s.pending_jobs == 1 and s.idle_cpus == 0 else None
-
-        s = wait_until(full, 30, 0.1, "two tasks running, one waiting")
-        assert (s.workers, s.total_cpus, s.alloc_cpus, s.alloc_queues, s.our_pending) == (1, 2, 2, 0, 0)
-    finally:
-        subprocess.run([hq, "--server-dir", d, "server", "stop"], capture_output=True, timeout=30)
-        for p in procs:
-            p.kill()
-            p.wait()
 
 
 KTH = ROOT.parent / "shared" / "data" / "traces" / "KTH-SP2-1996-2.1-cln.swf.gz"

@@ -1,13 +1,10 @@
 """Forecasters and backtests: seasonal patterns recovered, intervals that cover, gaps survived,
-reproducible backtests on a real trace, a choice that never loses to seasonal-naive, and a CLI
-whose bad input is one line and exit code 2."""
+reproducible backtests on a real trace, a choice that never loses to seasonal-naive (the CLI as a
+process: system/test_forecast_cli)."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +14,7 @@ from balancer.capacity.backtest import BacktestResult, backtest, choose, format_
 from balancer.capacity.forecasters import BASELINE, FORECASTERS, Blend, SeasonalNaive, make
 from balancer.capacity.series import DAY_S, WEEK_S, Series
 
-ROOT = Path(__file__).resolve().parents[1]
-KTH = Path(__file__).resolve().parents[2] / "shared/data/traces/KTH-SP2-1996-2.1-cln.swf.gz"
+KTH = Path(__file__).resolve().parents[3] / "shared/data/traces/KTH-SP2-1996-2.1-cln.swf.gz"
 STEP = 900.0
 DAY = 96  # slots of 15 min
 
@@ -168,58 +164,6 @@ def test_backtest_on_kth_is_reproducible_and_reports_seasonal_naive() -> None:
     assert chosen == BASELINE or by[chosen].mae < by[BASELINE].mae
     table = format_table({"KTH": runs[0]})
     assert "seasonal-naive-day" in table and f"chosen: {chosen}" in table
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "balancer.capacity.backtest", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-@pytest.mark.parametrize(
-    "args, says",
-    [
-        (["--grid", "fortnightly", "x"], "not a positive duration"),
-        (["--origins", "0", "x"], "--origins"),
-        (["--models", "seasonal-naive-day,nope", "x"], "unknown forecaster 'nope'"),
-        (["/nonexistent/history.db"], "no such file"),
-        (["pyproject.toml"], "pyproject.toml"),
-        (["x", "--bogus"], "unrecognized arguments"),
-        (["--json"], "required: HISTORY|TRACE"),
-    ],
-)
-def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], says: str) -> None:
-    p = _cli(*args)
-    assert p.returncode == 2, p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("balancer: error: ") and says in lines[0], p.stderr
-    assert "Traceback" not in p.stderr and p.stdout == ""
-
-
-@needs_kth
-def test_cli_backtest_json_on_kth() -> None:
-    p = _cli(
-        str(KTH),
-        "--grid",
-        "1h",
-        "--horizon",
-        "24h",
-        "--origins",
-        "4",
-        "--json",
-        "--models",
-        "seasonal-naive-day,blend",
-    )
-    assert p.returncode == 0, p.stderr
-    doc = json.loads(p.stdout)
-    assert doc["baseline"] == BASELINE and doc["grid_s"] == 3600
-    assert [r["name"] for r in doc["results"]] == ["seasonal-naive-day", "blend"]
-    assert all(r["origins"] == 4 and r["mae"] > 0 for r in doc["results"])
-    assert doc["chosen"] in ("seasonal-naive-day", "blend")
 
 
 def _hourly(days: int) -> Series:

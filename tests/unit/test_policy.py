@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from balancer.policy.decide import (
+from balancer.policy.decide import decide
+from balancer.policy.routing import pick_server
+from balancer.policy.rules import hold_retry_s, start_backoff_s
+from balancer.policy.types import (
     Drain,
     ForecastView,
     GiveUp,
@@ -18,10 +21,6 @@ from balancer.policy.decide import (
     StartReason,
     Stop,
     StopReason,
-    decide,
-    hold_retry_s,
-    pick_server,
-    start_backoff_s,
 )
 
 

@@ -5,25 +5,23 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
-from balancer.policy.decide import (
-    ForecastRules,
+from balancer.config.schema import ForecastRules
+from balancer.policy.decide import decide
+from balancer.policy.rules import admissible_cpus, fits_time_limit, idle_window_s
+from balancer.policy.types import (
     ForecastView,
     Limits,
     Observed,
     SpecLimits,
+    SpecMemory,
     SpecObserved,
     Start,
     StartReason,
     Stop,
     StopReason,
-    admissible_cpus,
-    decide,
-    fits_time_limit,
-    format_time_limit,
-    idle_window_s,
-    parse_time_limit,
 )
-from tests.test_policy import V, ready, starting
+from balancer.units import format_time_limit, parse_time_limit
+from tests.unit.test_policy import V, ready, starting
 
 LIM = SpecLimits("m", max_servers=32, backlog=2, idle_timeout_s=300, startup_timeout_s=3600, cpus=2,
                  max_time_limit_s=4 * 3600.0)  # fmt: skip
@@ -128,6 +126,18 @@ def test_cooldown_after_a_demand_start_stops_nothing_for_idleness():
     assert [a.reason for a in run(fv(8), servers=idle, last_demand_start_m=500.0)] == [StopReason.IDLE]
 
 
+def test_the_decision_carries_the_cool_down_memory_so_no_caller_keeps_its_own():
+    d = run(fv(8), waiting=1, last_idle_stop_m=800.0)
+    assert starts(d) and d.memory["m"] == SpecMemory(last_idle_stop_m=800.0, last_demand_start_m=1000.0)
+    d = run(fv(8), servers=ready(1, idle_since_m=0.0), last_demand_start_m=500.0)
+    assert d.memory["m"] == SpecMemory(last_idle_stop_m=1000.0, last_demand_start_m=500.0)
+    assert run(fv(8)).memory["m"] == SpecMemory()  # nothing done: nothing remembered
+    # Starts dropped while old servers may still register again leave no stamp either.
+    obs = Observed({"m": SpecObserved(waiting=5)}, forecast=fv(8), adopting=True)
+    d = decide(Limits((LIM,), 60.0, RULES), obs, 1000.0)
+    assert d == [] and d.memory["m"] == SpecMemory()
+
+
 def _bursty(rules: ForecastRules) -> list[tuple[float, str, bool]]:
     """A one-server spec under one 2-s call every 100 s (idle timeout 20 s), driven tick by tick
     through ``decide``: the list of (time, "up"/"down", a call had waited upscale_delay_s)."""
@@ -135,7 +145,7 @@ def _bursty(rules: ForecastRules) -> list[tuple[float, str, bool]]:
     servers: list[V] = []
     queue: list[float] = []  # arrival times of waiting calls
     busy_until = -1.0
-    last_stop = last_start = None
+    memory = SpecMemory()  # the policy's own, handed back as each decision returns it
     moves = []
     for tick in range(3000):  # one tick a second
         now = float(tick)
@@ -149,17 +159,17 @@ def _bursty(rules: ForecastRules) -> list[tuple[float, str, bool]]:
                 s.outstanding, s.idle_since_m = 0, now
         obs = SpecObserved(
             servers=list(servers), waiting=len(queue), oldest_wait_m=queue[0] if queue else None,
-            last_idle_stop_m=last_stop, last_demand_start_m=last_start,
+            last_idle_stop_m=memory.last_idle_stop_m, last_demand_start_m=memory.last_demand_start_m,
         )  # fmt: skip
         waited = bool(queue) and now - queue[0] >= rules.upscale_delay_s
-        for a in decide(Limits((lim,), 60.0, rules), Observed({"m": obs}, forecast=fv(8)), now):
+        decision = decide(Limits((lim,), 60.0, rules), Observed({"m": obs}, forecast=fv(8)), now)
+        memory = decision.memory["m"]
+        for a in decision:
             if isinstance(a, Start):
                 servers.append(V(f"s{tick}", idle_since_m=now))  # ready at once
-                last_start = now
                 moves.append((now, "up", waited))
             elif isinstance(a, Stop):
                 servers = [s for s in servers if s.id != a.server]
-                last_stop = now
                 moves.append((now, "down", waited))
     return moves
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from balancer.config.load import parse_config
+import pytest
+
+from balancer.config.parse import parse_config
 from balancer.ops.reload import diff_config, merge_limits
-from balancer.policy.decide import Drain, Limits, Phase, Start, StartReason, Stop, StopReason
-from tests.test_policy import LIM, V, lim, run
+from balancer.policy.types import Drain, Limits, Phase, Start, StartReason, Stop, StopReason
+from tests.unit.test_policy import LIM, V, lim, run
 
 PY = sys.executable
 
@@ -112,6 +114,7 @@ def test_a_successor_waiting_for_the_old_servers_cores_lets_one_of_them_go_first
     assert run([draining, old[1], stuck[1]], lim=lim(max_servers=2)) == []
 
 
+@pytest.mark.inproc  # a balancer in-process over tests/fakes.py
 def test_live_settings_reach_the_parts_that_use_them_and_a_refused_file_changes_nothing(tmp_path: Path):
     import asyncio
 

@@ -13,10 +13,11 @@ from balancer.capacity.swf import read_swf
 from balancer.cli.simulate import main
 from balancer.sim.campaign import lognormal
 from balancer.sim.cluster import Cluster
+from balancer.sim.replay import Replay
 from balancer.sim.report import metrics, table
-from balancer.sim.run import POLICIES, Replay, SimConfig, simulate
+from balancer.sim.run import POLICIES, SimConfig, simulate
 
-KTH = Path(__file__).resolve().parents[2] / "shared/data/traces/KTH-SP2-1996-2.1-cln.swf.gz"
+KTH = Path(__file__).resolve().parents[3] / "shared/data/traces/KTH-SP2-1996-2.1-cln.swf.gz"
 needs_kth = pytest.mark.skipif(not KTH.exists(), reason=f"KTH SP2 trace not found at {KTH} (shared data)")
 
 
@@ -173,11 +174,12 @@ def test_cli_unknown_option_exits_2(capsys):
     assert capsys.readouterr().err.startswith("balancer: error: ")
 
 
-# -- the replace-ahead rule the simulator motivated (balancer/policy/decide.py) -----------------------------
+# -- the replace-ahead rule the simulator motivated (balancer/policy/rules.py) ------------------------------
 
 
 def _decide(servers, fv, waiting=100, max_servers=4):
-    from balancer.policy.decide import Limits, Observed, SpecLimits, SpecObserved, decide
+    from balancer.policy.decide import decide
+    from balancer.policy.types import Limits, Observed, SpecLimits, SpecObserved
 
     lim = SpecLimits("m", max_servers=max_servers, backlog=2, startup_timeout_s=3600, max_time_limit_s=14400)
     return decide(
@@ -186,8 +188,8 @@ def _decide(servers, fv, waiting=100, max_servers=4):
 
 
 def test_with_a_forecast_a_full_pool_queues_successors_before_its_jobs_end():
-    from balancer.policy.decide import Drain, ForecastView, Start
-    from tests.test_policy import V
+    from balancer.policy.types import Drain, ForecastView, Start
+    from tests.unit.test_policy import V
 
     fv = ForecastView(900.0, (8.0, 8.0))
     # Four busy servers, all started by one pre-warm burst: their jobs end in 5 min (margin 60 s).

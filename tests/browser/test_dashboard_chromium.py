@@ -1,0 +1,77 @@
+"""The dashboard page in headless Chromium against a real balancer process (its files and event
+stream in-process: inproc/test_dashboard)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from typing import Any
+
+import requests
+import umbridge
+
+from tests.chromium import chromium, new_page  # noqa: F401 - the fixture
+from tests.helpers import test_model_spec, wait_until
+
+
+def _load(url: str, stop: threading.Event, errors: list[BaseException]) -> None:
+    try:
+        model = umbridge.HTTPModel(url, "forward")
+        x = 0.0
+        while not stop.is_set():
+            assert model([[x]]) == [[2 * x]]
+            x += 1
+    except BaseException as exc:  # reported by the test
+        errors.append(exc)
+
+
+def _status(b: Any) -> dict[str, Any]:
+    r = requests.get(b.url + "/api/status", headers={"Authorization": f"Bearer {b.token()}"}, timeout=5)
+    r.raise_for_status()
+    return r.json()
+
+
+def _number(page: Any, selector: str) -> float:
+    return float(page.inner_text(selector).replace(",", "").split()[0])
+
+
+def test_dashboard_in_headless_chromium(start_balancer: Any, chromium: Any) -> None:  # noqa: F811
+    # The page's policy forbids eval, so the waits read the page through Playwright's locators
+    # (its own isolated world), never page.wait_for_function.
+    spec = test_model_spec(min_servers=1, max_servers=2, env={"TEST_DELAY": "20"})
+    b = start_balancer([spec])
+    page = new_page(chromium)
+    page.goto(b.url + "/dashboard")
+    ready = page.locator("#servers tr[data-state=ready]")
+    ready.first.wait_for()
+    assert page.inner_text("#conn") == "live"
+    before = _number(page, "#t-calls")
+    stop, errors = threading.Event(), []
+    load = [threading.Thread(target=_load, args=(b.url, stop, errors)) for _ in range(4)]
+    for t in load:
+        t.start()
+    try:
+        # The counters rise while the load runs; the waiting calls start a second server.
+        wait_until(lambda: _number(page, "#t-calls") >= before + 100, 30, what="calls counter")
+        ready.nth(1).wait_for()
+        wait_until(lambda: all(float(c) > 0 for c in page.locator("#servers td.calls").all_inner_texts()), 30)
+        wait_until(lambda: page.inner_text("#t-p50").endswith("ms"), 10, what="latency tile")
+        page.locator("#decisions li:not(.empty)").nth(1).wait_for()
+        shot = b.run_dir / "dashboard.png"
+        page.screenshot(path=str(shot))
+    finally:
+        stop.set()
+        for t in load:
+            t.join(30)
+    assert not errors, errors
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("DASHBOARD_SCREENSHOT"):  # e.g. docs/dashboard.png, for the README
+        shutil.copyfile(shot, os.environ["DASHBOARD_SCREENSHOT"])
+    assert _status(b)["dashboard"]["tabs"] == 1
+    bad = [m for m in page.console if m[0] == "error"]
+    assert not bad and not page.errors, (bad, page.errors)
+    # A closed tab costs nothing: the feed leaves the bus, nothing is left behind, no error.
+    page.context.close()
+    wait_until(lambda: _status(b)["dashboard"] == {"tabs": 0, "opened": 1, "subscribed": False}, 10)
+    assert not b.events("balancer.error")
