@@ -46,10 +46,21 @@ def child(path: str) -> None:
     t = time.perf_counter()
     summary = run.summary()
     summary_s = time.perf_counter() - t
-    print(json.dumps({"import_s": import_s, "load_s": load_s, "summary_s": summary_s,
-                      "rss_after_import_mb": rss_before, "peak_rss_mb": _rss_mb(), "calls": len(run.calls),
-                      "evaluations": summary["evaluations"], "makespan_p50_s": summary["makespan_p50_s"],
-                      "warnings": run.warnings}))
+    print(
+        json.dumps(
+            {
+                "import_s": import_s,
+                "load_s": load_s,
+                "summary_s": summary_s,
+                "rss_after_import_mb": rss_before,
+                "peak_rss_mb": _rss_mb(),
+                "calls": len(run.calls),
+                "evaluations": summary["evaluations"],
+                "makespan_p50_s": summary["makespan_p50_s"],
+                "warnings": run.warnings,
+            }
+        )
+    )
 
 
 def main() -> int:
@@ -69,22 +80,35 @@ def main() -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
         # 48 clients on 32 single-slot servers: most calls queue, so ~4 call events per evaluation.
-        truth = write_journal(path, calls=args.events // 4 + 1, clients=48, servers=32, service=0.05,
-                              metadata=4, truth=False, seed=1)
+        truth = write_journal(
+            path,
+            calls=args.events // 4 + 1,
+            clients=48,
+            servers=32,
+            service=0.05,
+            metadata=4,
+            truth=False,
+            seed=1,
+        )
         gen_s = time.perf_counter() - t
         size_mb = os.path.getsize(path) / 2**20
         print(f"generated {truth.call_events} call events ({size_mb:.0f} MiB) in {gen_s:.1f} s: {path}")
-        out = subprocess.run([sys.executable, __file__, "--load", str(path)], capture_output=True, text=True,
-                             check=False)
+        out = subprocess.run(
+            [sys.executable, __file__, "--load", str(path)], capture_output=True, text=True, check=False
+        )
         if out.returncode != 0:
             print(out.stderr, file=sys.stderr)
             return 1
         res = json.loads(out.stdout)
     total = res["load_s"] + res["summary_s"]
-    print(f"load {res['load_s']:.2f} s + summary {res['summary_s']:.2f} s = {total:.2f} s "
-          f"(imports {res['import_s']:.2f} s, not counted)")
-    print(f"peak RSS {res['peak_rss_mb']:.0f} MiB (after imports {res['rss_after_import_mb']:.0f} MiB); "
-          f"{res['calls']} calls, makespan p50 {res['makespan_p50_s']:.3f} s")
+    print(
+        f"load {res['load_s']:.2f} s + summary {res['summary_s']:.2f} s = {total:.2f} s "
+        f"(imports {res['import_s']:.2f} s, not counted)"
+    )
+    print(
+        f"peak RSS {res['peak_rss_mb']:.0f} MiB (after imports {res['rss_after_import_mb']:.0f} MiB); "
+        f"{res['calls']} calls, makespan p50 {res['makespan_p50_s']:.3f} s"
+    )
     for w in res["warnings"]:
         print(f"warning: {w}")
     ok = total < BUDGET_S and res["peak_rss_mb"] < BUDGET_RSS_MB

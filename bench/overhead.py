@@ -180,10 +180,14 @@ def main() -> int:
     finally:
         if worktree is not None:
             subprocess.run([*git, "remove", "--force", str(worktree)], check=False)
-    print(f"balancer overhead, one trivial umbridge server (concurrency cap {args.concurrency}), "
-          f"{args.seconds:g} s per phase, {os.cpu_count()} CPUs")
-    print(f"{'balancer':>8} {'in flight':>9} {'direct/s':>9} {'via/s':>9} {'ratio':>6} {'direct p50':>11} "
-          f"{'via p50':>9} {'added p50':>10} {'added p99':>10} {'CPU/call':>9} {'(kernel)':>9}")
+    print(
+        f"balancer overhead, one trivial umbridge server (concurrency cap {args.concurrency}), "
+        f"{args.seconds:g} s per phase, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'balancer':>8} {'in flight':>9} {'direct/s':>9} {'via/s':>9} {'ratio':>6} {'direct p50':>11} "
+        f"{'via p50':>9} {'added p50':>10} {'added p99':>10} {'CPU/call':>9} {'(kernel)':>9}"
+    )
     for label, rows in results:
         print_rows(label, rows)
     return 0

@@ -29,10 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from balancer.http.server import FrontServer, HttpLimits, Request, Router, json_reply  # noqa: E402
+from balancer.http.messages import HttpLimits, Request, json_reply  # noqa: E402
+from balancer.http.peer import NetlinkLookup, proc_uid  # noqa: E402
+from balancer.http.router import Router  # noqa: E402
+from balancer.http.server import FrontServer  # noqa: E402
 from balancer.observe.events import EventBus  # noqa: E402
 from balancer.ops.access import PeerGate  # noqa: E402
-from balancer.ops.peer import NetlinkLookup, proc_uid  # noqa: E402
 
 
 def raise_nofile(want: int) -> int:

@@ -202,8 +202,16 @@ class Bench:
 
     def start_load(self) -> None:
         self.load = subprocess.Popen(
-            [sys.executable, __file__, "--loadgen", str(self.run_dir / "url"), "--inflight",
-             str(self.args.inflight), "--out", str(self.recs_file)],
+            [
+                sys.executable,
+                __file__,
+                "--loadgen",
+                str(self.run_dir / "url"),
+                "--inflight",
+                str(self.args.inflight),
+                "--out",
+                str(self.recs_file),
+            ],
         )
 
     def stop_load(self) -> list[Rec]:
@@ -235,7 +243,7 @@ def _last_started(evs: list[Event]) -> Event:
 def this_run(evs: list[Event]) -> list[Event]:
     """The events of the latest balancer process (server ids restart at s1 after a restart)."""
     starts = [i for i, e in enumerate(evs) if e["ev"] == "balancer.started"]
-    return evs[starts[-1]:] if starts else evs
+    return evs[starts[-1] :] if starts else evs
 
 
 def spec_of(evs: list[Event]) -> dict[str, str]:
@@ -342,9 +350,11 @@ class Row:
 
 
 def print_table(rows: list[Row], n: int) -> None:
-    print(f"{'change':<28} {'calls during':>12} {'lost':>5} {'thr during/before':>17} "
-          f"{'p50 before/during':>19} {'p99 before/during':>19} {'fewest ready/N':>14} "
-          f"{'time to complete':>16}")
+    print(
+        f"{'change':<28} {'calls during':>12} {'lost':>5} {'thr during/before':>17} "
+        f"{'p50 before/during':>19} {'p99 before/during':>19} {'fewest ready/N':>14} "
+        f"{'time to complete':>16}"
+    )
     for r in rows:
         b, d = r.before, r.during
         print(
@@ -406,8 +416,9 @@ def run(args: argparse.Namespace) -> int:
         b.write_config([Spec(MAIN, n, 7)], port=b.port)  # a user restarts on the same port
         marks["r4"] = b.stop()
         b.serve()
-        marks["d4"] = b.wait(f"{n} ready after restart",
-                             lambda evs: n_ready_since(this_run(evs), MAIN, n, marks["r4"]))
+        marks["d4"] = b.wait(
+            f"{n} ready after restart", lambda evs: n_ready_since(this_run(evs), MAIN, n, marks["r4"])
+        )
         time.sleep(1.0)
         marks["end"] = time.monotonic()
         recs = b.stop_load()
@@ -427,8 +438,10 @@ def _size_is(evs: list[Event], n: int, since: float) -> float | None:
     """Once the spec is down to ``n`` live servers: when the last surplus one stopped."""
     if len(live(evs, MAIN)) != n:
         return None
-    return max((e["m"] for e in evs if e["ev"] in ("server.stopped", "server.failed") and e["m"] > since),
-               default=since)
+    return max(
+        (e["m"] for e in evs if e["ev"] in ("server.stopped", "server.failed") and e["m"] > since),
+        default=since,
+    )
 
 
 def report(args: argparse.Namespace, recs: list[Rec], evs: list[Event], m: dict[str, float]) -> int:
@@ -438,18 +451,40 @@ def report(args: argparse.Namespace, recs: list[Rec], evs: list[Event], m: dict[
         return Window(recs, m[a], m[z])
 
     rows = [
-        Row("env changed: roll N", win("s1", "r1"), win("r1", "d1"),
-            str(fewest_ready(evs, MAIN, m["r1"], m["d1"])), m["d1"] - m["r1"]),
-        Row("spec added, then removed", win("s2", "r2"), win("r2", "d2"),
-            str(fewest_ready(evs, MAIN, m["r2"], m["d2"])), m["d2"] - m["r2"]),
-        Row(f"servers {n} -> {n + 2}", win("s3", "r3"), win("r3", "d3"),
-            str(fewest_ready(evs, MAIN, m["r3"], m["d3"])), m["d3"] - m["r3"]),
-        Row(f"servers {n + 2} -> {n}", win("s3", "r3"), win("r3b", "d3b"),  # before: at N servers
-            str(fewest_ready(evs, MAIN, m["r3b"], m["d3b"])), m["d3b"] - m["r3b"]),
+        Row(
+            "env changed: roll N",
+            win("s1", "r1"),
+            win("r1", "d1"),
+            str(fewest_ready(evs, MAIN, m["r1"], m["d1"])),
+            m["d1"] - m["r1"],
+        ),
+        Row(
+            "spec added, then removed",
+            win("s2", "r2"),
+            win("r2", "d2"),
+            str(fewest_ready(evs, MAIN, m["r2"], m["d2"])),
+            m["d2"] - m["r2"],
+        ),
+        Row(
+            f"servers {n} -> {n + 2}",
+            win("s3", "r3"),
+            win("r3", "d3"),
+            str(fewest_ready(evs, MAIN, m["r3"], m["d3"])),
+            m["d3"] - m["r3"],
+        ),
+        Row(
+            f"servers {n + 2} -> {n}",
+            win("s3", "r3"),
+            win("r3b", "d3b"),  # before: at N servers
+            str(fewest_ready(evs, MAIN, m["r3b"], m["d3b"])),
+            m["d3b"] - m["r3b"],
+        ),
         Row("restart (SIGINT + serve)", win("s4", "r4"), win("r4", "d4"), "0", m["d4"] - m["r4"]),
     ]
-    print(f"live config reload vs restart: {n} servers x {args.delay_ms} ms calls, "
-          f"{args.inflight} in flight, {args.seconds:g} s steady before each change, {os.cpu_count()} CPUs")
+    print(
+        f"live config reload vs restart: {n} servers x {args.delay_ms} ms calls, "
+        f"{args.inflight} in flight, {args.seconds:g} s steady before each change, {os.cpu_count()} CPUs"
+    )
     print_table(rows, n)
 
     roll, restart = rows[0].during, Window(recs, m["r4"] - 1.0, m["end"])  # from the last answer before

@@ -164,11 +164,9 @@ def rss_now_mb() -> float:
 
 
 async def run(args: argparse.Namespace) -> None:
-    from balancer.app import Balancer
-    from balancer.config.load import parse_config
-    from balancer.http.server import Request
-    from balancer.observe.events import EventBus
-    from balancer.observe.journal import Journal
+    from balancer.config.parse import parse_config
+    from balancer.http.messages import Request
+    from balancer.runner import Runner
     from tests.fakes import FakeScheduler, until
 
     handed: dict[object, float] = {}
@@ -188,13 +186,12 @@ async def run(args: argparse.Namespace) -> None:
         "idle_timeout_s": 3600.0,
         "startup_timeout_s": 600.0,
     }
-    cfg = parse_config({"servers": [spec]}, tmp)
-    bus = EventBus()
-    journal = Journal(tmp / "journal.jsonl")
-    bus.subscribe(journal)
-    backend = FakeScheduler(cfg, tmp)
-    b = Balancer(cfg, bus, tmp, "t", backend)
-    await b.start("http://127.0.0.1:1")
+    cfg = parse_config({"balancer": {"port": 0}, "servers": [spec]}, tmp)
+    runner = Runner(cfg, FakeScheduler, run_dir=tmp, token="t")  # journal: tmp/journal.jsonl
+    b = await runner.open()
+    backend = b.backend
+    assert isinstance(backend, FakeScheduler)
+    await runner.start()
     print(f"baseline RSS {rss_mb():.0f} MB")
     t0 = time.perf_counter()
     await b.pool.wait_for(lambda: len(backend.submitted) >= n, 60)
@@ -249,8 +246,7 @@ async def run(args: argparse.Namespace) -> None:
         f"median {statistics.median(passes) * ms:.2f} ms, max {passes[-1] * ms:.2f} ms  (target < 5 ms)"
     )
     print(f"balancer peak RSS {rss_mb():.0f} MB  (target < 500 MB)")
-    await b.shutdown("bench over")
-    journal.close()
+    await runner.stop("bench over")
     for p in fakes:
         p.kill()
         await p.wait()

@@ -25,8 +25,9 @@ import numpy as np
 
 from balancer.capacity.swf import read_swf
 from balancer.sim.campaign import lognormal
+from balancer.sim.replay import Replay
 from balancer.sim.report import METRICS, metrics, table
-from balancer.sim.run import POLICIES, Replay, SimConfig, simulate
+from balancer.sim.run import POLICIES, SimConfig, simulate
 
 TRACE = Path(__file__).resolve().parents[2] / "shared/data/traces/KTH-SP2-1996-2.1-cln.swf.gz"
 DAY = 86400.0

@@ -3,7 +3,7 @@
 A real balancer with the test model (three servers at most, idle ones stop after 15 s) and a
 synthetic three-day capacity history (so a forecast is trained and drawn against the observed idle
 CPUs), a load that rises and falls, a few calls of an unknown model (failures), then a pause in which
-servers stop. Headless Chromium from Debian (``tests/browser.py`` installs it), driven by Playwright.
+servers stop. Headless Chromium from Debian (``tests/chromium.py`` installs it), driven by Playwright.
 
     .venv/bin/python docs/dashboard_shot.py [--out docs/dashboard.png]   # ~80 s
 """
@@ -58,7 +58,7 @@ def main() -> None:
     import requests
     from playwright.sync_api import sync_playwright
 
-    from tests.browser import VIEWPORT, ensure_chromium
+    from tests.chromium import VIEWPORT, ensure_chromium
     from tests.helpers import BalancerProc, test_model_spec, wait_until
 
     tmp = Path(tempfile.mkdtemp(prefix="dashboard-shot-"))

@@ -4,7 +4,6 @@ Model ``posterior``, input size 1, output size 1, returns [[1]] as in the publis
 compute is the eigen decomposition (about 5 ms for N = 100 here). Serves on ``$PORT``.
 """
 
-
 import numpy as np
 import umbridge
 
