@@ -26,6 +26,7 @@ from typing import Any
 
 from balancer.observe.events import Ev, Event, EventBus
 from balancer.observe.histogram import INV_LOG_BASE
+from balancer.profiling.advice import cpu_advice, memory_advice
 from balancer.profiling.autosize import open_store
 from balancer.profiling.store import (
     COUNTERS,
@@ -33,11 +34,9 @@ from balancer.profiling.store import (
     ProfileStore,
     delta,
     log_bin,
-    quantile,
     spec_hash,
     util_bin,
 )
-from balancer.units import MIB, parse_memory
 
 log = logging.getLogger(__name__)
 
@@ -315,26 +314,14 @@ class Profiler:
     def _check(self, spec: str, f: dict[str, Any]) -> None:
         """Given against used, once per run per spec and resource (``profile.mismatch``)."""
         res = self.specs[spec].resources
-        need = self.settings.mismatch_samples
-        if (spec, "cpus") not in self.mismatches and f["busy_samples"] >= need:
-            used = quantile(f["util_hist"], 0.9, "util") or 0.0
-            used = 0.0 if used <= 0.05 else used  # the lowest bin's middle is an idle model
-            if res.cpus >= 2 and res.cpus >= 2 * used:
-                advice = f'cpus = {max(1, math.ceil(used - 0.1))} (or "auto")'
-                self._mismatch(spec, "cpus", res.cpus, round(used, 2), f"uses {used:.2f} cores (p90 while "
-                               f"busy) of {res.cpus} CPUs given: {advice}")  # fmt: skip
+        found = []
+        if (spec, "cpus") not in self.mismatches and f["busy_samples"] >= self.settings.mismatch_samples:
+            found.append(cpu_advice(res.cpus, f))
         if (spec, "memory") not in self.mismatches and res.memory and f["rss_peak_bytes"] > 0:
-            try:
-                given = parse_memory(res.memory)
-            except ValueError:
-                return
-            peak = f["rss_peak_bytes"]
-            if given >= 3 * peak or peak > 0.9 * given:
-                advice = "more memory" if peak > 0.9 * given else "less memory"
-                want = math.ceil(peak * self.settings.memory_headroom / (64 * MIB)) * 64
-                used_m = f"{peak / MIB:.0f}M"
-                text = f'peak RSS {used_m} of {res.memory} given: {advice}, memory = "{want}M" (or "auto")'
-                self._mismatch(spec, "memory", res.memory, used_m, text)
+            found.append(memory_advice(res.memory, f, self.settings.memory_headroom))
+        for a in found:
+            if a is not None:
+                self._mismatch(spec, a.resource, a.given, a.used, a.text)
 
     def _mismatch(self, spec: str, resource: str, given: Any, used: Any, advice: str) -> None:
         name = self.names.get(spec, spec)

@@ -26,7 +26,8 @@ def test_changed_memory_replaces_the_job_with_the_new_mem(start_balancer, slurm)
     spec["resources"] = {"memory": "300M"}
     b = start_balancer([spec], env=slurm.env, scheduler="slurm", host="127.0.0.1")
     first = b.wait_event("server.ready", timeout=60)["server"]
-    old_job = b.find("server.started", server=first)["job"]
+    # a launcher may register before squeue's next poll reports its job started: wait for that report
+    old_job = b.wait_event("server.started", server=first)["job"]
     mem = lambda job: slurm.run(["squeue", "-h", "-j", job, "-o", "%m"]).stdout.strip()  # noqa: E731
     assert mem(old_job) == "300M"
     load = Load(b.url, threads=2)
@@ -41,7 +42,7 @@ def test_changed_memory_replaces_the_job_with_the_new_mem(start_balancer, slurm)
         b.wait_event("server.stopped", server=first, timeout=90)
         new = wait_until(lambda: ready_of(b, "testmodel"), 60, what="the new server ready")
         (sid,) = new
-        job = b.find("server.started", server=sid)["job"]
+        job = b.wait_event("server.started", server=sid)["job"]
         assert job != old_job and mem(job) == "400M"
         wait_until(lambda: slurm.state(old_job) in FINISHED | {""}, 30, what="the old job gone")
         evs = b.events()
