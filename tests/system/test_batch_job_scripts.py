@@ -6,25 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any
 
-from balancer.backends.batch.slurm import SlurmBackend
-from balancer.backends.registry import make_backend
-from balancer.config.parse import parse_config
 from balancer.launcher.contract import ENV_SERVER_ID
-
-
-def slurm_cfg(tmp_path: Path, spec: dict[str, Any], backend: dict[str, Any] | None = None):
-    raw = {"balancer": {"scheduler": "slurm"}, "backend": backend or {}, "servers": [spec]}
-    return parse_config(raw, tmp_path)
-
-
-def slurm(tmp_path: Path, spec: dict[str, Any], backend: dict[str, Any] | None = None) -> SlurmBackend:
-    be = make_backend(slurm_cfg(tmp_path, spec, backend), tmp_path)
-    assert isinstance(be, SlurmBackend)
-    be.job_names[spec["name"]] = f"umbridge-{spec['name']}-abc"
-    return be
+from tests.unit.test_backend_batch import slurm
 
 
 def test_slurm_job_script_keeps_the_users_directives_and_exports_what_the_launcher_needs(tmp_path):

@@ -3,23 +3,11 @@ samples (no samples, no error: unit/test_forecast_journal)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 from balancer.analysis.load import load_run
-
-
-def _journal(path, samples):
-    lines = [{"v": 1, "ev": "balancer.started", "t": 1000.0, "m": 0.0, "url": "http://127.0.0.1:1"}]
-    for i, (idle, pred) in enumerate(samples, 1):
-        ev = {"v": 1, "ev": "capacity.sample", "t": 1000.0 + 60 * i, "m": 60.0 * i, "source": "slurm",
-              "idle_cpus": idle, "total_cpus": 64}  # fmt: skip
-        if pred is not None:
-            ev["predicted_idle_cpus"] = pred
-        lines.append(ev)
-    lines.append({"v": 1, "ev": "forecast.changed", "t": 2000.0, "m": 1000.0, "change": "disabled"})
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+from tests.unit.test_forecast_journal import _journal
 
 
 def test_analyze_reports_the_forecast_error_of_a_run(tmp_path):
