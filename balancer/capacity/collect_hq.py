@@ -147,7 +147,8 @@ class HqBackendCollector:
 
     async def sample(self) -> list[CapacitySample]:
         opts = self.backend.opts
-        info = getattr(self.backend.server.cluster, "info", None) or {}
+        cluster = self.backend.server.cluster
+        info: dict[str, Any] = dict(cluster.info) if cluster is not None else {}
         workers = int(info.get("workers", opts.workers))
         total = float(workers * int(info.get("cpus", opts.cpus_per_worker)))
         jobs = list(self.backend.jobs.values())

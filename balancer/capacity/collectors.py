@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from balancer.capacity.collect import CollectError, Collector
 from balancer.capacity.collect_hq import HqBackendCollector, HqCollector
 from balancer.capacity.collect_local import LocalCollector
 from balancer.capacity.collect_slurm import ProbeJob, SlurmCollector
 from balancer.capacity.sample import CapacitySample
+from balancer.config.schema import BalancerConfig
+
+if TYPE_CHECKING:
+    from balancer.backends.base import Backend
+    from balancer.backends.batch.slurm import SlurmBackend
+    from balancer.backends.hyperqueue.backend import HyperQueueBackend
 
 
 class _Unavailable:
@@ -41,16 +47,15 @@ class _Deferred:
         return await self._real.sample()
 
 
-def slurm_partitions(cfg: Any, backend: Any) -> tuple[str, ...]:
+def slurm_partitions(cfg: BalancerConfig, backend: SlurmBackend) -> tuple[str, ...]:
     """``[forecast] partition``, else the partitions our specs submit to; () for the default one."""
-    if getattr(cfg.forecast, "partition", None):
+    if cfg.forecast.partition:
         return (cfg.forecast.partition,)
-    site = getattr(backend.opts, "partition", None)
-    parts = {getattr(s.options, "partition", None) or site for s in cfg.servers}
+    parts = {backend.spec_option(s, "partition") for s in cfg.servers}
     return tuple(sorted(p for p in parts if p))
 
 
-def _test_job(cfg: Any, backend: Any) -> ProbeJob | None:
+def _test_job(cfg: BalancerConfig, backend: SlurmBackend) -> ProbeJob | None:
     """The first spec's job size, account and QoS, for ``sbatch --test-only``."""
     if not cfg.servers:
         return None
@@ -58,15 +63,19 @@ def _test_job(cfg: Any, backend: Any) -> ProbeJob | None:
     res = spec.resources
     args = []
     for key in ("account", "qos"):
-        value = getattr(spec.options, key, None) or getattr(backend.opts, key, None)
+        value = backend.spec_option(spec, key)
         if value:
             args.append(f"--{key}={value}")
     return ProbeJob(res.cpus, res.time_limit, res.gpus, tuple(args))
 
 
-def make_collector(cfg: Any, backend: Any) -> Collector:
-    """The collector for ``cfg.scheduler`` ("local", "slurm", "hyperqueue")."""
+def make_collector(cfg: BalancerConfig, backend: Backend | None) -> Collector:
+    """The collector for ``cfg.scheduler`` ("local", "slurm", "hyperqueue"), told what its backend
+    knows (a backend of that scheduler: the registry builds it from the same configuration)."""
     if cfg.scheduler == "slurm":
+        from balancer.backends.batch.slurm import SlurmBackend
+
+        assert isinstance(backend, SlurmBackend), backend
         test_job = _test_job(cfg, backend)
         partitions = slurm_partitions(cfg, backend)
         return SlurmCollector(
@@ -77,11 +86,15 @@ def make_collector(cfg: Any, backend: Any) -> Collector:
             timeout_s=backend.opts.command_timeout_s,
         )
     if cfg.scheduler == "hyperqueue":
-        return _Deferred("hyperqueue", lambda: _hq_collector(backend))
+        from balancer.backends.hyperqueue.backend import HyperQueueBackend
+
+        assert isinstance(backend, HyperQueueBackend), backend
+        hq = backend
+        return _Deferred("hyperqueue", lambda: _hq_collector(hq))
     return LocalCollector()
 
 
-def _hq_collector(backend: Any) -> Collector:
+def _hq_collector(backend: HyperQueueBackend) -> Collector:
     server = backend.server
     if server.server_dir is None:  # not started (yet): ask again next time
         raise CollectError("hyperqueue: the backend has not started its server yet")

@@ -103,5 +103,4 @@ class CapacityMonitor:
             self.bus.emit(Ev.BALANCER_ERROR, where="collector", error=error)
 
     def status(self) -> dict[str, Any]:
-        source = getattr(self.collector, "source", None)
-        return {"source": source, "samples": self.samples, "error": self.error}
+        return {"source": self.collector.source, "samples": self.samples, "error": self.error}

@@ -10,9 +10,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from balancer.config.schema import ForecastRules
+from balancer.config.schema import BalancerConfig, ForecastRules
 from balancer.units import parse_time_limit
 
 # -- what the policy sees --------------------------------------------------------------------------
@@ -72,7 +72,7 @@ class Limits:
     rules: ForecastRules = field(default_factory=ForecastRules)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Limits:
+    def from_config(cls, cfg: BalancerConfig) -> Limits:
         """Limits from a ``BalancerConfig``, built once at start-up."""
         return cls(
             tuple(
@@ -91,7 +91,7 @@ class Limits:
                 for s in cfg.servers
             ),
             cfg.backend_options.time_limit_margin_s,
-            getattr(cfg, "rules", None) or ForecastRules(),
+            cfg.rules,
         )
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import math
 from typing import Any
 
+from balancer.config.schema import ProfileSettings, Resources
 from balancer.units import MIB, format_memory, format_time_limit, parse_memory, parse_time_limit
 
 CPU_SLACK = 0.1  # cores: a one-thread model with a helper thread (1.05 cores) still asks for one CPU
@@ -25,7 +26,9 @@ class Sized:
     source: str  # what the value was derived from, or why the fallback
 
 
-def size(resources: Any, profile: dict[str, Any] | None, settings: Any) -> tuple[Any, list[Sized]]:
+def size(
+    resources: Resources, profile: dict[str, Any] | None, settings: ProfileSettings
+) -> tuple[Resources, list[Sized]]:
     """The spec's resources with every field in ``resources.auto`` sized from ``profile`` (the spec's
     merged figures, ``ProfileStore.spec_figures``; None when there is none), else its fallback.
 
@@ -34,7 +37,7 @@ def size(resources: Any, profile: dict[str, Any] | None, settings: Any) -> tuple
     time_limit: the longest server lifetime seen x ``time_headroom``, rounded up to the minute,
     at most ``max_time_limit``.
     """
-    auto = set(getattr(resources, "auto", ()) or ())
+    auto = set(resources.auto)
     if not auto:
         return resources, []
     prof = profile or {}

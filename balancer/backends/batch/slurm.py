@@ -103,8 +103,9 @@ class SlurmBackend(BatchBackend):
     INHERITED_ENV = ("SLURM_ARRAY_",)
     opts: SlurmOptions  # what BatchBackend.__init__ sets from cfg.backend_options, parsed as ``Options``
 
-    def _opt(self, spec: ServerSpec, key: str) -> str | None:
-        """A per-server option, falling back to the [backend] table's site-wide default."""
+    def spec_option(self, spec: ServerSpec, key: str) -> str | None:
+        """A per-server ``partition``/``account``/``qos``, else the [backend] table's site-wide one
+        (the capacity collector asks too: its probe job and partitions are the specs')."""
         value = getattr(spec.options, key)
         return getattr(self.opts, key) if value is None else value
 
@@ -115,7 +116,7 @@ class SlurmBackend(BatchBackend):
             raise ConfigError("balancer.scheduler", f"slurm: sinfo failed: {self.error_text(err)}")
         partitions = set(out.split())
         for spec in specs:
-            part = self._opt(spec, "partition")
+            part = self.spec_option(spec, "partition")
             if part is not None and part not in partitions:
                 known = ", ".join(sorted(partitions)) or "none"
                 raise ConfigError(
@@ -140,7 +141,7 @@ class SlurmBackend(BatchBackend):
         if n_jobs > 1:
             argv.append(f"--array=0-{n_jobs - 1}")
         for opt in ("partition", "account", "qos"):
-            v = self._opt(spec, opt)
+            v = self.spec_option(spec, opt)
             if v:
                 argv.append(f"--{opt}={v}")
         # The config's resources win, but defaults (cpus = 1, no memory, ...) leave a script's own.
