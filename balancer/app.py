@@ -23,13 +23,15 @@ from balancer.calls.path import Calls
 from balancer.capacity.api import ForecastApi
 from balancer.capacity.service import ForecastService
 from balancer.config.schema import BalancerConfig
+from balancer.control.admission import ControlGate
 from balancer.control.api import Control
 from balancer.control.filereg import FileRegistration
 from balancer.control.probe import Probe
 from balancer.http.messages import HttpLimits
 from balancer.http.peer import user_uids
 from balancer.http.server import FrontServer
-from balancer.observe.events import Ev, EventBus
+from balancer.http.urls import url_host
+from balancer.observe.events import Ev, EventBus, Throttled
 from balancer.observe.notify import Notifications
 from balancer.observe.recent import Recent
 from balancer.ops.access import PeerGate
@@ -37,6 +39,7 @@ from balancer.ops.api import OperatorApi
 from balancer.ops.dashboard import Dashboard
 from balancer.ops.feed import Feed
 from balancer.ops.metrics import Metrics
+from balancer.ops.origin import HostCheck
 from balancer.ops.reload import ConfigSource, Reloadable, Reloader
 from balancer.policy.types import Limits, StopReason
 from balancer.pool.jobs import LaunchSettings
@@ -102,7 +105,8 @@ class Balancer:
         )
         self.forecast_api = ForecastApi(self.forecast, self.control.authorized)
         users = user_uids(cfg.allow_users).values()
-        self.gate = PeerGate(bus, (*cfg.allow_uids, *users), cfg.allow_remote)  # the client port's
+        self.gate = PeerGate(bus, (*cfg.allow_uids, *users), cfg.allow_remote, connections=self._client_conns)
+        self.control_gate = ControlGate(bus, token)  # the control listener's: owner or token, bounded
         self.metrics = Metrics(self.pool, lambda: self.calls.inflight, self.forecast)
         bus.subscribe(self.metrics)
         # Workload class per spec from server.usage (workload.py); the local backend pins CPU-bound.
@@ -136,14 +140,34 @@ class Balancer:
         )  # fmt: skip
         self.dashboard = Dashboard(feed)
         http = http_limits or HttpLimits(max_body=cfg.max_body_bytes)
-        self.front = FrontServer(client_router(self), http, admit=self.gate)  # owner-only
-        self.control_front = FrontServer(control_router(self), http)  # the launchers', token only
-        self.url = f"http://{cfg.host}:{cfg.port}"
+        # A handler's bug answers 500 and is journaled (balancer.error), one line per 10 s with a count.
+        http_errors = Throttled(bus, Ev.BALANCER_ERROR, 10.0)
+
+        def on_error(route: str, error: str) -> None:
+            http_errors.note(where="http", error=f"{route}: {error}")
+
+        # Every request's Host and Origin: no DNS rebinding, no cross-site request (ops/origin.py).
+        hosts = HostCheck(cfg.host, cfg.allow_hosts)
+        self.front = FrontServer(
+            client_router(self), http, admit=self.gate, on_error=on_error, check=hosts
+        )  # owner-only
+        self.control_front = FrontServer(
+            control_router(self),
+            http,
+            admit=self.control_gate,
+            on_error=on_error,
+            check=self.control_gate.check,
+        )  # the launchers'
+        self.url = f"http://{url_host(cfg.host)}:{cfg.port}"
 
     @property
     def cfg(self) -> BalancerConfig:
         """The configuration in force: the one at start, or the last reload's."""
         return self.reloader.cfg
+
+    def _client_conns(self) -> list[asyncio.BaseTransport]:
+        """The client port's open connections, for the gate to ask again after a reload."""
+        return [c.transport for c in self.front.conns if c.transport is not None]
 
     def _models_of(self, spec: str) -> list[str]:
         rt = self.pool.specs.get(spec)  # None: a reload removed it
@@ -225,6 +249,7 @@ class Balancer:
         pool.cancel_tasks()
         await self.probe.close()
         self.gate.close()
+        self.control_gate.close()
         if self.history is not None:
             self.history.close()
         if self.profiler is not None:  # the run's last figures into the profile store

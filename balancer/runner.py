@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from balancer.config.schema import BalancerConfig, ConfigError
+from balancer.http.urls import url_host
 from balancer.observe.events import Ev, EventBus
 from balancer.observe.journal import Journal
 
@@ -81,7 +82,7 @@ def http_url(host: str, port: int) -> str:
     launchers on other nodes can reach."""
     if host in ("", "0.0.0.0", "::"):
         host = socket.gethostname()
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"http://{url_host(host)}:{port}"
 
 
 async def _listen_control(control: FrontServer, cfg: BalancerConfig, run_dir: Path) -> int:
@@ -171,7 +172,7 @@ class Runner:
             await b.front.close()
             self._close_journal()
             raise StartError(f"error: cannot listen on {where}: {exc.strerror}") from exc
-        self.url = f"http://{cfg.host}:{self.port}"
+        self.url = f"http://{url_host(cfg.host)}:{self.port}"
         self.control_url = http_url(cfg.control_host, control_port)
         (run_dir / "url").write_text(self.url + "\n")  # for the operator CLI (balancer forecast ...)
         (run_dir / "control_url").write_text(self.control_url + "\n")  # a restart listens there again

@@ -21,7 +21,7 @@ from balancer.calls import protocol
 from balancer.calls.dispatcher import Dispatcher
 from balancer.calls.protocol import ProtocolError
 from balancer.control.probe import Probe
-from balancer.http.messages import JSON_CT, Reply, Request, error_reply, json_reply
+from balancer.http.messages import JSON_CT, Reply, Request, clip, error_reply, json_reply
 from balancer.http.upstream import UpstreamError
 from balancer.observe.events import Ev, EventBus
 from balancer.pool.members import NoServerError
@@ -115,7 +115,9 @@ class Calls:
             await self._wait_as_demand("", lambda: pool.all_discovered() or pool.serves(model))
             if pool.serves(model):
                 return
-        raise ProtocolError("ModelNotFound", f"model '{model}' not found; available: {pool.known_models()}")
+        # The name is the client's: echoed cut to ``ECHO_MAX`` (a 32 MiB name made a 32 MiB answer).
+        known = pool.known_models()
+        raise ProtocolError("ModelNotFound", f"model '{clip(model)}' not found; available: {known}")
 
     async def _server_lost(self, s: Server, reason: str) -> None:
         """A call to ``s`` broke: probe before declaring it gone (a stale keep-alive is no loss)."""
@@ -152,7 +154,8 @@ class Calls:
         except ProtocolError:
             self.bus.emit(Ev.CALL_RECEIVED, call=call, op=op, model=None, bytes=len(body))
             raise
-        self.bus.emit(Ev.CALL_RECEIVED, call=call, op=op, model=doc["name"], bytes=len(body))
+        # Journal, dashboard and notifications see the name cut: it is the client's, of any length.
+        self.bus.emit(Ev.CALL_RECEIVED, call=call, op=op, model=clip(doc["name"]), bytes=len(body))
         return doc
 
     def _reject(self, call: int, exc: ProtocolError) -> Reply:

@@ -97,6 +97,26 @@ def _check_vector(field: str, v: Any) -> None:
             raise ProtocolError("InvalidInput", f"'{field}' must contain numbers only, got {_short(x)}")
 
 
+def _lone_surrogate(doc: Any) -> str | None:
+    """The first lone UTF-16 surrogate in any string (key or value) of ``doc``, as ``\\udXXX``;
+    None if there is none. Iterative: no recursion on hostile input."""
+    stack = [doc]
+    while stack:
+        o = stack.pop()
+        if type(o) is str:
+            if not o.isascii():
+                try:
+                    o.encode()
+                except UnicodeEncodeError as exc:  # only surrogates do not encode
+                    return f"\\u{ord(o[exc.start]):04x}"
+        elif type(o) is dict:
+            stack.extend(o)
+            stack.extend(o.values())
+        elif type(o) is list:
+            stack.extend(o)
+    return None
+
+
 def parse_body(body: bytes) -> dict[str, Any]:
     """The request's JSON object with a string ``name``; ProtocolError (InvalidInput) otherwise."""
     try:
@@ -106,6 +126,14 @@ def parse_body(body: bytes) -> dict[str, Any]:
             doc = json.loads(body)
         except (ValueError, RecursionError):
             raise ProtocolError("InvalidInput", f"request body is not valid JSON: {exc}") from None
+        # The stdlib also takes a lone surrogate (``"\ud800"``, or its bytes), a string no UTF-8
+        # answer, journal line or model server can carry: refuse it here, by name, not with a 500
+        # later. orjson refuses them itself, so only this rarer path looks (and only if one may be there).
+        if b"\\ud" in body or b"\\uD" in body or b"\xed" in body:
+            bad = _lone_surrogate(doc)
+            if bad is not None:
+                why = f"request body is not valid Unicode: lone surrogate {bad} in a string"
+                raise ProtocolError("InvalidInput", why) from None
     if type(doc) is not dict:
         raise ProtocolError("InvalidInput", "request body must be a JSON object")
     name = doc.get("name")

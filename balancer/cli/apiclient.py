@@ -2,15 +2,21 @@
 
 The balancer writes its URL and token into its run directory (0700); a command takes the newest
 run under ``.balancer-runs`` (or ``--run-dir``, or ``--url`` with ``UMBRIDGE_BALANCER_TOKEN``), so
-its owner types no token. Every failure is a ``CliError`` with one readable line.
+its owner types no token. The token goes only to a URL given on the command line or read from a
+file we own that nobody else can write, in a directory only we can enter: a run directory another
+user planted is never used (``newest_run_dir`` skips it, ``--run-dir`` refuses it). Every failure,
+a malformed answer of the API included, is a ``CliError``: one readable line, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
+import http.client
 import json
 import os
+import stat
 import sys
 import urllib.error
 import urllib.request
@@ -19,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
+MAX_ANSWER = 64 << 20  # bytes of one API answer; /api/servers of 10,000 servers is a few MiB
+MAX_RUN_FILE = 64 << 10  # a run directory's url or token file
 
 
 class CliError(Exception):
@@ -31,14 +39,20 @@ Command = Callable[[argparse.Namespace, str, str], tuple[Any, str]]
 
 def command(fn: Command) -> Callable[[argparse.Namespace], int]:
     """``fn`` as an argparse ``func``: finds the balancer, prints its screen (or JSON with ``--json``);
-    a ``CliError`` is one line on stderr and exit status 2."""
+    a ``CliError`` or a malformed answer is one line on stderr and exit status 2."""
 
     def run(args: argparse.Namespace) -> int:
+        url = "?"
         try:
             url, token = target(args)
             doc, text = fn(args, url, token)
         except CliError as exc:
             print(f"balancer: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            # The screen of an answer without the keys or types it needs: one line, no traceback.
+            why = f"{type(exc).__name__}: {exc}"[:200]
+            print(f"balancer: error: malformed answer from the balancer at {url}: {why}", file=sys.stderr)
             return EXIT_USAGE
         print(json.dumps(doc, indent=2) if args.json else text)
         return 0
@@ -53,17 +67,16 @@ def target_args(q: argparse.ArgumentParser) -> None:
 
 
 def target(args: argparse.Namespace) -> tuple[str, str]:
-    """(URL, token) of the balancer ``args`` name, or of the newest run."""
+    """(URL, token) of the balancer ``args`` name, or of the newest run of ours."""
     run_dir = Path(args.run_dir) if args.run_dir else newest_run_dir()
     token = os.environ.get("UMBRIDGE_BALANCER_TOKEN", "")
     url = args.url
-    if run_dir is not None:
-        try:
-            url = url or (run_dir / "url").read_text().strip()
-            token = token or (run_dir / "token").read_text().strip()
-        except OSError as exc:
-            raise CliError(f"cannot read the balancer's {Path(exc.filename).name} in {run_dir}: "
-                           f"{exc.strerror}") from None  # fmt: skip
+    if run_dir is not None and not (url and token):
+        why = not_private(run_dir)
+        if why:
+            raise CliError(f"will not use the run directory {run_dir}: {why}")
+        url = url or read_private(run_dir / "url", secret=False)
+        token = token or read_private(run_dir / "token", secret=True)
     if not url:
         raise CliError("no balancer found: give --run-dir or --url")
     if not token:
@@ -71,10 +84,53 @@ def target(args: argparse.Namespace) -> tuple[str, str]:
     return url.rstrip("/"), token
 
 
+def not_private(d: Path) -> str | None:
+    """Why the directory ``d`` is not ours alone (None when it is): another user could have planted
+    its files, or could read the token. A CliError when it cannot be looked at."""
+    try:
+        st = os.stat(d)
+    except OSError as exc:  # as before: the url file cannot be read
+        raise CliError(f"cannot read the balancer's url in {d}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a directory"
+    if st.st_uid != os.geteuid():
+        return f"owned by uid {st.st_uid}, not by us"
+    if st.st_mode & 0o077:
+        return f"mode {stat.S_IMODE(st.st_mode):04o} lets other users in (want 0700)"
+    return None
+
+
+def read_private(path: Path, secret: bool) -> str:
+    """A run directory's small file, only if it is a regular file of ours that nobody else can write
+    (nor read: ``secret``); a symlink, a FIFO or a huge file is refused without blocking."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CliError(f"cannot read the balancer's {path.name} in {path.parent}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        bad = 0o077 if secret else 0o022
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & bad:
+            only = "read" if secret else "write"
+            raise CliError(f"will not use {path}: not a regular file of ours that only we can {only}")
+        data = f.read(MAX_RUN_FILE + 1)
+    if len(data) > MAX_RUN_FILE:
+        raise CliError(f"will not use {path}: larger than {MAX_RUN_FILE} bytes")
+    try:
+        return data.decode().strip()
+    except UnicodeDecodeError:
+        raise CliError(f"will not use {path}: not text") from None
+
+
 def newest_run_dir() -> Path | None:
+    """The newest run directory under ``.balancer-runs`` that is ours alone (others are skipped)."""
     root = Path(".balancer-runs")
-    dirs = [d for d in root.glob("*") if (d / "url").is_file()] if root.is_dir() else []
-    return max(dirs, key=lambda d: (d / "url").stat().st_mtime) if dirs else None
+    dirs = []
+    for d in root.glob("*") if root.is_dir() else ():
+        with contextlib.suppress(OSError, CliError):
+            if not_private(d) is None:
+                dirs.append((os.stat(d / "url", follow_symlinks=False).st_mtime, d))
+    return max(dirs)[1] if dirs else None
 
 
 def call(url: str, token: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -90,15 +146,28 @@ def call(url: str, token: str, method: str, path: str, body: dict[str, Any] | No
         req.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"{}")
+            data = resp.read(MAX_ANSWER + 1)
     except urllib.error.HTTPError as exc:
         try:
-            doc = json.loads(exc.read())
+            doc = json.loads(exc.read(MAX_ANSWER))
             err = doc.get("error", doc)
             msg = err.get("message", exc.reason) if isinstance(err, dict) else exc.reason
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, OSError, http.client.HTTPException):
             msg = exc.reason
-        raise CliError(f"the balancer refused: {exc.code} {msg}") from None
+        raise CliError(f"the balancer refused: {exc.code} {str(msg)[:500]}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise CliError(f"cannot reach the balancer at {url}: {reason}") from None
+    except http.client.HTTPException as exc:  # a truncated answer, a bad status line
+        raise CliError(f"malformed answer from the balancer at {url}: {type(exc).__name__}") from None
+    if len(data) > MAX_ANSWER:
+        raise CliError(f"malformed answer from the balancer at {url}: larger than {MAX_ANSWER} bytes")
+    try:
+        doc = json.loads(data or b"{}")
+    except ValueError as exc:  # not JSON, not UTF-8
+        raise CliError(f"malformed answer from the balancer at {url}: not JSON ({str(exc)[:100]})") from None
+    if not isinstance(doc, dict):
+        raise CliError(
+            f"malformed answer from the balancer at {url}: a JSON {type(doc).__name__}, not an object"
+        )
+    return doc

@@ -175,6 +175,9 @@ class BalancerConfig:
     allow_uids: tuple[int, ...] = ()
     allow_users: tuple[str, ...] = ()
     allow_remote: bool = False
+    # Client port's Host check (ops/origin.py): names it answers to besides loopback, addresses and
+    # this machine's host name (no DNS rebinding); fixed for the run.
+    allow_hosts: tuple[str, ...] = ()
     servers: tuple[ServerSpec, ...] = ()
     # The [backend] table as the scheduler's ``Options`` dataclass (see backends/options.py).
     backend_options: Any = None

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from balancer.control.probe import Probe, exposed_addresses
-from balancer.http.messages import Reply, Request, error_reply, json_reply
+from balancer.http.messages import Reply, Request, clip, error_reply, json_reply
 from balancer.launcher.usage import clean_samples, journal_fields
 from balancer.observe.events import Ev, EventBus, Throttled
 from balancer.ops.views import held_reasons, server_view
@@ -167,7 +167,7 @@ class Control:
             return await self._lease(request, sid)
         if parts[-1] == "exited":
             return self._exited(request, sid)
-        return error_reply("NotFound", f"no route {request.path}", 404)
+        return error_reply("NotFound", f"no route {clip(request.path)}", 404)
 
     async def _lease(self, request: Request, sid: str) -> Reply:
         """Long poll: answers at once when the server must stop, else after ``wait`` seconds."""

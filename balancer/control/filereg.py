@@ -10,6 +10,14 @@ the lease. A launcher that sees ``<server>.stop``, or a ``balancer.alive`` uncha
 time, stops its server, exactly as with the HTTP lease. Files are read and written on a worker
 thread (a shared file system can be slow); the registration itself goes through the same control
 code as over HTTP.
+
+The directory holds the token (in the launchers' registrations) and its files stop servers, so it
+must be this user's alone: an existing one owned by another user, or writable by group or others,
+is refused at the start (one line, exit 2); a new one is made 0700. Nothing there is followed or
+trusted blindly: files are created with ``O_EXCL | O_NOFOLLOW`` (a symlink ``balancer.alive`` is
+replaced, never written through), and only regular files of this user, of at most MAX_FILE bytes,
+opened with ``O_NONBLOCK | O_NOFOLLOW``, are read; anything else (another user's file, a symlink, a
+FIFO) is removed unread, so it can neither stop a server nor hold up the poll loop.
 """
 
 from __future__ import annotations
@@ -21,11 +29,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from balancer.config.schema import ConfigError
 from balancer.control.api import Control
-from balancer.launcher.contract import ALIVE
+from balancer.launcher.contract import ALIVE, dir_problem, ours
 from balancer.observe.events import Ev, EventBus
 
 POLL_S = 0.5
+MAX_FILE = 4 << 20  # bytes of one registration, usage or exit file (a usage batch is tens of KiB)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _STOPPED = frozenset({Ev.SERVER_STOPPING, Ev.SERVER_STOPPED, Ev.SERVER_FAILED})
 
 
@@ -51,8 +63,15 @@ class FileRegistration:
         self._task = asyncio.create_task(self._loop(), name="file-registration")
 
     def _prepare(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.dir / ALIVE).touch()
+        """Make the directory (0700) or check the one there; raises ConfigError when it is unsafe."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigError("registration_dir", f"cannot create {self.dir}: {exc.strerror}") from None
+        why = dir_problem(self.dir)
+        if why:
+            raise ConfigError("registration_dir", f"{self.dir} is unsafe: {why}")
+        touch_ours(self.dir / ALIVE)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -99,7 +118,7 @@ class FileRegistration:
         """One look at the directory (worker thread): write stops, heartbeat, collect reports."""
         self._write_stops(stops)
         if touch:
-            (self.dir / ALIVE).touch()
+            touch_ours(self.dir / ALIVE)
         found = []
         for name in sorted(os.listdir(self.dir)):
             for kind in ("register", "exited", "usage"):
@@ -107,10 +126,12 @@ class FileRegistration:
                 if name.endswith(suffix) and not name.startswith("."):
                     path = self.dir / name
                     try:
-                        doc = json.loads(path.read_text())
+                        data = read_ours(path)
+                        doc = json.loads(data) if data is not None else None
                     except (OSError, ValueError):
                         continue  # half a file from a writer that does not rename: next pass
-                    path.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        path.unlink()  # read, or not ours (removed unread)
                     if isinstance(doc, dict):
                         found.append((kind, name[: -len(suffix)], doc))
         return found
@@ -118,4 +139,38 @@ class FileRegistration:
     def _write_stops(self, stops: list[str]) -> None:
         for sid in stops:
             with contextlib.suppress(OSError):
-                (self.dir / f"{sid}.stop").touch(mode=0o600)
+                touch_ours(self.dir / f"{sid}.stop")
+
+
+def touch_ours(path: Path) -> None:
+    """Create ``path`` (0600) or renew its time; what is there and not a regular file of ours (a
+    symlink, a FIFO, another user's file) is replaced, never written through or followed."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, _CREATE, 0o600)
+        except FileExistsError:
+            st = os.lstat(path)
+            if ours(st):
+                os.utime(path, follow_symlinks=False)
+                return
+            path.unlink()  # then create our own, exclusively
+        else:
+            os.close(fd)
+            return
+
+
+def read_ours(path: Path) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file of ours of at most MAX_FILE bytes, else None;
+    never blocks on a FIFO or a device, never follows a symlink."""
+    try:
+        fd = os.open(path, _READ)
+    except OSError:
+        if not ours(os.lstat(path)):
+            return None  # a symlink (ELOOP), a socket (ENXIO)
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not ours(st) or st.st_size > MAX_FILE:
+            return None
+        data = f.read(MAX_FILE + 1)
+    return data if len(data) <= MAX_FILE else None

@@ -104,9 +104,25 @@ class Stream:
         """The connection is gone; called once."""
 
 
+# The most characters of client input (a model name, a path, a header value) that an answer, the
+# journal, the dashboard or a notification repeats; longer ones are cut and end in ``CLIP_MARK``. A
+# client must not turn one request into a megabyte answer, journal line or dashboard snapshot.
+ECHO_MAX = 200
+CLIP_MARK = "..."
+
+
+def clip(text: str, limit: int = ECHO_MAX) -> str:
+    """``text`` cut to ``limit`` characters (plus ``CLIP_MARK`` where cut), for echoing client input."""
+    return text if len(text) <= limit else text[:limit] + CLIP_MARK
+
+
 def json_reply(obj: object, status: int = 200) -> Reply:
     return status, JSON_CT, orjson.dumps(obj)
 
 
 def error_reply(kind: str, message: str, status: int) -> Reply:
-    return json_reply({"error": {"type": kind, "message": message}}, status)
+    try:
+        return json_reply({"error": {"type": kind, "message": message}}, status)
+    except orjson.JSONEncodeError:  # a lone surrogate from the client's input: not UTF-8
+        message = message.encode("utf-8", "backslashreplace").decode()
+        return json_reply({"error": {"type": kind, "message": message}}, status)

@@ -6,9 +6,12 @@ routes with small JSON bodies, so a protocol object that parses with llhttp (the
 Node.js, also behind uvicorn) and writes one buffer per answer does the same for a fraction.
 It handles keep-alive and pipelining (one request at a time per connection, answers in request
 order, a malformed request's 400 after the answers it follows), chunked bodies, ``Expect:
-100-continue``, a body-size limit (413 at once from a Content-Length over it, after the body for a
-chunked one) and idle keep-alive connections (closed after ``IDLE_TIMEOUT_S``). The request and
-reply types and the limits are in ``balancer.http.messages``, the routes in ``balancer.http.router``.
+100-continue``, a body-size limit (413 at once from a Content-Length over it, as soon as a chunked
+body passes it), limits on the request line and headers counted as the bytes arrive (414, 431:
+llhttp keeps an unfinished header line whole, re-copied on every read, so a client must not be able
+to send an endless one) and idle keep-alive connections (closed after ``IDLE_TIMEOUT_S``). The
+request and reply types and the limits are in ``balancer.http.messages``, the routes in
+``balancer.http.router``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import cast
 import httptools
 
 from balancer.http.buffers import SharedBufferProtocol
-from balancer.http.messages import HttpLimits, Reply, Request, Stream, StreamOut, error_reply
+from balancer.http.messages import HttpLimits, Reply, Request, Stream, StreamOut, clip, error_reply
 from balancer.http.router import Router
 
 
@@ -42,14 +45,32 @@ _STATUS_LINES = {s.value: _status_line(s.value) for s in HTTPStatus}
 
 # Asked once per new connection: None serves it, a Reply refuses it (access.PeerGate).
 Admit = Callable[[asyncio.BaseTransport], "Reply | None"]
+# Told of every 500 (a handler's bug), to be journaled (rate-limited) by the app: ``(route, error)``.
+OnError = Callable[[str, str], None]
+# Asked once per request, before its handler, with its connection's transport (ops/origin.py's Host
+# and Origin check, control/admission.py's token deadline): a Reply answers it instead.
+Check = Callable[["asyncio.BaseTransport | None", Request], "Reply | None"]
+
+# Bytes of a request's head beyond ``max_url + max_header_bytes`` that the raw count allows: the
+# request line's method and version, and the separators the per-header count does not see.
+HEAD_SLACK = 4096
 
 
 class FrontServer:
     """Owns the listening socket and the open connections, for a graceful shutdown."""
 
-    def __init__(self, router: Router, limits: HttpLimits, admit: Admit | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        limits: HttpLimits,
+        admit: Admit | None = None,
+        on_error: OnError | None = None,
+        check: Check | None = None,
+    ) -> None:
         self.router = router
+        self.check = check
         self.limits = limits
+        self.on_error = on_error
         # Asked once per new connection (access.PeerGate): a Reply refuses it, every request on it
         # gets that answer instead of a handler's, then the connection closes.
         self.admit = admit
@@ -115,6 +136,8 @@ class HttpProtocol(SharedBufferProtocol):
         "_body",
         "_done_reading",
         "_final",
+        "_head_open",
+        "_head_seen",
         "_header_bytes",
         "_headers",
         "_limit_reply",
@@ -151,6 +174,11 @@ class HttpProtocol(SharedBufferProtocol):
         self._done_reading = False
         self._final: Reply | None = None
         self._header_bytes = 0
+        # Raw bytes of the current request's head (request line and headers) seen so far: llhttp
+        # hands a header to ``on_header`` only once it is complete, so this count is what cuts an
+        # endless header line off after about ``max_header_bytes``, not after the client's last byte.
+        self._head_open = False
+        self._head_seen = 0
         self._limit_reply: Reply | None = None  # set by a parser callback that hit a limit
         self.in_message = False  # a request has begun and not yet fully arrived
         self.message_start = 0.0
@@ -194,6 +222,7 @@ class HttpProtocol(SharedBufferProtocol):
         self.last_active = time.monotonic()
         if self.in_message:
             self.message_bytes += len(data)
+        head_open = self._head_open  # then every byte of ``data`` up to the head's end is the head's
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -203,6 +232,13 @@ class HttpProtocol(SharedBufferProtocol):
                 self.give_up(self._limit_reply)
             else:
                 self._bad(f"malformed HTTP request: {exc}")
+        else:
+            if head_open and self._head_open:  # the head goes on past this read: all of it was head
+                self._head_seen += len(data)
+                lim = self.front.limits
+                if self._head_seen > lim.max_url + lim.max_header_bytes + HEAD_SLACK:
+                    why = f"request headers exceed {lim.max_header_bytes} bytes"
+                    self.give_up(error_reply("InvalidInput", why, 431))
 
     def _bad(self, message: str) -> None:
         self.give_up(error_reply("InvalidInput", message, 400))
@@ -235,6 +271,8 @@ class HttpProtocol(SharedBufferProtocol):
         self._size = 0
         self._too_large = False
         self._header_bytes = 0
+        self._head_open = True
+        self._head_seen = 0
         self.in_message = True
         self.message_start = time.monotonic()
         self.message_bytes = 0
@@ -254,17 +292,12 @@ class HttpProtocol(SharedBufferProtocol):
             )
 
     def on_headers_complete(self) -> None:
+        self._head_open = False
         if self._done_reading:
             return
         cl = self._headers.get(b"content-length")
         if cl is not None and cl.isdigit() and int(cl) > self.front.limits.max_body:
-            # Too large by its header: answer 413 now (through the handler, so it is journaled) and
-            # close, rather than wait for a body that may never come; read nothing more.
-            req = Request(self.parser.get_method(), self._url, self._headers, b"", False, True, self.remote)
-            self._stop_reading()
-            self._pending.append(req)
-            if self._task is None:
-                self._next()
+            self._too_large_now()
             return
         if self._headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -273,11 +306,21 @@ class HttpProtocol(SharedBufferProtocol):
         if self._too_large or self._done_reading:
             return  # drained, not kept
         self._size += len(body)
-        if self._size > self.front.limits.max_body:
+        if self._size > self.front.limits.max_body:  # a chunked body (a Content-Length was checked)
             self._too_large = True
             self._body = []
+            self._too_large_now()
         else:
             self._body.append(body)
+
+    def _too_large_now(self) -> None:
+        """Answer 413 now (through the handler, so it is journaled) and close, rather than wait for
+        (or drain) a body that may never end; read nothing more."""
+        req = Request(self.parser.get_method(), self._url, self._headers, b"", False, True, self.remote)
+        self._stop_reading()
+        self._pending.append(req)
+        if self._task is None:
+            self._next()
 
     def on_message_complete(self) -> None:
         self.in_message = False
@@ -308,13 +351,18 @@ class HttpProtocol(SharedBufferProtocol):
         try:
             if self.refusal is not None:  # no handler runs; the connection ends with this answer
                 reply, req.keep_alive = self.refusal, False
+            elif (check := self.front.check) is not None and (refused := check(self.transport, req)):
+                reply = refused
             elif handler is None:
-                path = req.path if len(req.path) <= 200 else req.path[:200] + "..."  # never echo a huge path
-                reply = error_reply("NotFound", f"no route {req.method.decode(errors='replace')} {path}", 404)
+                method = req.method.decode(errors="replace")
+                reply = error_reply("NotFound", f"no route {method} {clip(req.path)}", 404)  # not a huge path
             else:
                 reply = await handler(req)
-        except Exception as exc:  # a bug must not kill the connection silently
-            reply = error_reply("InternalError", f"{type(exc).__name__}: {exc}", 500)
+        except Exception as exc:  # a bug must not kill the connection silently, nor go unjournaled
+            error = clip(f"{type(exc).__name__}: {exc}")
+            reply = error_reply("InternalError", error, 500)
+            if self.front.on_error is not None:
+                self.front.on_error(clip(f"{req.method.decode(errors='replace')} {req.path}"), error)
         keep_alive = req.keep_alive and not self.front.closing
         self._task = None
         if isinstance(reply, Stream):

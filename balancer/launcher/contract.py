@@ -9,7 +9,10 @@ here instead of the launcher importing them from the backends.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import stat
 import sys
 from pathlib import Path
 
@@ -31,11 +34,40 @@ ALIVE = "balancer.alive"  # touched by the balancer every third of the lease
 
 
 def write_atomic(path: Path, data: str) -> None:
-    """Readers never see half a file: write a temporary one (0600), then rename it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(data)
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    """Readers never see half a file: write a temporary one, then rename it. The temporary file is
+    created 0600 from its first byte (it may hold the token), with a fresh name and ``O_EXCL |
+    O_NOFOLLOW``: a file or symlink planted under its name is never written through."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        os.replace(tmp, path)  # replaces a symlink at ``path`` itself, never its target
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def dir_problem(path: Path) -> str | None:
+    """Why the registration directory ``path`` is unsafe (None when it is safe): another user owns
+    it or may write in it, and could then read the token, plant stop or exit files, or symlinks."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"cannot stat it: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a directory"
+    if st.st_uid != os.geteuid():
+        return f"owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
+    if st.st_mode & 0o022:
+        return f"mode {stat.S_IMODE(st.st_mode):04o} lets other users write in it (chmod 700 it)"
+    return None
+
+
+def ours(st: os.stat_result) -> bool:
+    """A regular file of this user (lstat/fstat): anything else in the directory is ignored."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def launch_env(

@@ -40,6 +40,8 @@ from balancer.launcher.contract import (
     ENV_TASK_INDEX,
     ENV_TOKEN,
     ENV_URL,
+    dir_problem,
+    ours,
     write_atomic,
 )
 from balancer.launcher.procgroup import GRACE_S, end_child
@@ -75,11 +77,18 @@ def server_id() -> str:
 
 
 def _stop_and_mtime(stop: Path, alive: Path) -> tuple[bool, float | None]:
+    """Whether the balancer asked to stop, and its heartbeat's time: only regular files of ours count
+    (a symlink or another user's file is no stop and no heartbeat)."""
     try:
-        mtime: float | None = alive.stat().st_mtime
+        st = os.lstat(alive)
+        mtime: float | None = st.st_mtime if ours(st) else None
     except OSError:
         mtime = None
-    return stop.exists(), mtime
+    try:
+        told = ours(os.lstat(stop))
+    except OSError:
+        told = False
+    return told, mtime
 
 
 def _offer_usage(path: Path, batch: list[dict[str, Any]]) -> bool:
@@ -151,7 +160,7 @@ class Launcher:
             *self.command, env=env, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent
         )
         log(f"server pid {self.proc.pid} on port {port}: {' '.join(self.command)}")
-        url = f"http://{host}:{port}"
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"  # IPv6 in brackets
         monitor = None
         if self.monitor_s > 0 and (self.balancer or self.reg_dir is not None):
             monitor = asyncio.create_task(self._monitor(self.proc.pid), name="usage-monitor")
@@ -227,6 +236,11 @@ class Launcher:
         registration, then stop on ``<server>.stop`` or when ``balancer.alive`` has not changed for
         the lease time (measured on our clock: the two machines' clocks may differ)."""
         assert self.reg_dir is not None
+        why = await asyncio.to_thread(dir_problem, self.reg_dir)
+        if why:  # the token would be readable there, its stop files another user's
+            self.balancer_said_stop = True  # nothing goes into that directory, not even our exit
+            self.request_stop(f"will not register through {self.reg_dir}: {why}")
+            return
         stop, alive = self.reg_dir / f"{self.sid}.stop", self.reg_dir / ALIVE
         usage_file = self.reg_dir / f"{self.sid}.usage.json"
         text = json.dumps({**doc, "token": self.token})

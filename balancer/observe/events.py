@@ -86,11 +86,14 @@ class EventBus:
         self._route: dict[str, tuple[Subscriber, ...]] = dict.fromkeys(EVENT_NAMES, ())
         self._broken: set[Subscriber] = set()
 
-    def subscribe(self, fn: Subscriber, only: frozenset[str] | None = None) -> Callable[[], None]:
-        """Call ``fn(event)`` for every event from now on, or for the events named in ``only``;
+    def subscribe(
+        self, fn: Subscriber, only: frozenset[str] | None = None, first: bool = False
+    ) -> Callable[[], None]:
+        """Call ``fn(event)`` for every event from now on, or for the events named in ``only``
+        (``first``: before the subscribers there are, e.g. to journal something ahead of an event);
         returns the unsubscribe function."""
         entry = (fn, only)
-        self._subs = (*self._subs, entry)
+        self._subs = (entry, *self._subs) if first else (*self._subs, entry)
         self._reroute()
 
         def unsubscribe() -> None:
@@ -127,7 +130,8 @@ class EventBus:
 class Throttled:
     """One event for a flood of the same thing (refused tokens, refused peers): journaled at most
     once per ``every_s`` with the count since the last line and the last one's fields; the rest of
-    an interval is flushed at its end. Someone hammering a port fills no disk."""
+    an interval is flushed at its end, and what is pending when the balancer stops just before its
+    ``balancer.stopped`` (100 refusals journal as 100). Someone hammering a port fills no disk."""
 
     __slots__ = ("_bus", "_count", "_ev", "_every", "_flush", "_last", "_logged_m")
 
@@ -137,6 +141,8 @@ class Throttled:
         self._last: dict[str, Any] = {}
         self._logged_m = -every_s
         self._flush: asyncio.TimerHandle | None = None
+        # No component has to remember to close it: the pending count is journaled at the stop.
+        bus.subscribe(lambda _: self.close(), only=frozenset({Ev.BALANCER_STOPPED}), first=True)
 
     def note(self, **fields: Any) -> None:
         self._count += 1

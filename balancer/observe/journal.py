@@ -32,12 +32,27 @@ class Journal:
         fd = self._fd
         if fd is not None:
             # A short write to a regular file only happens on a full disk; nothing sensible to do then.
-            _write(fd, _dumps(event, option=_OPTS, default=str))
+            try:
+                line = _dumps(event, option=_OPTS, default=str)
+            except orjson.JSONEncodeError:  # a lone surrogate in a string: the line still gets written
+                line = _dumps(_printable(event), option=_OPTS, default=str)
+            _write(fd, line)
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _printable(obj: Any) -> Any:
+    """``obj`` with every string made UTF-8 (a lone surrogate as ``\\udXXX``), at any depth."""
+    if type(obj) is str:
+        return obj.encode("utf-8", "backslashreplace").decode()
+    if type(obj) is dict:
+        return {_printable(k): _printable(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return [_printable(v) for v in obj]
+    return obj
 
 
 def read_journal(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

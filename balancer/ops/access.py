@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from balancer.http.messages import Reply, error_reply
 from balancer.http.peer import PeerLookup, user_uids
@@ -44,6 +44,7 @@ class PeerGate:
         allow_uids: Iterable[int] = (),
         allow_remote: bool = False,
         lookup: PeerLookup | None = None,
+        connections: Callable[[], Iterable[asyncio.BaseTransport]] = tuple,
     ) -> None:
         self.bus = bus
         self.owner = os.geteuid()
@@ -51,11 +52,17 @@ class PeerGate:
         self.allow_remote = allow_remote
         self.lookup = lookup or PeerLookup()
         self._refusals = Throttled(bus, Ev.PEER_REFUSED, LOG_S)
+        self.connections = connections  # the client port's open connections (app.py wires it)
 
     def reconfigure(self, uids: Iterable[int], users: Iterable[str], remote: bool) -> None:
-        """A reload's ``allow_uids``/``allow_users``/``allow_remote``, for connections from now on."""
+        """A reload's ``allow_uids``/``allow_users``/``allow_remote``: for connections from now on,
+        and the open ones are asked again: a keep-alive connection of a user the reload removed is
+        closed now, not served for as long as its client keeps it (a call on it loses its answer)."""
         self.allowed = frozenset({self.owner, *uids, *user_uids(list(users)).values()})
         self.allow_remote = remote
+        for t in list(self.connections()):
+            if not t.is_closing() and self(t) is not None:
+                t.close()
 
     def __call__(self, transport: asyncio.BaseTransport) -> Reply | None:
         local = transport.get_extra_info("sockname")

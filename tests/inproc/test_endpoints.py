@@ -195,10 +195,11 @@ def test_frontend_http_edge_cases(shared_balancer):
     """The frontend is our own (asyncio + llhttp): pipelining, chunked bodies, HTTP/1.0, garbage."""
     b = shared_balancer
     body = b'{"name": "forward", "input": [[1.0]]}'
-    req = b"POST /Evaluate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s\r\n%s"
+    req = b"POST /Evaluate HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n%s\r\n%s"
     out = _raw_http(b.url, req % (len(body), b"", body) + req % (len(body), b"Connection: close\r\n", body))
     assert out.count(b"HTTP/1.1 200 OK") == 2 and out.count(b'{"output": [[2.0]] }') == 2
-    chunked = b"POST /Evaluate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    chunked = b"POST /Evaluate HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
+    chunked += b"Connection: close\r\n\r\n"
     chunked += b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
     assert b'{"output": [[2.0]] }' in _raw_http(b.url, chunked)
     old = b"POST /Evaluate HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)

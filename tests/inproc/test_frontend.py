@@ -91,7 +91,7 @@ def test_the_balancer_journals_an_early_413(tmp_path: Path):
     async def main() -> None:
         async with running(tmp_path, [spec]) as h:  # max_body_mb 64
             port = int(h.url.rsplit(":", 1)[1])
-            head = b"POST /Evaluate HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n"
+            head = b"POST /Evaluate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 999999999\r\n\r\n"
             out, took = await exchange(port, head)
             assert statuses(out) == [b"413"] and took < 5
             (failed,) = h.of("call.failed")
