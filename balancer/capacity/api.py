@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from balancer.capacity.service import MAX_OVERRIDE_S, ForecastService, Override
-from balancer.http.messages import Reply, Request, error_reply, json_reply
+from balancer.http.messages import Reply, Request, clip, error_reply, json_reply
 
 _UNAUTHORIZED = ("Unauthorized", "missing or wrong balancer token", 401)
 _OVERRIDE_KEYS = {"idle_cpus", "idle_gpus", "expires_in_s", "expires_at", "reason"}
@@ -63,10 +63,10 @@ def parse_put(body: bytes, now: float) -> tuple[bool | None, Override | None]:
         raise BadRequest('expected a JSON object with "enabled" and/or "override"')
     unknown = set(doc) - {"enabled", "override"}
     if unknown:
-        raise BadRequest(f"unknown key(s) {', '.join(sorted(unknown))} (known: enabled, override)")
+        raise BadRequest(f"unknown key(s) {clip(', '.join(sorted(unknown)))} (known: enabled, override)")
     enabled = doc.get("enabled")
     if "enabled" in doc and not isinstance(enabled, bool):
-        raise BadRequest(f'"enabled" must be true or false, got {enabled!r}')
+        raise BadRequest(f'"enabled" must be true or false, got {clip(repr(enabled))}')
     override = None
     if "override" in doc:
         override = _override(doc["override"], now)
@@ -80,9 +80,9 @@ def _number(doc: dict[str, Any], key: str, required: bool = False) -> float | No
             raise BadRequest(f'override: "{key}" is required')
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
-        raise BadRequest(f'override: "{key}" must be a number, got {v!r}')
+        raise BadRequest(f'override: "{key}" must be a number, got {clip(repr(v))}')
     if v < 0:
-        raise BadRequest(f'override: "{key}" must be >= 0, got {v!r}')
+        raise BadRequest(f'override: "{key}" must be >= 0, got {clip(repr(v))}')
     return float(v)
 
 
@@ -91,7 +91,7 @@ def _override(doc: Any, now: float) -> Override:
         raise BadRequest('"override" must be an object such as {"idle_cpus": 0, "expires_in_s": 3600}')
     unknown = set(doc) - _OVERRIDE_KEYS
     if unknown:
-        raise BadRequest(f"override: unknown key(s) {', '.join(sorted(unknown))} "
+        raise BadRequest(f"override: unknown key(s) {clip(', '.join(sorted(unknown)))} "
                          f"(known: {', '.join(sorted(_OVERRIDE_KEYS))})")  # fmt: skip
     cpus = _number(doc, "idle_cpus", required=True)
     gpus = _number(doc, "idle_gpus")

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from balancer.launcher.contract import dir_problem
+
 EXIT_USAGE = 2
 MAX_ANSWER = 64 << 20  # bytes of one API answer; /api/servers of 10,000 servers is a few MiB
 MAX_RUN_FILE = 64 << 10  # a run directory's url or token file
@@ -88,16 +90,10 @@ def not_private(d: Path) -> str | None:
     """Why the directory ``d`` is not ours alone (None when it is): another user could have planted
     its files, or could read the token. A CliError when it cannot be looked at."""
     try:
-        st = os.stat(d)
+        os.stat(d)
     except OSError as exc:  # as before: the url file cannot be read
         raise CliError(f"cannot read the balancer's url in {d}: {exc.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        return "not a directory"
-    if st.st_uid != os.geteuid():
-        return f"owned by uid {st.st_uid}, not by us"
-    if st.st_mode & 0o077:
-        return f"mode {stat.S_IMODE(st.st_mode):04o} lets other users in (want 0700)"
-    return None
+    return dir_problem(d, forbid=0o077)
 
 
 def read_private(path: Path, secret: bool) -> str:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shlex
+import stat
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -216,6 +217,9 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
         raise ConfigError("balancer.control_port", f"must be within 0..65535, got {control_port}")
     allow_uids, allow_users = _allowed(values)
     allow_remote = _typed("balancer.allow_remote", values.get("allow_remote", False), bool, "true or false")
+    hosts = values.get("allow_hosts", [])
+    if not (isinstance(hosts, list) and all(isinstance(n, str) and n.strip() for n in hosts)):
+        raise ConfigError("balancer.allow_hosts", f"expected a list of host names, got {hosts!r}")
     registration = values.get("registration", "http")
     if registration not in ("http", "file"):
         raise ConfigError("balancer.registration", f'expected "http" or "file", got {registration!r}')
@@ -255,6 +259,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
         allow_uids=allow_uids,
         allow_users=allow_users,
         allow_remote=allow_remote,
+        allow_hosts=tuple(hosts),
         servers=specs,
         backend_options=_options(scheduler, "Options", backend, "backend"),
         forecast=parse_forecast(raw.get("forecast", {})),
@@ -392,17 +397,43 @@ def _check_apprise_urls(urls: list[str]) -> None:
             raise ConfigError(f"notify.urls[{i}]", detail)
 
 
-def read_config(path: str | os.PathLike[str], **overrides: Any) -> tuple[BalancerConfig, str]:
-    """The validated configuration and the digest of the text it came from (shown by status)."""
-    p = Path(path)
+CONFIG_MAX_BYTES = 1 << 20  # a configuration file is a few KiB: a bigger one is a mistake
+
+
+def _read_small_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a regular file of at most CONFIG_MAX_BYTES, opened without blocking: a FIFO, a
+    device or a huge file is refused at once, never read (at start as at a reload)."""
     try:
-        data = p.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(str(path), "cannot read: not a regular file")
+        chunks, size = [], 0
+        while chunk := os.read(fd, CONFIG_MAX_BYTES + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > CONFIG_MAX_BYTES:
+                raise ConfigError(str(path), f"cannot read: larger than {CONFIG_MAX_BYTES} bytes")
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def read_config(path: str | os.PathLike[str], **overrides: Any) -> tuple[BalancerConfig, str]:
+    """The validated configuration and the digest of the text it came from (shown by status); the
+    start (``balancer serve --config``) and a reload read the file alike."""
+    data = _read_small_file(path)
+    try:
         text = data.decode()
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise ConfigError(str(path), f"cannot read: {why}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc}") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"invalid TOML: {exc}") from None
-    return parse_config(raw, base_dir=p.resolve().parent, **overrides), hashlib.sha256(data).hexdigest()[:12]
+    cfg = parse_config(raw, base_dir=Path(path).resolve().parent, **overrides)
+    return cfg, hashlib.sha256(data).hexdigest()[:12]

@@ -135,10 +135,12 @@ class HttpProtocol(SharedBufferProtocol):
     __slots__ = (
         "_body",
         "_done_reading",
+        "_eof",
         "_final",
         "_head_open",
         "_head_seen",
         "_header_bytes",
+        "_header_lines",
         "_headers",
         "_limit_reply",
         "_pending",
@@ -173,7 +175,9 @@ class HttpProtocol(SharedBufferProtocol):
         # 400 goes out after the answers of the requests before it, then the connection closes.
         self._done_reading = False
         self._final: Reply | None = None
+        self._eof = False  # the client half-closed: answer what arrived whole, then close
         self._header_bytes = 0
+        self._header_lines = 0  # lines, not names: repeated names count each time
         # Raw bytes of the current request's head (request line and headers) seen so far: llhttp
         # hands a header to ``on_header`` only once it is complete, so this count is what cuts an
         # endless header line off after about ``max_header_bytes``, not after the client's last byte.
@@ -208,6 +212,18 @@ class HttpProtocol(SharedBufferProtocol):
         stream, self._stream = self._stream, None
         if stream is not None:
             stream.closed()
+
+    def eof_received(self) -> bool | None:
+        """The client is done sending (a half-close, as ``nc -N`` or a script's ``shutdown(SHUT_WR)``
+        do after a request): the requests that arrived whole still get their answers, then the
+        connection closes; a request cut off by the end is dropped. Before, the transport closed at
+        once and the answer of a call in flight was lost."""
+        if self.idle() or self.transport is None or self._stream is not None:
+            return None  # nothing owed (an event stream ends with its reader): the transport closes
+        self._eof = True
+        self._done_reading = True
+        self.in_message = False
+        return True
 
     def idle(self) -> bool:
         return self._task is None and not self._pending and self._stream is None
@@ -271,6 +287,7 @@ class HttpProtocol(SharedBufferProtocol):
         self._size = 0
         self._too_large = False
         self._header_bytes = 0
+        self._header_lines = 0
         self._head_open = True
         self._head_seen = 0
         self.in_message = True
@@ -285,8 +302,9 @@ class HttpProtocol(SharedBufferProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.lower()] = value
         self._header_bytes += len(name) + len(value) + 4
+        self._header_lines += 1
         lim = self.front.limits
-        if len(self._headers) > lim.max_headers or self._header_bytes > lim.max_header_bytes:
+        if self._header_lines > lim.max_headers or self._header_bytes > lim.max_header_bytes:
             self._limit(
                 431, f"request headers exceed {lim.max_headers} lines or {lim.max_header_bytes} bytes"
             )
@@ -364,6 +382,8 @@ class HttpProtocol(SharedBufferProtocol):
             if self.front.on_error is not None:
                 self.front.on_error(clip(f"{req.method.decode(errors='replace')} {req.path}"), error)
         keep_alive = req.keep_alive and not self.front.closing
+        if self._eof and not self._pending and self._final is None:
+            keep_alive = False  # the last answer the half-closed client gets
         self._task = None
         if isinstance(reply, Stream):
             self._open_stream(reply)

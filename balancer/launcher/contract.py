@@ -49,9 +49,11 @@ def write_atomic(path: Path, data: str) -> None:
         raise
 
 
-def dir_problem(path: Path) -> str | None:
-    """Why the registration directory ``path`` is unsafe (None when it is safe): another user owns
-    it or may write in it, and could then read the token, plant stop or exit files, or symlinks."""
+def dir_problem(path: Path, forbid: int = 0o022) -> str | None:
+    """Why the directory ``path`` is unsafe (None when it is safe): another user owns it or has the
+    ``forbid`` mode bits in it. A registration directory must not be writable by others (they could
+    plant stop or exit files, or symlinks); a run directory the CLI reads the token from must not be
+    open to them at all (``forbid=0o077``)."""
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -60,8 +62,9 @@ def dir_problem(path: Path) -> str | None:
         return "not a directory"
     if st.st_uid != os.geteuid():
         return f"owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
-    if st.st_mode & 0o022:
-        return f"mode {stat.S_IMODE(st.st_mode):04o} lets other users write in it (chmod 700 it)"
+    if st.st_mode & forbid:
+        what = "write in it" if forbid == 0o022 else "in"
+        return f"mode {stat.S_IMODE(st.st_mode):04o} lets other users {what} (chmod 700 it)"
     return None
 
 

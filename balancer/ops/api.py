@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from balancer.http.messages import Reply, Request, error_reply, json_reply
+from balancer.http.messages import Reply, Request, clip, error_reply, json_reply
 from balancer.observe.events import Ev, Event, EventBus
 from balancer.ops.views import server_view, spec_view, state_counts
 from balancer.policy.types import SpecLimits
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 _UNAUTHORIZED = ("Unauthorized", "missing or wrong balancer token", 401)
 RATE_WINDOW_S = 60  # calls/s in status is the mean over this many seconds
 _SCALE_KEYS = ("min_servers", "max_servers", "backlog")
+SCALE_MAX = 100_000  # servers or calls: far above any cluster, far below what overflows a count
 
 
 class CallStats:
@@ -162,7 +163,7 @@ class OperatorApi:
         s = self.pool.servers.get(sid)
         if s is None or s.state is ServerState.GONE:
             known = ", ".join(sorted(self.pool.servers)) or "none"
-            return error_reply("NotFound", f"no server {sid[:64]!r}; live servers: {known}", 404)
+            return error_reply("NotFound", f"no server {clip(sid)!r}; live servers: {known}", 404)
         was = s.state.value
         if action == "drain":
             if s.state is not ServerState.READY:
@@ -186,10 +187,10 @@ class OperatorApi:
             return error_reply("NotFound", f"no route POST {request.path[:200]}", 404)
         name, action = parts[3], parts[4]
         if name not in self.pool.specs:
-            msg = f"no server spec {name[:64]!r}; known: {sorted(self.pool.specs)}"
+            msg = f"no server spec {clip(name)!r}; known: {sorted(self.pool.specs)}"
             return error_reply("NotFound", msg, 404)
         if self.pool.specs[name].removed:
-            return error_reply("InvalidInput", f"spec {name!r} was removed by a config reload", 409)
+            return error_reply("InvalidInput", f"spec {clip(name)!r} was removed by a config reload", 409)
         if action == "scale":
             return self._scale(request, name)
         if action == "pause":
@@ -216,7 +217,9 @@ class OperatorApi:
                 return error_reply("InvalidInput", 'expected {} or {"path": "/absolute/config.toml"}', 400)
             path = doc.get("path")
             if path is not None and not (isinstance(path, str) and path.startswith("/")):
-                return error_reply("InvalidInput", f"path must be an absolute path, got {path!r}", 400)
+                return error_reply(
+                    "InvalidInput", f"path must be an absolute path, got {clip(repr(path))}", 400
+                )
         if self.reloader is None:
             return error_reply("NotFound", "this balancer has no configuration file to reload", 404)
         ok, out = await self.reloader.reload(path, "api", _who(request), request.remote)
@@ -234,10 +237,13 @@ class OperatorApi:
             return error_reply("InvalidInput", msg, 400)
         unknown = sorted(set(doc) - set(_SCALE_KEYS))
         if unknown:
-            return error_reply("InvalidInput", f"unknown key(s) {unknown}; known: {sorted(_SCALE_KEYS)}", 400)
+            return error_reply(
+                "InvalidInput", f"unknown key(s) {clip(str(unknown))}; known: {sorted(_SCALE_KEYS)}", 400
+            )
         for k, v in doc.items():
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                return error_reply("InvalidInput", f"{k} must be an integer >= 0, got {v!r}", 400)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= SCALE_MAX:
+                msg = f"{k} must be an integer >= 0 and <= {SCALE_MAX}, got {str(v)[:40]}"
+                return error_reply("InvalidInput", msg, 400)
         if doc.get("backlog") == 0:
             return error_reply("InvalidInput", "backlog must be >= 1 (0 would never start a server)", 400)
         limits = self.scaler.limits

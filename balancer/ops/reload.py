@@ -12,7 +12,9 @@ them one by one (a successor ready before its predecessor drains).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 # [balancer] keys a running balancer cannot take: its listeners, its scheduler and its files.
 FIXED = (
     "host", "port", "scheduler", "journal", "run_dir", "advertise_url", "registration",
-    "registration_dir", "control_host", "control_port",
+    "registration_dir", "control_host", "control_port", "allow_hosts",
 )  # fmt: skip
 LIVE = (
     "max_body_mb", "lease_s", "shutdown_grace_s", "scale_interval_s", "delay_ms", "monitor_interval_s",
@@ -222,7 +224,7 @@ class Reloader:
         if path is None:
             msg = "the balancer was started without a configuration file: give one (reload --config PATH)"
             raise ConfigError("reload", msg)
-        new, digest = await asyncio.to_thread(read_config, path, **self.overrides)
+        new, digest = await read_off_loop(path, self.overrides)
         diff = diff_config(self.raw, new)
         if diff.fixed:
             raise ConfigError(", ".join(diff.fixed), RESTART.format("them" if len(diff.fixed) > 1 else "it"))
@@ -319,6 +321,39 @@ class Reloader:
             p.history.reconfigure(cfg.forecast.retention_days * 86400.0)
         if any(k.startswith("notify.") for k in keys):
             p.notify.reconfigure(cfg.notify)  # [profiles]: profiler.reconfigure took them in _apply
+
+
+READ_TIMEOUT_S = 10.0  # a file on a hung file system: the reload is rejected, the reload lock freed
+
+
+async def read_off_loop(path: str, overrides: dict[str, Any]) -> tuple[BalancerConfig, str]:
+    """``read_config`` on a daemon thread, given up after READ_TIMEOUT_S: a read stuck in the
+    kernel (a hung file system) then holds neither the reload lock nor the process at its exit, as
+    a thread of the default executor would."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[BalancerConfig, str]] = loop.create_future()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if done.done():
+            return
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result(result)
+
+    def work() -> None:
+        try:
+            result, exc = read_config(path, **overrides), None
+        except BaseException as e:
+            result, exc = None, e
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    threading.Thread(target=work, name="config-read", daemon=True).start()
+    try:
+        return await asyncio.wait_for(done, READ_TIMEOUT_S)
+    except TimeoutError:
+        raise ConfigError(path, f"cannot read: no answer within {READ_TIMEOUT_S:g} s") from None
 
 
 def describe_reload(doc: Any) -> str:
