@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from balancer.backends.base import Backend, Launch
 from balancer.backends.options import LocalOptions
 from balancer.backends.states import JobState, local_state
 from balancer.config.schema import BalancerConfig, ConfigError, ServerSpec
-from balancer.launcher.contract import ENV_JOB_ID, ENV_TASK_INDEX, launcher_argv
+from balancer.launcher.contract import ENV_JOB_ID, ENV_SOCKET, ENV_TASK_INDEX, launcher_argv
 from balancer.launcher.procgroup import OUTER_GRACE_S, end_child, end_group, group_alive
 from balancer.profiling.gpus import CoreAllocator, GpuAllocator, discover
 
@@ -52,6 +54,7 @@ class LocalBackend(Backend):
         self._wakers: dict[asyncio.Future[None], None] = {}
         self._cancelled: set[str] = set()  # cancelled while waiting for resources
         self._deferred: set[str] = set()
+        self._sockets: Path | None = None  # the directory of isolate = "socket" servers, made once
 
     async def start(self) -> None:
         """Find the GPUs; a spec asking more than exist could never start: a ConfigError now."""
@@ -150,6 +153,8 @@ class LocalBackend(Backend):
         for k in (ENV_JOB_ID, ENV_TASK_INDEX):
             env.pop(k, None)
         env.update(launch.env)
+        if launch.spec.isolate == "socket":
+            env[ENV_SOCKET] = self._socket_path(launch.server_id)
         held = self.assigned.get(launch.server_id, {"cpus": [], "gpus": []})
         if held["gpus"]:
             env[ENV_GPUS] = ",".join(held["gpus"])
@@ -178,6 +183,19 @@ class LocalBackend(Backend):
         self.procs[launch.server_id] = proc
         self.events.job_started(launch.server_id, str(proc.pid), "localhost")
         self._keep(self._watch(launch.server_id, proc))
+
+    def _socket_path(self, server_id: str) -> str:
+        """Where an isolated server listens: ``RUN_DIR/sockets/<server>.sock`` in an owner-only
+        directory (other users cannot connect), or a private temporary directory when that path
+        would exceed the 107 bytes a Unix socket address holds."""
+        if self._sockets is None:
+            d = self.run_dir / "sockets"
+            if len(os.fsencode(d / f"{server_id}-000000.sock")) > 100:
+                d = Path(tempfile.mkdtemp(prefix="ub-sockets-"))  # created 0700
+            d.mkdir(mode=0o700, exist_ok=True)
+            d.chmod(0o700)
+            self._sockets = d
+        return str(self._sockets / f"{server_id}.sock")
 
     def _keep(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -238,6 +256,9 @@ class LocalBackend(Backend):
         # Let the watchers report the exits before the pool goes away.
         if self._waiters:
             await asyncio.wait(self._waiters, timeout=2)
+        d = self._sockets
+        if d is not None and not d.is_relative_to(self.run_dir):  # the /tmp fallback: ours to remove
+            await asyncio.to_thread(shutil.rmtree, d, True)
 
 
 def _held_by(pid: int) -> tuple[list[int], list[str]]:

@@ -156,6 +156,11 @@ def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpe
         if not cwd_path.is_dir():
             raise ConfigError(f"{key}.cwd", f"no such directory: {cwd_path}")
         cwd = str(cwd_path)
+    isolate = raw.get("isolate", "")
+    if isolate not in ("", "socket"):
+        raise ConfigError(f"{key}.isolate", f'expected "socket" (or leave it out), got {isolate!r}')
+    if isolate and scheduler != "local":  # a balancer on a login node reaches its servers over the network
+        raise ConfigError(f"{key}.isolate", f'"socket" needs scheduler = "local", not {scheduler!r}')
     min_servers = _positive(f"{key}.min_servers", raw.get("min_servers", 0), allow_zero=True, integer=True)
     max_servers = _positive(f"{key}.max_servers", raw.get("max_servers", 4), integer=True)
     if min_servers > max_servers:
@@ -177,6 +182,7 @@ def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpe
         ),
         env=tuple(env_items),
         cwd=cwd,
+        isolate=isolate,
         resources=_parse_resources(f"{key}.resources", raw.get("resources", {})),
         options=_options(scheduler, "ServerOptions", opts, key),
         script_sha=script_sha,

@@ -49,6 +49,9 @@ class ServerSpec:
     max_start_failures: int = 3
     env: tuple[tuple[str, str], ...] = ()
     cwd: str | None = None
+    # "socket": the model listens on a Unix socket in an owner-only directory, not on a loopback
+    # port other local users can connect to (local backend; the model must honour UMBRIDGE_SOCKET).
+    isolate: str = ""
     resources: Resources = field(default_factory=Resources)
     # The scheduler's per-server options (partition, threads, ...): its ``ServerOptions`` dataclass.
     options: Any = None

@@ -8,10 +8,14 @@ is imported with the first check, not with the balancer: a run that never probes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import orjson
+
+from balancer.launcher.contract import unix_path
 
 if TYPE_CHECKING:
     import aiohttp
@@ -33,10 +37,27 @@ class Probe:
             )
         return self._session
 
+    @contextlib.asynccontextmanager
+    async def _at(self, url: str) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
+        """A session that reaches ``url`` and the base URL to use with it. A server on a Unix socket
+        (``http+unix://``) gets a session of its own for this check: checks are rare (registration,
+        a broken call), and no session outlives the server it was made for."""
+        sock = unix_path(url)
+        if sock is None:
+            yield self._http(), url
+            return
+        import aiohttp
+
+        async with aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=sock),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        ) as session:
+            yield session, "http://localhost"
+
     async def models(self, url: str, timeout: float = 10.0) -> list[str]:
         """The model names a server's /Info lists; raises on any failure (with a readable message)."""
-        http = self._http()
-        async with http.get(url + "/Info", timeout=_timeout(timeout)) as r:
+        async with self._at(url) as (http, base), http.get(base + "/Info", timeout=_timeout(timeout)) as r:
             info = orjson.loads(await r.read())
         models = info["models"]
         if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
@@ -46,10 +67,11 @@ class Probe:
     async def sizes(self, url: str, model: str, timeout: float = 10.0) -> tuple[list[int], list[int]]:
         """A server's input and output sizes of ``model`` for the empty config."""
         out = []
-        for op, key in (("InputSizes", "inputSizes"), ("OutputSizes", "outputSizes")):
-            t = _timeout(timeout)
-            async with self._http().post(url + "/" + op, data=orjson.dumps({"name": model}), timeout=t) as r:
-                out.append(list(orjson.loads(await r.read())[key]))
+        async with self._at(url) as (http, base):
+            for op, key in (("InputSizes", "inputSizes"), ("OutputSizes", "outputSizes")):
+                t = _timeout(timeout)
+                async with http.post(base + "/" + op, data=orjson.dumps({"name": model}), timeout=t) as r:
+                    out.append(list(orjson.loads(await r.read())[key]))
         return out[0], out[1]
 
     async def alive(self, url: str, timeout: float = 2.0) -> bool:
@@ -57,7 +79,8 @@ class Probe:
         import aiohttp
 
         try:
-            async with self._http().get(url + "/Info", timeout=_timeout(timeout)) as r:
+            t = _timeout(timeout)
+            async with self._at(url) as (http, base), http.get(base + "/Info", timeout=t) as r:
                 return r.status == 200
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             return False

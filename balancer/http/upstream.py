@@ -100,11 +100,12 @@ class _Conn(SharedBufferProtocol):
 class Upstream:
     """The connections to one model server: reused while the server keeps them alive."""
 
-    __slots__ = ("_heads", "_idle", "host", "port")
+    __slots__ = ("_heads", "_idle", "host", "port", "unix")
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, unix: str | None = None) -> None:
         self.host = host
         self.port = port
+        self.unix = unix  # a Unix socket path (isolate = "socket"): connect there, not to host:port
         self._idle: list[_Conn] = []
         self._heads: dict[tuple[str, int], bytes] = {}
 
@@ -130,7 +131,10 @@ class Upstream:
                 break
         if conn is None:
             loop = asyncio.get_running_loop()
-            _, conn = await loop.create_connection(_Conn, self.host, self.port)
+            if self.unix is None:
+                _, conn = await loop.create_connection(_Conn, self.host, self.port)
+            else:
+                _, conn = await loop.create_unix_connection(_Conn, self.unix)
         try:
             result = await conn.request(self._head(path, len(body)), body)
         except BaseException:

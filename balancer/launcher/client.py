@@ -16,6 +16,8 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
+from balancer.launcher.contract import unix_path
+
 CONNECT_TIMEOUT_S = 5.0
 MAX_BODY = 16 * 1024 * 1024  # a lease answer is a few hundred bytes; anything near this is not one
 
@@ -42,13 +44,17 @@ async def _request(
     method: str, url: str, doc: dict[str, Any] | None, headers: dict[str, str], read_body: bool
 ) -> tuple[int, Any]:
     u = urlsplit(url)
-    if u.scheme not in ("http", "https") or not u.hostname:
+    sock = unix_path(url)
+    if sock is not None:  # a model on a Unix socket (isolate = "socket")
+        connect = asyncio.open_unix_connection(sock)
+        u = u._replace(netloc="localhost")
+    elif u.scheme not in ("http", "https") or not u.hostname:
         raise HttpError(f"not an http(s) URL: {url!r}")
-    port = u.port or (443 if u.scheme == "https" else 80)
-    ctx = ssl.create_default_context() if u.scheme == "https" else None
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(u.hostname, port, ssl=ctx), CONNECT_TIMEOUT_S
-    )
+    else:
+        port = u.port or (443 if u.scheme == "https" else 80)
+        ctx = ssl.create_default_context() if u.scheme == "https" else None
+        connect = asyncio.open_connection(u.hostname, port, ssl=ctx)
+    reader, writer = await asyncio.wait_for(connect, CONNECT_TIMEOUT_S)
     try:
         body = b"" if doc is None else json.dumps(doc).encode()
         target = (u.path or "/") + (f"?{u.query}" if u.query else "")

@@ -15,6 +15,7 @@ import secrets
 import stat
 import sys
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 # Environment the launcher reads (set by the backend around the launcher process).
 ENV_URL = "UMBRIDGE_BALANCER_URL"
@@ -30,7 +31,25 @@ ENV_MONITOR = "UMBRIDGE_BALANCER_MONITOR_S"  # usage sample period (launcher/usa
 ENV_TASK_INDEX = "UMBRIDGE_BALANCER_TASK_INDEX"  # which id of a comma list in ENV_SERVER_ID is ours
 ENV_JOB_ID = "UMBRIDGE_BALANCER_JOB_ID"  # the job's id as the scheduler writes it, for url-<job>.txt
 
+# isolate = "socket" (local backend): the launcher has its model listen on this Unix socket, in an
+# owner-only directory, instead of on a loopback port any local user can connect to.
+ENV_SOCKET = "UMBRIDGE_BALANCER_SOCKET"
+MODEL_SOCKET = "UMBRIDGE_SOCKET"  # what the launcher exports to the model (models/serving.py)
+UNIX_SCHEME = "http+unix://"  # a server URL on a Unix socket: the socket path percent-encoded as host
+
 ALIVE = "balancer.alive"  # touched by the balancer every third of the lease
+
+
+def unix_url(path: Path | str) -> str:
+    """The server URL of a model listening on the Unix socket ``path``."""
+    return UNIX_SCHEME + quote(str(path), safe="")
+
+
+def unix_path(url: str) -> str | None:
+    """The socket path of an ``http+unix://`` URL; None for any other URL (TCP)."""
+    if not url.startswith(UNIX_SCHEME):
+        return None
+    return unquote(url[len(UNIX_SCHEME) :].partition("/")[0])
 
 
 def write_atomic(path: Path, data: str) -> None:

@@ -35,13 +35,16 @@ from balancer.launcher.contract import (
     ENV_MONITOR,
     ENV_REGISTRATION_DIR,
     ENV_SERVER_ID,
+    ENV_SOCKET,
     ENV_SPEC,
     ENV_STARTUP,
     ENV_TASK_INDEX,
     ENV_TOKEN,
     ENV_URL,
+    MODEL_SOCKET,
     dir_problem,
     ours,
+    unix_url,
     write_atomic,
 )
 from balancer.launcher.procgroup import GRACE_S, end_child
@@ -154,25 +157,35 @@ class Launcher:
         port = free_port()
         host = advertised_host(self.balancer) if self.balancer else "127.0.0.1"
         env = dict(os.environ, PORT=str(port))
+        sock = os.environ.get(ENV_SOCKET)  # isolate = "socket": no port for other users to reach
+        if sock:
+            env[MODEL_SOCKET] = sock
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(sock)  # a stale socket of an earlier server would look ready
         if host == "127.0.0.1":  # the balancer is on this machine: the model need not be reachable
             env.setdefault("UMBRIDGE_HOST", "127.0.0.1")  # from elsewhere (models/serving.py)
         self.proc = await asyncio.create_subprocess_exec(
             *self.command, env=env, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent
         )
-        log(f"server pid {self.proc.pid} on port {port}: {' '.join(self.command)}")
-        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"  # IPv6 in brackets
+        where = f"socket {sock}" if sock else f"port {port}"
+        log(f"server pid {self.proc.pid} on {where}: {' '.join(self.command)}")
+        if sock:
+            url = probe = unix_url(sock)
+        else:
+            url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"  # IPv6 in brackets
+            probe = f"http://127.0.0.1:{port}"
         monitor = None
         if self.monitor_s > 0 and (self.balancer or self.reg_dir is not None):
             monitor = asyncio.create_task(self._monitor(self.proc.pid), name="usage-monitor")
         exited = asyncio.ensure_future(self.proc.wait())
         try:
-            ok = await self._wait_ready(port, exited)
+            ok = await self._wait_ready(probe, exited)
             if ok:
                 self._write_url_file(url)
                 if self.reg_dir is not None:
-                    await self._file_lease(self._doc(url, port), exited)
+                    await self._file_lease(self._doc(url, None if sock else port), exited)
                 elif self.balancer:
-                    await self._lease(self._doc(url, port), exited)
+                    await self._lease(self._doc(url, None if sock else port), exited)
                 else:
                     await asyncio.wait(
                         [exited, asyncio.ensure_future(self.stopped.wait())],
@@ -182,6 +195,9 @@ class Launcher:
             if monitor is not None:
                 monitor.cancel()
             code = await self._stop_server(exited)
+            if sock:
+                with contextlib.suppress(OSError):
+                    os.unlink(sock)
             if self.reg_dir is not None and not self.balancer_said_stop:
                 report = json.dumps({"code": code, "why": self.stop_reason})
                 await asyncio.to_thread(write_atomic, self.reg_dir / f"{self.sid}.exited.json", report)
@@ -190,7 +206,7 @@ class Launcher:
         log(f"server exited with code {code}")
         return code
 
-    async def _wait_ready(self, port: int, exited: asyncio.Future[int]) -> bool:
+    async def _wait_ready(self, base: str, exited: asyncio.Future[int]) -> bool:
         deadline = time.monotonic() + self.startup_s
         delay = 0.02
         while time.monotonic() < deadline and not self.stopped.is_set():
@@ -198,7 +214,7 @@ class Launcher:
                 log(f"server exited before it answered /Info (code {exited.result()})")
                 return False
             with contextlib.suppress(asyncio.TimeoutError, OSError):
-                status, _ = await request("GET", f"http://127.0.0.1:{port}/Info", 2, read_body=False)
+                status, _ = await request("GET", f"{base}/Info", 2, read_body=False)
                 if status == 200:
                     return True
             await asyncio.sleep(delay)
@@ -218,13 +234,13 @@ class Launcher:
         status, body = await request("POST", f"{self.balancer}{path}", timeout, doc, self.headers)
         return status, body if isinstance(body, dict) else {}
 
-    def _doc(self, url: str, port: int) -> dict[str, Any]:
+    def _doc(self, url: str, port: int | None) -> dict[str, Any]:
         """What registration tells the balancer."""
         return {
             "server": self.sid,
             "spec": os.environ.get(ENV_SPEC, ""),
             "url": url,
-            "host": urlparse(url).hostname,
+            "host": urlparse(url).hostname if port else None,
             "port": port,
             "job": job_id(),
             "pid": self.proc.pid if self.proc else None,

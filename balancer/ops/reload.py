@@ -52,7 +52,7 @@ LIVE = (
 )  # fmt: skip
 FIXED_IN = {"forecast": ("collect", "history"), "profiles": ("enabled", "path")}  # open stores, collectors
 # A change of these replaces the spec's servers (rolling); any other spec key applies at once.
-LAUNCH_KEYS = ("command", "job_script", "script_sha", "env", "cwd", "resources", "options")
+LAUNCH_KEYS = ("command", "job_script", "script_sha", "env", "cwd", "isolate", "resources", "options")
 _SPEC_FIELDS = tuple(f.name for f in fields(ServerSpec) if f.name != "name")
 _LIMIT_FIELDS = frozenset(f.name for f in fields(SpecLimits)) - {"name", "cpus", "max_time_limit_s"}
 RESTART = "cannot change while running (restart the balancer to change {})"

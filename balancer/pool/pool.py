@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from balancer.backends.base import Backend
 from balancer.config.schema import BalancerConfig, ServerSpec
 from balancer.http.upstream import Upstream
+from balancer.launcher.contract import unix_path
 from balancer.observe.events import Ev, EventBus
 from balancer.pool.adopt import ServerIds
 from balancer.pool.demand import Demand
@@ -179,8 +180,12 @@ class Pool:
             return False
         rt = self.specs[s.spec.name]
         s.models = tuple(models)
-        u = urlsplit(s.url)
-        s.upstream = Upstream(u.hostname or "127.0.0.1", u.port or 80)
+        sock = unix_path(s.url)
+        if sock is not None:
+            s.upstream = Upstream("localhost", 80, unix=sock)
+        else:
+            u = urlsplit(s.url)
+            s.upstream = Upstream(u.hostname or "127.0.0.1", u.port or 80)
         rt.failures = 0
         if rt.held:
             self.resume(s.spec.name, "a start succeeded")
