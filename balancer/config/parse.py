@@ -25,18 +25,15 @@ else:  # pragma: no cover - exercised on 3.10 only
 from balancer.backends.options import parse_options
 from balancer.backends.registry import SCHEDULERS, backend_class
 from balancer.config.schema import (
-    NOTIFY_KINDS,
     BalancerConfig,
     ConfigError,
-    ForecastRules,
-    ForecastSettings,
-    NotifySettings,
-    ProfileSettings,
     Resources,
     ServerSpec,
 )
+from balancer.config.sections import parse_forecast, parse_notify, parse_profiles
+from balancer.config.values import positive, table, typed
 from balancer.http.peer import user_uids
-from balancer.units import parse_memory, parse_time_limit
+from balancer.units import parse_time_limit
 
 _SPEC_KEYS = {f.name for f in fields(ServerSpec)} - {"options", "script_sha"}
 _TOP_KEYS = {f.name for f in fields(BalancerConfig)} - {
@@ -50,41 +47,17 @@ _RES_KEYS = {f.name for f in fields(Resources)} - {"auto"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-def _typed(key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
-    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else ()):
-        raise ConfigError(key, f"expected {what}, got {value!r}")
-    if not isinstance(value, kind):
-        raise ConfigError(key, f"expected {what}, got {value!r}")
-    return value
-
-
-def _positive(key: str, value: Any, *, allow_zero: bool = False, integer: bool = False) -> Any:
-    kind: type | tuple[type, ...] = int if integer else (int, float)
-    _typed(key, value, kind, "an integer" if integer else "a number")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return value
-
-
-def _table(key: str, raw: Any, known: set[str] | frozenset[str]) -> None:
-    """``raw`` is a table of only ``known`` keys: the one check every section starts with."""
-    _typed(key, raw, dict, "a table")
-    for k in raw:
-        if k not in known:
-            raise ConfigError(f"{key}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
-
-
 def _parse_resources(key: str, raw: Any) -> Resources:
-    _table(key, raw, _RES_KEYS)
+    table(key, raw, _RES_KEYS)
     auto = tuple(k for k in ("cpus", "memory", "time_limit") if raw.get(k) == "auto")
-    cpus = 1 if "cpus" in auto else _positive(f"{key}.cpus", raw.get("cpus", 1), integer=True)
-    gpus = _positive(f"{key}.gpus", raw.get("gpus", 0), integer=True, allow_zero=True)
+    cpus = 1 if "cpus" in auto else positive(f"{key}.cpus", raw.get("cpus", 1), integer=True)
+    gpus = positive(f"{key}.gpus", raw.get("gpus", 0), integer=True, allow_zero=True)
     memory = None if "memory" in auto else raw.get("memory")
     if memory is not None:
-        memory = str(_typed(f"{key}.memory", memory, (str, int), 'a size such as "4G"'))
+        memory = str(typed(f"{key}.memory", memory, (str, int), 'a size such as "4G"'))
     time_limit = None if "time_limit" in auto else raw.get("time_limit")
     if time_limit is not None:
-        time_limit = _typed(f"{key}.time_limit", time_limit, str, 'a time such as "01:00:00"')
+        time_limit = typed(f"{key}.time_limit", time_limit, str, 'a time such as "01:00:00"')
         try:
             parse_time_limit(time_limit)
         except ValueError:
@@ -112,7 +85,7 @@ def _parse_command(key: str, raw: dict[str, Any], base_dir: Path) -> tuple[tuple
         if not cmd:
             raise ConfigError(f"{key}.command", "is empty")
     if job_script is not None:
-        _typed(f"{key}.job_script", job_script, str, "a path")
+        typed(f"{key}.job_script", job_script, str, "a path")
         path = Path(job_script)
         if not path.is_absolute():
             path = base_dir / path
@@ -126,7 +99,7 @@ def _parse_command(key: str, raw: dict[str, Any], base_dir: Path) -> tuple[tuple
 
 
 def _parse_env(key: str, env: Any) -> list[tuple[str, str]]:
-    _typed(f"{key}.env", env, dict, "a table of strings")
+    typed(f"{key}.env", env, dict, "a table of strings")
     items = []
     for k, v in env.items():
         if isinstance(v, bool) or not isinstance(v, (str, int, float)):
@@ -137,9 +110,9 @@ def _parse_env(key: str, env: Any) -> list[tuple[str, str]]:
 
 def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpec:
     key = f"servers[{idx}]"
-    _typed(key, raw, dict, "a table")
+    typed(key, raw, dict, "a table")
     name = raw.get("name", f"server{idx}")
-    _typed(f"{key}.name", name, str, "a string")
+    typed(f"{key}.name", name, str, "a string")
     if not _NAME_RE.match(name):
         raise ConfigError(f"{key}.name", f"use letters, digits, '.', '_' and '-' only, got {name!r}")
     key = f"servers.{name}"
@@ -151,7 +124,7 @@ def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpe
     env_items = _parse_env(key, raw.get("env", {}))
     cwd = raw.get("cwd")
     if cwd is not None:
-        _typed(f"{key}.cwd", cwd, str, "a directory")
+        typed(f"{key}.cwd", cwd, str, "a directory")
         cwd_path = Path(cwd) if Path(cwd).is_absolute() else base_dir / cwd
         if not cwd_path.is_dir():
             raise ConfigError(f"{key}.cwd", f"no such directory: {cwd_path}")
@@ -161,8 +134,8 @@ def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpe
         raise ConfigError(f"{key}.isolate", f'expected "socket" (or leave it out), got {isolate!r}')
     if isolate and scheduler != "local":  # a balancer on a login node reaches its servers over the network
         raise ConfigError(f"{key}.isolate", f'"socket" needs scheduler = "local", not {scheduler!r}')
-    min_servers = _positive(f"{key}.min_servers", raw.get("min_servers", 0), allow_zero=True, integer=True)
-    max_servers = _positive(f"{key}.max_servers", raw.get("max_servers", 4), integer=True)
+    min_servers = positive(f"{key}.min_servers", raw.get("min_servers", 0), allow_zero=True, integer=True)
+    max_servers = positive(f"{key}.max_servers", raw.get("max_servers", 4), integer=True)
     if min_servers > max_servers:
         raise ConfigError(f"{key}.min_servers", f"{min_servers} exceeds max_servers = {max_servers}")
     return ServerSpec(
@@ -170,14 +143,14 @@ def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpe
         command=cmd,
         job_script=job_script,
         models=tuple(models),
-        concurrency=_positive(f"{key}.concurrency", raw.get("concurrency", 1), integer=True),
+        concurrency=positive(f"{key}.concurrency", raw.get("concurrency", 1), integer=True),
         min_servers=min_servers,
         max_servers=max_servers,
-        backlog=_positive(f"{key}.backlog", raw.get("backlog", 2), integer=True),
-        idle_timeout_s=float(_positive(f"{key}.idle_timeout_s", raw.get("idle_timeout_s", 60.0))),
-        startup_timeout_s=float(_positive(f"{key}.startup_timeout_s", raw.get("startup_timeout_s", 120.0))),
-        max_attempts=_positive(f"{key}.max_attempts", raw.get("max_attempts", 3), integer=True),
-        max_start_failures=_positive(
+        backlog=positive(f"{key}.backlog", raw.get("backlog", 2), integer=True),
+        idle_timeout_s=float(positive(f"{key}.idle_timeout_s", raw.get("idle_timeout_s", 60.0))),
+        startup_timeout_s=float(positive(f"{key}.startup_timeout_s", raw.get("startup_timeout_s", 120.0))),
+        max_attempts=positive(f"{key}.max_attempts", raw.get("max_attempts", 3), integer=True),
+        max_start_failures=positive(
             f"{key}.max_start_failures", raw.get("max_start_failures", 3), integer=True
         ),
         env=tuple(env_items),
@@ -198,7 +171,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
     """Validate a parsed TOML document; ``overrides`` (from the CLI) win over the file."""
     base_dir = base_dir or Path.cwd()
     top = raw.get("balancer", {})
-    _typed("balancer", top, dict, "a table")
+    typed("balancer", top, dict, "a table")
     for k in raw:
         if k not in ("balancer", "servers", "backend", "forecast", "notify", "profiles"):
             known = "balancer, servers, backend, forecast, notify, profiles"
@@ -207,8 +180,8 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
         if k not in _TOP_KEYS:
             raise ConfigError(f"balancer.{k}", f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
     values: dict[str, Any] = {**top, **{k: v for k, v in overrides.items() if v is not None}}
-    host = _typed("balancer.host", values.get("host", "127.0.0.1"), str, "a host name or address")
-    port = _typed("balancer.port", values.get("port", 4242), int, "a port number")
+    host = typed("balancer.host", values.get("host", "127.0.0.1"), str, "a host name or address")
+    port = typed("balancer.port", values.get("port", 4242), int, "a port number")
     if not 0 <= port <= 65535:
         raise ConfigError("balancer.port", f"must be within 0..65535, got {port}")
     scheduler = values.get("scheduler", "local")
@@ -216,13 +189,13 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
         raise ConfigError("balancer.scheduler", f"expected one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
     for k in ("journal", "run_dir", "advertise_url", "registration_dir"):
         if values.get(k) is not None:
-            _typed(f"balancer.{k}", values[k], str, "a string")
-    control_host = _typed("balancer.control_host", values.get("control_host", "127.0.0.1"), str, "an address")
-    control_port = _typed("balancer.control_port", values.get("control_port", 0), int, "a port number")
+            typed(f"balancer.{k}", values[k], str, "a string")
+    control_host = typed("balancer.control_host", values.get("control_host", "127.0.0.1"), str, "an address")
+    control_port = typed("balancer.control_port", values.get("control_port", 0), int, "a port number")
     if not 0 <= control_port <= 65535:
         raise ConfigError("balancer.control_port", f"must be within 0..65535, got {control_port}")
     allow_uids, allow_users = _allowed(values)
-    allow_remote = _typed("balancer.allow_remote", values.get("allow_remote", False), bool, "true or false")
+    allow_remote = typed("balancer.allow_remote", values.get("allow_remote", False), bool, "true or false")
     hosts = values.get("allow_hosts", [])
     if not (isinstance(hosts, list) and all(isinstance(n, str) and n.strip() for n in hosts)):
         raise ConfigError("balancer.allow_hosts", f"expected a list of host names, got {hosts!r}")
@@ -230,9 +203,9 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
     if registration not in ("http", "file"):
         raise ConfigError("balancer.registration", f'expected "http" or "file", got {registration!r}')
     backend = raw.get("backend", {})
-    _typed("backend", backend, dict, "a table")
+    typed("backend", backend, dict, "a table")
     servers_raw = raw.get("servers", [])
-    _typed("servers", servers_raw, list, "an array of tables ([[servers]])")
+    typed("servers", servers_raw, list, "an array of tables ([[servers]])")
     if not servers_raw:
         raise ConfigError("servers", "no server defined: add at least one [[servers]] table")
     specs = tuple(_parse_spec(i, s, base_dir, scheduler) for i, s in enumerate(servers_raw))
@@ -247,18 +220,18 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
         scheduler=scheduler,
         journal=values.get("journal"),
         run_dir=values.get("run_dir"),
-        max_body_mb=float(_positive("balancer.max_body_mb", values.get("max_body_mb", 64.0))),
-        lease_s=float(_positive("balancer.lease_s", values.get("lease_s", 30.0))),
+        max_body_mb=float(positive("balancer.max_body_mb", values.get("max_body_mb", 64.0))),
+        lease_s=float(positive("balancer.lease_s", values.get("lease_s", 30.0))),
         shutdown_grace_s=float(
-            _positive("balancer.shutdown_grace_s", values.get("shutdown_grace_s", 30.0), allow_zero=True)
+            positive("balancer.shutdown_grace_s", values.get("shutdown_grace_s", 30.0), allow_zero=True)
         ),
-        scale_interval_s=float(_positive("balancer.scale_interval_s", values.get("scale_interval_s", 0.25))),
-        delay_ms=_positive("balancer.delay_ms", delay, allow_zero=True, integer=True),
+        scale_interval_s=float(positive("balancer.scale_interval_s", values.get("scale_interval_s", 0.25))),
+        delay_ms=positive("balancer.delay_ms", delay, allow_zero=True, integer=True),
         advertise_url=values.get("advertise_url"),
         registration=registration,
         registration_dir=values.get("registration_dir"),
         monitor_interval_s=float(
-            _positive("balancer.monitor_interval_s", values.get("monitor_interval_s", 5.0), allow_zero=True)
+            positive("balancer.monitor_interval_s", values.get("monitor_interval_s", 5.0), allow_zero=True)
         ),
         control_host=control_host,
         control_port=control_port,
@@ -288,119 +261,6 @@ def _allowed(values: dict[str, Any]) -> tuple[tuple[int, ...], tuple[str, ...]]:
     except KeyError as exc:
         raise ConfigError("balancer.allow_users", f"no such user: {exc.args[0]!r}") from None
     return tuple(uids), tuple(users)
-
-
-def _typed_fields(key: str, cls: type, raw: dict[str, Any], skip: set[str]) -> dict[str, Any]:
-    """Keys of ``raw`` checked against the dataclass ``cls``'s fields and their default's type."""
-    known = {f.name: f for f in fields(cls) if f.name not in skip}
-    out: dict[str, Any] = {}
-    for k, v in raw.items():
-        if k not in known:
-            continue
-        default = getattr(cls(), k)
-        name = f"{key}.{k}"
-        if isinstance(default, bool):
-            out[k] = _typed(name, v, bool, "true or false")
-        elif isinstance(default, int):
-            out[k] = _positive(name, v, allow_zero=True, integer=True)
-        elif isinstance(default, float):
-            out[k] = float(_positive(name, v, allow_zero=True))
-        else:
-            out[k] = _typed(name, v, str, "a string")
-    return out
-
-
-_RULE_KEYS = {f.name for f in fields(ForecastRules)}
-_FORECAST_KEYS = {f.name for f in fields(ForecastSettings)} - {"rules"}
-
-
-def parse_forecast(raw: Any) -> ForecastSettings:
-    """The ``[forecast]`` table, rule keys included; every key typed, unknown keys refused."""
-    _table("forecast", raw, _FORECAST_KEYS | _RULE_KEYS)
-    rules = ForecastRules(**_typed_fields("forecast", ForecastRules, raw, set()))
-    top = _typed_fields("forecast", ForecastSettings, {k: v for k, v in raw.items() if k in _FORECAST_KEYS},
-                        {"rules", "history", "partition", "forecaster"})  # fmt: skip
-    for k in ("history", "partition", "forecaster"):
-        if k in raw:
-            top[k] = _typed(f"forecast.{k}", raw[k], str, "a string")
-    for k in ("collect_interval_s", "grid_s", "horizon_s", "train_every_s", "retention_days"):
-        if k in top and top[k] <= 0:
-            raise ConfigError(f"forecast.{k}", f"must be > 0, got {raw[k]!r}")
-    settings = ForecastSettings(rules=rules, **top)
-    if settings.horizon_s < settings.grid_s:
-        raise ConfigError("forecast.horizon_s", f"shorter than the grid ({settings.grid_s:g} s)")
-    return settings
-
-
-def parse_notify(raw: Any) -> NotifySettings:
-    """The ``[notify]`` table; each URL is checked by apprise itself, which must be installed."""
-    _table("notify", raw, {f.name for f in fields(NotifySettings)})
-    top = _typed_fields("notify", NotifySettings, raw, {"urls", "on", "title_prefix"})
-    if "title_prefix" in raw:
-        top["title_prefix"] = _typed("notify.title_prefix", raw["title_prefix"], str, "a string")
-    on = raw.get("on", list(NotifySettings.on))
-    if not (isinstance(on, list) and all(isinstance(k, str) for k in on)):
-        raise ConfigError("notify.on", f"expected a list of notice kinds, got {on!r}")
-    for k in on:
-        if k not in NOTIFY_KINDS:
-            raise ConfigError("notify.on", f"unknown kind {k!r} (known: {', '.join(NOTIFY_KINDS)})")
-    urls = raw.get("urls", [])
-    if not (isinstance(urls, list) and all(isinstance(u, str) and u for u in urls)):
-        raise ConfigError("notify.urls", "expected a list of apprise URLs (strings)")
-    if urls:
-        _check_apprise_urls(urls)
-    for k in ("failure_threshold", "failure_window_s"):
-        if k in top and top[k] <= 0:
-            raise ConfigError(f"notify.{k}", f"must be > 0, got {raw[k]!r}")
-    return NotifySettings(urls=tuple(urls), on=tuple(dict.fromkeys(on)), **top)
-
-
-def parse_profiles(raw: Any) -> ProfileSettings:
-    """The ``[profiles]`` table; sizes and times are checked now, not when a spec is sized."""
-    _table("profiles", raw, {f.name for f in fields(ProfileSettings)})
-    text = {"path", "min_memory", "max_time_limit", "default_memory", "default_time_limit"}
-    top = _typed_fields("profiles", ProfileSettings, raw, text)
-    for k in text & set(raw):
-        top[k] = str(_typed(f"profiles.{k}", raw[k], (str, int) if "memory" in k else str, "a string"))
-    for k in ("min_memory", "default_memory"):
-        if k in top:
-            try:
-                parse_memory(top[k])
-            except ValueError:
-                msg = f'expected a size such as "512M", got {raw[k]!r}'
-                raise ConfigError(f"profiles.{k}", msg) from None
-    for k in ("max_time_limit", "default_time_limit"):
-        if k in top:
-            try:
-                ok = parse_time_limit(top[k]) is not None
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ConfigError(f"profiles.{k}", f'expected a time such as "01:00:00", got {raw[k]!r}')
-    for k in ("memory_headroom", "time_headroom"):
-        if k in top and top[k] < 1:
-            raise ConfigError(f"profiles.{k}", f"must be >= 1, got {raw[k]!r}")
-    for k in ("flush_s", "default_cpus", "mismatch_samples"):
-        if k in top and top[k] <= 0:
-            raise ConfigError(f"profiles.{k}", f"must be > 0, got {raw[k]!r}")
-    return ProfileSettings(**top)
-
-
-def _check_apprise_urls(urls: list[str]) -> None:
-    try:
-        import apprise
-    except ImportError:
-        msg = "sending notifications needs apprise: install umbridge-balancer[notify]"
-        raise ConfigError("notify.urls", msg) from None
-    import logging
-
-    for i, url in enumerate(urls):
-        with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
-            plugin = apprise.Apprise.instantiate(url)
-        if plugin is None:
-            why = captured.getvalue().strip().splitlines()  # apprise masks secrets in what it says
-            detail = why[-1] if why else "not a URL apprise knows"
-            raise ConfigError(f"notify.urls[{i}]", detail)
 
 
 CONFIG_MAX_BYTES = 1 << 20  # a configuration file is a few KiB: a bigger one is a mistake
