@@ -154,11 +154,11 @@ class ControlGate:
         """A waiting connection that sends the token is trusted from now on; the handlers answer
         every request as before (401 without the token), so this only ever lets one through."""
         if (
-            self._pending
+            transport is not None
             and transport in self._pending
             and hmac.compare_digest(req.headers.get(b"authorization", b""), self._bearer)
         ):
-            self._forget(transport)  # type: ignore[arg-type]
+            self._forget(transport)
         return None
 
     def close(self) -> None:
