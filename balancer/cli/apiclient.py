@@ -16,7 +16,6 @@ import getpass
 import http.client
 import json
 import os
-import stat
 import sys
 import urllib.error
 import urllib.request
@@ -24,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from balancer.launcher.contract import dir_problem
+from balancer.launcher.contract import UnsafeFile, dir_problem, read_bounded
 
 EXIT_USAGE = 2
 MAX_ANSWER = 64 << 20  # bytes of one API answer; /api/servers of 10,000 servers is a few MiB
@@ -99,19 +98,18 @@ def not_private(d: Path) -> str | None:
 def read_private(path: Path, secret: bool) -> str:
     """A run directory's small file, only if it is a regular file of ours that nobody else can write
     (nor read: ``secret``); a symlink, a FIFO or a huge file is refused without blocking."""
+    only = "read" if secret else "write"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = read_bounded(path, MAX_RUN_FILE, owned=True, forbid=0o077 if secret else 0o022)
+    except UnsafeFile as exc:
+        why = (
+            str(exc)
+            if str(exc).startswith("larger")
+            else f"not a regular file of ours that only we can {only}"
+        )
+        raise CliError(f"will not use {path}: {why}") from None
     except OSError as exc:
         raise CliError(f"cannot read the balancer's {path.name} in {path.parent}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        bad = 0o077 if secret else 0o022
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & bad:
-            only = "read" if secret else "write"
-            raise CliError(f"will not use {path}: not a regular file of ours that only we can {only}")
-        data = f.read(MAX_RUN_FILE + 1)
-    if len(data) > MAX_RUN_FILE:
-        raise CliError(f"will not use {path}: larger than {MAX_RUN_FILE} bytes")
     try:
         return data.decode().strip()
     except UnicodeDecodeError:

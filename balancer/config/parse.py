@@ -11,7 +11,6 @@ import hashlib
 import os
 import re
 import shlex
-import stat
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -33,6 +32,7 @@ from balancer.config.schema import (
 from balancer.config.sections import parse_forecast, parse_notify, parse_profiles
 from balancer.config.values import positive, table, typed
 from balancer.http.peer import user_uids
+from balancer.launcher.contract import UnsafeFile, read_bounded
 from balancer.units import parse_time_limit
 
 _SPEC_KEYS = {f.name for f in fields(ServerSpec)} - {"options", "script_sha"}
@@ -270,23 +270,10 @@ def _read_small_file(path: str | os.PathLike[str]) -> bytes:
     """The bytes of a regular file of at most CONFIG_MAX_BYTES, opened without blocking: a FIFO, a
     device or a huge file is refused at once, never read (at start as at a reload)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(str(path), "cannot read: not a regular file")
-        chunks, size = [], 0
-        while chunk := os.read(fd, CONFIG_MAX_BYTES + 1 - size):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > CONFIG_MAX_BYTES:
-                raise ConfigError(str(path), f"cannot read: larger than {CONFIG_MAX_BYTES} bytes")
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
+        return read_bounded(path, CONFIG_MAX_BYTES, follow=True)
+    except (UnsafeFile, OSError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(str(path), f"cannot read: {why}") from None
 
 
 def read_config(path: str | os.PathLike[str], **overrides: Any) -> tuple[BalancerConfig, str]:

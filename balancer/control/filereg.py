@@ -31,7 +31,7 @@ from typing import Any
 
 from balancer.config.schema import ConfigError
 from balancer.control.api import Control
-from balancer.launcher.contract import ALIVE, dir_problem, ours
+from balancer.launcher.contract import ALIVE, UnsafeFile, dir_problem, ours, read_bounded
 from balancer.observe.events import Ev, EventBus
 
 POLL_S = 0.5
@@ -163,14 +163,10 @@ def read_ours(path: Path) -> bytes | None:
     """The bytes of ``path`` if it is a regular file of ours of at most MAX_FILE bytes, else None;
     never blocks on a FIFO or a device, never follows a symlink."""
     try:
-        fd = os.open(path, _READ)
-    except OSError:
+        return read_bounded(path, MAX_FILE, owned=True)
+    except UnsafeFile:
+        return None
+    except PermissionError:
         if not ours(os.lstat(path)):
-            return None  # a symlink (ELOOP), a socket (ENXIO)
+            return None  # another user's file, not even readable to us
         raise
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not ours(st) or st.st_size > MAX_FILE:
-            return None
-        data = f.read(MAX_FILE + 1)
-    return data if len(data) <= MAX_FILE else None

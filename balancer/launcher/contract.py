@@ -10,6 +10,7 @@ here instead of the launcher importing them from the backends.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -123,3 +124,37 @@ def launch_env(
 def launcher_argv(server_command: list[str], python: str | None = None) -> list[str]:
     """The command line that runs ``server_command`` under the launcher."""
     return [python or sys.executable, "-m", "balancer.launcher", "--", *server_command]
+
+
+class UnsafeFile(ValueError):
+    """A file refused by ``read_bounded``; the message says why, for one line to the user."""
+
+
+def read_bounded(
+    path: str | os.PathLike[str], limit: int, *, owned: bool = False, forbid: int = 0, follow: bool = False
+) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, read without blocking and without
+    following a symlink: a FIFO, a device, a symlink or a huge file raises ``UnsafeFile`` (a FIFO
+    would freeze the event loop's reader, a huge file its memory). ``owned``: the file must be this
+    user's; ``forbid``: mode bits others must not have (0o022: written by others, 0o077: seen by
+    them); ``follow``: a symlink is followed (a configuration file the user linked). OSError as
+    ``os.open`` raises it (no such file, permission)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a socket
+            raise UnsafeFile("not a regular file") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFile("not a regular file")
+        if owned and st.st_uid != os.geteuid():
+            raise UnsafeFile(f"owned by uid {st.st_uid}, not by this user")
+        if st.st_mode & forbid:
+            raise UnsafeFile(f"mode {stat.S_IMODE(st.st_mode):04o} lets other users in")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UnsafeFile(f"larger than {limit} bytes")
+    return data

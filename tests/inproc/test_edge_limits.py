@@ -14,9 +14,10 @@ import orjson
 import psutil
 import pytest
 
+from balancer.http.connection import HttpProtocol
 from balancer.http.messages import HttpLimits, Reply, Request, error_reply, json_reply
 from balancer.http.router import Router
-from balancer.http.server import FrontServer, HttpProtocol
+from balancer.http.server import FrontServer
 from balancer.observe.journal import Journal, read_journal
 from tests.fakes import running, until
 

@@ -16,9 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from balancer.calls.protocol import EVAL_OPS, META_OPS, ProtocolError, check_fields, check_sizes, parse_body
+from balancer.http.connection import HttpProtocol
 from balancer.http.messages import ECHO_MAX, HttpLimits, Reply, Request, clip, error_reply, json_reply
 from balancer.http.router import Router
-from balancer.http.server import FrontServer, HttpProtocol
+from balancer.http.server import FrontServer
 
 FAST = settings(
     max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]

@@ -1,0 +1,342 @@
+"""One client connection of the HTTP/1.1 frontend: llhttp (``httptools``) parsing, one request at a time.
+
+It handles keep-alive and pipelining (answers in request order, a malformed request's 400 after
+the answers it follows), chunked bodies, ``Expect: 100-continue``, a body-size limit (413 at once
+from a Content-Length over it, as soon as a chunked body passes it), limits on the request line and
+headers counted as the bytes arrive (414, 431: llhttp keeps an unfinished header line whole,
+re-copied on every read, so a client must not be able to send an endless one), and a half-close
+(the requests that arrived whole are answered, then the connection closes). What it shares with its
+listener (router, limits, admission and per-request checks) it reads from ``FrontServer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from http import HTTPStatus
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from balancer.http.buffers import SharedBufferProtocol
+from balancer.http.messages import Reply, Request, Stream, StreamOut, clip, error_reply
+
+if TYPE_CHECKING:
+    from balancer.http.server import FrontServer
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode()
+
+
+_STATUS_LINES = {s.value: _status_line(s.value) for s in HTTPStatus}
+
+
+# Bytes of a request's head beyond ``max_url + max_header_bytes`` that the raw count allows: the
+# request line's method and version, and the separators the per-header count does not see.
+HEAD_SLACK = 4096
+
+
+class HttpProtocol(SharedBufferProtocol):
+    __slots__ = (
+        "_body",
+        "_done_reading",
+        "_eof",
+        "_final",
+        "_head_open",
+        "_head_seen",
+        "_header_bytes",
+        "_header_lines",
+        "_headers",
+        "_limit_reply",
+        "_pending",
+        "_size",
+        "_stream",
+        "_task",
+        "_too_large",
+        "_url",
+        "front",
+        "in_message",
+        "last_active",
+        "message_bytes",
+        "message_start",
+        "parser",
+        "refusal",
+        "remote",
+        "transport",
+    )
+
+    def __init__(self, front: FrontServer) -> None:
+        self.front = front
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self._pending: deque[Request] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._body: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+        # After a malformed or oversized request the connection reads nothing more; a malformed one's
+        # 400 goes out after the answers of the requests before it, then the connection closes.
+        self._done_reading = False
+        self._final: Reply | None = None
+        self._eof = False  # the client half-closed: answer what arrived whole, then close
+        self._header_bytes = 0
+        self._header_lines = 0  # lines, not names: repeated names count each time
+        # Raw bytes of the current request's head (request line and headers) seen so far: llhttp
+        # hands a header to ``on_header`` only once it is complete, so this count is what cuts an
+        # endless header line off after about ``max_header_bytes``, not after the client's last byte.
+        self._head_open = False
+        self._head_seen = 0
+        self._limit_reply: Reply | None = None  # set by a parser callback that hit a limit
+        self.in_message = False  # a request has begun and not yet fully arrived
+        self.message_start = 0.0
+        self.message_bytes = 0
+        self.remote: str | None = None
+        self.refusal: Reply | None = None  # set by FrontServer.admit: this connection is refused
+        self.last_active = time.monotonic()
+        self._stream: Stream | None = None  # this connection became an event stream
+
+    # -- connection -----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # a stream connection's is a Transport
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if peer else None
+        if len(self.front.conns) >= self.front.limits.max_connections:
+            self._done_reading = True
+            self._write(error_reply("ServiceUnavailable", "too many open connections", 503), keep_alive=False)
+            return
+        self.front.conns.add(self)
+        if self.front.admit is not None:
+            self.refusal = self.front.admit(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # A call in progress finishes (its server slot is released); only the answer is dropped.
+        self.front.conns.discard(self)
+        self.transport = None
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.closed()
+
+    def eof_received(self) -> bool | None:
+        """The client is done sending (a half-close, as ``nc -N`` or a script's ``shutdown(SHUT_WR)``
+        do after a request): the requests that arrived whole still get their answers, then the
+        connection closes; a request cut off by the end is dropped. Before, the transport closed at
+        once and the answer of a call in flight was lost."""
+        if self.idle() or self.transport is None or self._stream is not None:
+            return None  # nothing owed (an event stream ends with its reader): the transport closes
+        self._eof = True
+        self._done_reading = True
+        self.in_message = False
+        return True
+
+    def idle(self) -> bool:
+        return self._task is None and not self._pending and self._stream is None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: memoryview) -> None:
+        if self._done_reading:
+            return  # the connection ends after the answers it owes
+        self.last_active = time.monotonic()
+        if self.in_message:
+            self.message_bytes += len(data)
+        head_open = self._head_open  # then every byte of ``data`` up to the head's end is the head's
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._bad("protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            if self._limit_reply is not None:
+                self.give_up(self._limit_reply)
+            else:
+                self._bad(f"malformed HTTP request: {exc}")
+        else:
+            if head_open and self._head_open:  # the head goes on past this read: all of it was head
+                self._head_seen += len(data)
+                lim = self.front.limits
+                if self._head_seen > lim.max_url + lim.max_header_bytes + HEAD_SLACK:
+                    why = f"request headers exceed {lim.max_header_bytes} bytes"
+                    self.give_up(error_reply("InvalidInput", why, 431))
+
+    def _bad(self, message: str) -> None:
+        self.give_up(error_reply("InvalidInput", message, 400))
+
+    def give_up(self, reply: Reply) -> None:
+        """End this connection with ``reply`` (a malformed request's 400, a limit's 4xx), but only
+        after the answers of the good requests before it (pipelined, or sent while one was in
+        flight), in order."""
+        self._final = reply
+        self._stop_reading()
+        if self.idle():
+            self._write(self._final, keep_alive=False)
+
+    def _limit(self, status: int, message: str) -> None:
+        """From a parser callback: stop parsing, answer ``status``."""
+        self._limit_reply = error_reply("InvalidInput", message, status)
+        raise ValueError(message)
+
+    def _stop_reading(self) -> None:
+        self._done_reading = True
+        self.in_message = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    # -- parser callbacks -----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._body = []
+        self._size = 0
+        self._too_large = False
+        self._header_bytes = 0
+        self._header_lines = 0
+        self._head_open = True
+        self._head_seen = 0
+        self.in_message = True
+        self.message_start = time.monotonic()
+        self.message_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.front.limits.max_url:
+            self._limit(414, f"request target longer than {self.front.limits.max_url} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.lower()] = value
+        self._header_bytes += len(name) + len(value) + 4
+        self._header_lines += 1
+        lim = self.front.limits
+        if self._header_lines > lim.max_headers or self._header_bytes > lim.max_header_bytes:
+            self._limit(
+                431, f"request headers exceed {lim.max_headers} lines or {lim.max_header_bytes} bytes"
+            )
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        if self._done_reading:
+            return
+        cl = self._headers.get(b"content-length")
+        if cl is not None and cl.isdigit() and int(cl) > self.front.limits.max_body:
+            self._too_large_now()
+            return
+        if self._headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        if self._too_large or self._done_reading:
+            return  # drained, not kept
+        self._size += len(body)
+        if self._size > self.front.limits.max_body:  # a chunked body (a Content-Length was checked)
+            self._too_large = True
+            self._body = []
+            self._too_large_now()
+        else:
+            self._body.append(body)
+
+    def _too_large_now(self) -> None:
+        """Answer 413 now (through the handler, so it is journaled) and close, rather than wait for
+        (or drain) a body that may never end; read nothing more."""
+        req = Request(self.parser.get_method(), self._url, self._headers, b"", False, True, self.remote)
+        self._stop_reading()
+        self._pending.append(req)
+        if self._task is None:
+            self._next()
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        if self._done_reading:
+            return
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        req = Request(
+            self.parser.get_method(),
+            self._url,
+            self._headers,
+            body,
+            self.parser.should_keep_alive(),
+            self._too_large,
+            self.remote,
+        )
+        self._pending.append(req)
+        if self._task is None:
+            self._next()
+
+    # -- handling -------------------------------------------------------------------------------
+    def _next(self) -> None:
+        req = self._pending.popleft()
+        self._task = asyncio.get_running_loop().create_task(self._handle(req))
+
+    async def _handle(self, req: Request) -> None:
+        handler = self.front.router.resolve(req.method, req.path)
+        reply: Reply | Stream
+        try:
+            if self.refusal is not None:  # no handler runs; the connection ends with this answer
+                reply, req.keep_alive = self.refusal, False
+            elif (check := self.front.check) is not None and (refused := check(self.transport, req)):
+                reply = refused
+            elif handler is None:
+                method = req.method.decode(errors="replace")
+                reply = error_reply("NotFound", f"no route {method} {clip(req.path)}", 404)  # not a huge path
+            else:
+                reply = await handler(req)
+        except Exception as exc:  # a bug must not kill the connection silently, nor go unjournaled
+            error = clip(f"{type(exc).__name__}: {exc}")
+            reply = error_reply("InternalError", error, 500)
+            if self.front.on_error is not None:
+                self.front.on_error(clip(f"{req.method.decode(errors='replace')} {req.path}"), error)
+        keep_alive = req.keep_alive and not self.front.closing
+        if self._eof and not self._pending and self._final is None:
+            keep_alive = False  # the last answer the half-closed client gets
+        self._task = None
+        if isinstance(reply, Stream):
+            self._open_stream(reply)
+            return
+        if self.transport is not None:
+            self._write(reply, keep_alive)
+            self.last_active = time.monotonic()
+            if self._pending and keep_alive:
+                self._next()
+            elif self._final is not None and keep_alive and not self._pending:
+                self._write(self._final, keep_alive=False)
+
+    def _open_stream(self, stream: Stream) -> None:
+        """Status line and headers, then the stream owns the connection until either side ends it.
+        Reading goes on (a peer's close is seen at once) but what arrives is ignored."""
+        t = self.transport
+        if t is None:
+            stream.closed()
+            return
+        self._done_reading = True
+        self._pending.clear()
+        self._stream = stream
+        t.write(b"HTTP/1.1 200 OK\r\n%sConnection: close\r\n\r\n" % stream.headers)
+        stream.open(StreamOut(self))
+
+    def _write(self, reply: Reply, keep_alive: bool) -> None:
+        status, headers, body = reply
+        line = _STATUS_LINES.get(status) or _status_line(status)
+        head = b"%sContent-Length: %d\r\n%s%s\r\n" % (
+            line,
+            len(body),
+            headers,
+            b"" if keep_alive else b"Connection: close\r\n",
+        )
+        t = self.transport
+        if t is None:
+            return
+        if len(body) < 65536:
+            t.write(head + body)
+        else:
+            t.write(head)
+            t.write(body)
+        if not keep_alive:
+            self._pending.clear()
+            t.close()
