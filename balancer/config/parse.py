@@ -138,6 +138,14 @@ def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpe
     max_servers = positive(f"{key}.max_servers", raw.get("max_servers", 4), integer=True)
     if min_servers > max_servers:
         raise ConfigError(f"{key}.min_servers", f"{min_servers} exceeds max_servers = {max_servers}")
+    floor = raw.get("floor")
+    if floor is not None:
+        floor = positive(f"{key}.floor", floor, allow_zero=True, integer=True)
+        if floor > max_servers:
+            raise ConfigError(f"{key}.floor", f"{floor} exceeds max_servers = {max_servers}")
+    pending_timeout = raw.get("pending_timeout_s")
+    if pending_timeout is not None:
+        pending_timeout = float(positive(f"{key}.pending_timeout_s", pending_timeout))
     return ServerSpec(
         name=name,
         command=cmd,
@@ -149,6 +157,8 @@ def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpe
         backlog=positive(f"{key}.backlog", raw.get("backlog", 2), integer=True),
         idle_timeout_s=float(positive(f"{key}.idle_timeout_s", raw.get("idle_timeout_s", 60.0))),
         startup_timeout_s=float(positive(f"{key}.startup_timeout_s", raw.get("startup_timeout_s", 120.0))),
+        pending_timeout_s=pending_timeout,
+        floor=floor,
         max_attempts=positive(f"{key}.max_attempts", raw.get("max_attempts", 3), integer=True),
         max_start_failures=positive(
             f"{key}.max_start_failures", raw.get("max_start_failures", 3), integer=True

@@ -44,7 +44,9 @@ class ServerSpec:
     max_servers: int = 4
     backlog: int = 2
     idle_timeout_s: float = 60.0
-    startup_timeout_s: float = 120.0
+    startup_timeout_s: float = 120.0  # counts from the job's start, not from its submission
+    pending_timeout_s: float | None = None  # stop a start queued longer (not a failed start); None: never
+    floor: int | None = None  # hybrid policy: normal-priority servers below the harvest (None: default)
     max_attempts: int = 3
     max_start_failures: int = 3
     env: tuple[tuple[str, str], ...] = ()
@@ -65,6 +67,12 @@ class ServerSpec:
         return list(self.command)
 
 
+# The scaling policies (issue 20): demand only; today's forecast-aware rules; harvest (every server a
+# preemptible job on idle CPUs); hybrid (a floor of normal-priority servers, harvest above it).
+POLICIES = ("demand", "forecast", "harvest", "hybrid")
+HARVESTING = frozenset({"harvest", "hybrid"})  # the policies that start (some or all) jobs preemptible
+
+
 @dataclass(frozen=True)
 class ForecastRules:
     """The forecast-aware rules, each off-able. They apply only when a forecast is observed.
@@ -80,6 +88,7 @@ class ForecastRules:
       ``upscale_delay_s``; after a demand start, stop nothing for idleness for ``cooldown_s``.
     """
 
+    policy: str = "demand"  # one of POLICIES: which rule set scales the pool (bench/harvest.py)
     admission: bool = True
     max_pending_wait_s: float = 600.0
     min_pending: int = 1

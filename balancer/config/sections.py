@@ -11,6 +11,7 @@ from typing import Any
 
 from balancer.config.schema import (
     NOTIFY_KINDS,
+    POLICIES,
     ConfigError,
     ForecastRules,
     ForecastSettings,
@@ -27,6 +28,9 @@ _FORECAST_KEYS = {f.name for f in fields(ForecastSettings)} - {"rules"}
 def parse_forecast(raw: Any) -> ForecastSettings:
     """The ``[forecast]`` table, rule keys included; every key typed, unknown keys refused."""
     table("forecast", raw, _FORECAST_KEYS | _RULE_KEYS)
+    policy = raw.get("policy", ForecastRules.policy)
+    if policy not in POLICIES:
+        raise ConfigError("forecast.policy", f"{policy!r} is not one of {', '.join(POLICIES)}")
     rules = ForecastRules(**typed_fields("forecast", ForecastRules, raw, set()))
     top = typed_fields("forecast", ForecastSettings, {k: v for k, v in raw.items() if k in _FORECAST_KEYS},
                         {"rules", "history", "partition", "forecaster"})  # fmt: skip

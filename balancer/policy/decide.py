@@ -1,27 +1,34 @@
 """Scaling decisions as one pure function of plain data: ``decide(limits, observed, now)``.
 
-Nothing here does I/O, reads a clock or mutates what it is given: the live scaler and a simulator
-with a virtual clock call the same code. ``decide`` separates what the configuration fixes once
-(``Limits``) from what is seen on each tick (``Observed``), as Ray Serve's autoscaling policy takes
-a context, and runs the named rules of ``policy.rules`` on each spec in order: crash-loop hold and
-back-off, start-up timeout, draining before a job's time limit and its replacement, rolling
-replacement, max_servers, demand and min_servers, idle stop. ``Observed.forecast`` brings the
-cluster's idle-capacity forecast: with it (and ``Limits.rules``) the forecast-aware rules apply,
-without it the policy scales by demand alone. The rules' memory (cool-down stamps) comes back in the
-``Decision``, so no caller keeps a copy of its own.
+Nothing here does I/O, reads a clock or mutates what it is given, so the live scaler and the
+simulator's virtual clock run the same code and the simulator's figures hold for the live pool.
+``decide`` separates what the configuration fixes once (``Limits``) from what is seen on each tick
+(``Observed``), as Ray Serve's autoscaling policy takes a context, and runs ``policy.rules``'
+``SPEC_RULES`` on each spec in order.
+
+``Limits.rules.policy`` picks the rules, each an answer to what a shared cluster costs others:
+``demand`` ignores the forecast (the baseline every other policy is measured against);
+``forecast`` lets the predicted capacity admit, pre-warm, fit time limits and stop politely;
+``harvest`` runs preemptible jobs on the CPUs idle now, which the scheduler takes back by
+preemption, so it needs no prediction to be polite; ``hybrid`` keeps a floor of normal jobs so the
+campaign never depends on preemption alone, and harvests above it. Without a forecast every policy
+scales by demand within the backlog (harvest and hybrid still start preemptible jobs). The rules'
+memory (cool-down stamps) comes back in the ``Decision``, so no caller keeps a copy of its own.
 """
 
 from __future__ import annotations
 
 from balancer.config.schema import ForecastRules
-from balancer.policy.rules import SPEC_RULES, Tick, admissible_cpus, remember
+from balancer.policy.admission import admission_cpus
+from balancer.policy.rules import SPEC_RULES
+from balancer.policy.starts import remember
+from balancer.policy.tick import Tick, is_queued
 from balancer.policy.types import (
     Action,
     Decision,
     ForecastView,
     Limits,
     Observed,
-    Phase,
     SpecLimits,
     SpecObserved,
     Start,
@@ -31,17 +38,19 @@ from balancer.policy.types import (
 def decide(limits: Limits, observed: Observed, now: float) -> Decision:
     """All actions for this tick, spec by spec, in the order they are to be applied, and the rules'
     memory for the next tick."""
-    fv = observed.forecast
-    # Admission shares the predicted idle CPUs among the specs, less what their pending starts
-    # will take; ``budget`` is what is left as the specs are decided in order.
+    # The demand policy ignores the forecast entirely, as if there were none.
+    fv = None if limits.rules.policy == "demand" else observed.forecast
+    # Admission shares the CPUs it admits among the specs, less what their queued starts will take
+    # (a start whose job runs holds its CPUs already: ``held_cpus``); ``budget`` is what is left as
+    # the specs are decided in order.
     budget: list[float] | None = None
     if fv is not None:
         pending = 0.0
         for lim in limits.specs:
             obs = observed.specs.get(lim.name)
             if obs is not None:
-                pending += lim.cpus * sum(1 for s in obs.servers if s.phase is Phase.STARTING)
-        budget = [admissible_cpus(fv, limits.rules) - pending]
+                pending += lim.cpus * sum(1 for s in obs.servers if is_queued(s))
+        budget = [admission_cpus(fv, limits.rules) - pending]
     decision = Decision()
     for lim in limits.specs:
         obs = observed.specs.get(lim.name)

@@ -35,6 +35,8 @@ class ServerView(Protocol):
     idle_since_m: float
     requested_m: float
     deadline_m: float | None  # monotonic time its job will be killed, if known
+    started_m: float | None  # monotonic time its job began to run; None while it waits in the queue
+    preemptible: bool  # its job runs in the preemptible partition or QOS (harvest, hybrid)
 
     @property
     def replaced(self) -> bool: ...  # a replacement was already started for it (draining servers)
@@ -63,6 +65,8 @@ class SpecLimits:
     max_start_failures: int = 3  # consecutive failed starts before the spec is held
     cpus: int = 1  # CPUs one server's job holds: converts idle CPUs into servers
     max_time_limit_s: float | None = None  # the spec's time limit: the longest job it may ask for
+    pending_timeout_s: float | None = None  # most a start may wait in the queue (None: no limit)
+    floor: int | None = None  # hybrid: normal-priority servers kept below the harvest (None: default)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ class Limits:
                     s.max_start_failures,
                     s.resources.cpus,
                     parse_time_limit(s.resources.time_limit),
+                    s.pending_timeout_s,
+                    s.floor,
                 )
                 for s in cfg.servers
             ),
@@ -113,8 +119,10 @@ class SpecObserved:
 
 @dataclass(frozen=True)
 class ForecastView:
-    """The cluster's predicted idle CPUs from now on, one value per ``step_s`` (index 0 = now;
-    live and in the simulator the current slot is the observed value where one is fresh).
+    """The cluster's predicted capacity for our jobs from now on, one value per ``step_s`` (index
+    0 = now; live and in the simulator the current slot is the observed value where one is fresh):
+    idle CPUs *plus the CPUs our own pool holds* (``held_cpus``), so our own load never reads as
+    the cluster filling up. What a new job of ours can start on is ``idle[i] - held_cpus``.
 
     ``lo``/``hi`` bound the prediction (equal to ``idle`` for an override or an oracle);
     ``expected_wait_s`` is the scheduler's own estimate for a job of ours, where it gives one."""
@@ -125,6 +133,7 @@ class ForecastView:
     hi: tuple[float, ...] = ()
     expected_wait_s: float | None = None
     source: str = "forecast"  # "forecast", "override", "oracle"
+    held_cpus: float = 0.0  # CPUs our own pool's running jobs hold now (``idle`` counts them in)
 
     def window(self, seconds: float) -> int:
         """Slots covering ``[now, now + seconds]``, at least one."""
@@ -158,6 +167,8 @@ class StopReason(str, enum.Enum):
     OUTDATED = "outdated by config reload"  # still starting when its spec changed: never made ready
     MAX_SERVERS = "max_servers"  # beyond a lowered max_servers: idle ones stop, busy ones drain
     RETIRED = "replaced by config reload"  # outdated, drained once its successor is ready
+    WITHDRAWN = "withdrawn beyond admission"  # still queued, beyond what admission allows now
+    PENDING_TIMEOUT = "pending timeout"  # queued longer than the spec's pending_timeout_s
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,7 @@ class Start:
     target: int  # live servers the spec aims for after this action
     replaces: tuple[str, ...] = ()  # draining servers this start replaces
     time_limit_s: float | None = None  # fitted to the predicted idle window; None: the spec's own
+    preemptible: bool = False  # submit to the preemptible partition or QOS (harvest, hybrid)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ class LaunchSettings:
 
 
 def launch_for(s: Server, ls: LaunchSettings, time_limit_s: float | None = None) -> Launch:
-    """The job that starts ``s``: its spec's environment plus the launcher's settings."""
+    """The job that starts ``s``: its spec's environment plus the launcher's settings, in the
+    preemptible partition or QOS where ``s`` is a harvested server."""
     env = dict(s.spec.env)
     env.update(
         launch_env(
@@ -51,7 +52,7 @@ def launch_for(s: Server, ls: LaunchSettings, time_limit_s: float | None = None)
             registration_dir=ls.registration_dir,
         )
     )
-    return Launch(s.id, s.spec, env, ls.log_dir, time_limit_s)
+    return Launch(s.id, s.spec, env, ls.log_dir, time_limit_s, preemptible=s.preemptible)
 
 
 class Jobs:
@@ -69,6 +70,9 @@ class Jobs:
         self.settings: LaunchSettings | None = None  # set when the scaler starts
 
     def submit(self, servers: list[Server], time_limit_s: float | None = None) -> None:
+        """Submit ``servers``' jobs as one batch (a job array): they share one time limit and one
+        ``preemptible`` (the pool starts each ``Start`` of the policy as one submit)."""
+        assert len({s.preemptible for s in servers}) <= 1, "one submit, one kind of job"
         ls = self.settings
         assert ls is not None, "Scaler.start() gives the launch settings"
         self._spawn(self._submit([launch_for(s, ls, time_limit_s) for s in servers]))

@@ -21,7 +21,7 @@ from typing import Any
 
 from balancer.observe.events import Ev, EventBus
 from balancer.policy.decide import decide
-from balancer.policy.rules import admissible_cpus
+from balancer.policy.rules import admission_cpus
 from balancer.policy.types import (
     Action,
     Decision,
@@ -183,12 +183,17 @@ class Scaler:
     def apply(self, a: Action) -> None:
         pool = self.pool
         if isinstance(a, Start):
-            extra = {"time_limit_s": a.time_limit_s} if a.time_limit_s is not None else {}
+            extra: dict[str, Any] = {"time_limit_s": a.time_limit_s} if a.time_limit_s is not None else {}
+            if a.preemptible:
+                extra["preemptible"] = True
             self._decision(a.spec, "start", a.reason.value, a.target, count=a.count, **extra)
             pool.mark(a.replaces, Mark.REPLACED)
             rollout = a.reason is StartReason.ROLLOUT
-            pool.start_servers(a.spec, a.count, a.reason.value, a.time_limit_s, successor=rollout)
+            pool.start_servers(
+                a.spec, a.count, a.reason.value, a.time_limit_s, successor=rollout, preemptible=a.preemptible
+            )
         elif isinstance(a, Stop):
+            # Withdrawn or pending too long: its queued job is cancelled, not a failed start.
             s = pool.servers.get(a.server)
             # A server the operator drained stops for that reason, not the policy's time limit.
             reason = s.drain_reason if s is not None and s.drain_reason else a.reason.value
@@ -226,8 +231,8 @@ class Scaler:
             if so is not None:
                 fields["waiting"] = so.waiting
             fv = obs.forecast
-            if fv is not None:
+            if fv is not None and self.limits.rules.policy != "demand":  # demand ignores the forecast
                 fields["forecast"] = fv.source
                 fields["idle_cpus"] = round(fv.idle[0], 3) if fv.idle else None
-                fields["admit_cpus"] = round(admissible_cpus(fv, self.limits.rules), 3)
+                fields["admit_cpus"] = round(admission_cpus(fv, self.limits.rules), 3)
         self.bus.emit(Ev.SCALE_DECISION, spec=spec, action=action, target=target, reason=reason, **fields)

@@ -49,6 +49,9 @@ class Server:
     calls: int = 0  # calls it answered (for the dashboard: ``Pool.count_call``, no event)
     busy_s: float = 0.0  # summed dispatch-to-answer time of those calls
     ready_m: float | None = None  # when it became ready: its utilisation's denominator starts
+    started_m: float | None = None  # when its job began to run (the start-up timeout counts from it)
+    preemptible: bool = False  # its job runs in the preemptible partition or QOS
+    preempted: bool = False  # the scheduler took its job back: calls it loses are not charged an attempt
 
     @property
     def phase(self) -> Phase:

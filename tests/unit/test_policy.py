@@ -40,6 +40,8 @@ class V:
     idle_since_m: float = 0.0
     requested_m: float = 0.0
     deadline_m: float | None = None
+    started_m: float | None = None  # None: its job still waits in the queue
+    preemptible: bool = False
     replaced: bool = False
     outdated: bool = False
     successor: bool = False
@@ -74,8 +76,9 @@ def lim(**kw) -> SpecLimits:
     return SpecLimits(**base)
 
 
-def starting(n: int, at: float = 0.0) -> list[V]:
-    return [V(f"st{i}", Phase.STARTING, requested_m=at) for i in range(n)]
+def starting(n: int, at: float = 0.0, started: float | None = None, **kw) -> list[V]:
+    """Starts requested at ``at``; queued unless ``started`` (when their jobs began to run)."""
+    return [V(f"st{i}", Phase.STARTING, requested_m=at, started_m=started, **kw) for i in range(n)]
 
 
 def ready(n: int, **kw) -> list[V]:
@@ -111,8 +114,9 @@ def test_idle_stop_longest_idle_first_never_below_min():
 
 
 def test_startup_timeout_gives_up_and_no_start_goes_out_in_the_same_tick():
-    assert run(starting(1, at=0.0), now=31, waiting=1) == [GiveUp("m", "st0", target=0)]
-    assert run(starting(1, at=0.0), now=29) == []
+    # The timeout counts from the job's start (issue 20), not from the request.
+    assert run(starting(1, at=0.0, started=0.0), now=31, waiting=1) == [GiveUp("m", "st0", target=0)]
+    assert run(starting(1, at=0.0, started=0.0), now=29) == []
 
 
 def test_hold_after_repeated_failures_and_backoff_in_between():

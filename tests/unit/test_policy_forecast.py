@@ -6,8 +6,8 @@ import itertools
 from dataclasses import replace
 
 from balancer.config.schema import ForecastRules
+from balancer.policy.admission import admissible_cpus, fits_time_limit, idle_window_s
 from balancer.policy.decide import decide
-from balancer.policy.rules import admissible_cpus, fits_time_limit, idle_window_s
 from balancer.policy.types import (
     ForecastView,
     Limits,
@@ -25,11 +25,12 @@ from tests.unit.test_policy import V, ready, starting
 
 LIM = SpecLimits("m", max_servers=32, backlog=2, idle_timeout_s=300, startup_timeout_s=3600, cpus=2,
                  max_time_limit_s=4 * 3600.0)  # fmt: skip
-RULES = ForecastRules()
+RULES = ForecastRules(policy="forecast")  # the rules under test (the default policy is demand)
 
 
-def fv(*idle: float, step: float = 900.0, hi=(), wait=None) -> ForecastView:
-    return ForecastView(step, tuple(idle), tuple(idle), tuple(hi), wait)
+def fv(*idle: float, step: float = 900.0, hi=(), wait=None, held: float = 0.0) -> ForecastView:
+    """Capacity for us (idle plus the ``held`` CPUs our jobs hold) per slot."""
+    return ForecastView(step, tuple(idle), tuple(idle), tuple(hi), wait, held_cpus=held)
 
 
 def run(forecast, servers=(), now=1000.0, lim=LIM, rules=RULES, **obs):
@@ -101,14 +102,40 @@ def test_time_limit_fits_the_predicted_idle_window():
     assert fits_time_limit(f, replace(LIM, max_time_limit_s=None), RULES) is None
 
 
-def test_polite_mode_stops_idle_servers_early_when_the_cluster_fills_up():
+def test_polite_mode_stops_idle_servers_early_when_others_want_our_cpus():
+    # Two idle servers hold 4 CPUs; the capacity for us (idle + ours) is 8 now.
     idle = ready(2, idle_since_m=980.0)  # idle for 20 s; the idle timeout is 300 s
-    assert run(fv(8, 8, hi=(8, 8)), servers=idle) == []
-    acts = run(fv(8, 0, hi=(8, 1)), servers=idle)  # even the upper bound leaves < 2 CPUs
+    assert run(fv(8, 8, hi=(8, 8), held=4), servers=idle) == []
+    # Even the upper bound drops to 1 CPU: others want 3 of our 4 CPUs back, i.e. both servers.
+    acts = run(fv(8, 0, hi=(8, 1), held=4), servers=idle)
     assert [(a.server, a.reason) for a in acts] == [("r0", StopReason.POLITE), ("r1", StopReason.POLITE)]
-    assert run(fv(8, 0, hi=(8, 1)), servers=idle, rules=replace(RULES, polite=False)) == []
+    # A shortfall of 2 CPUs takes one server of 2 CPUs; the other waits for its idle timeout.
+    acts = run(fv(8, 2, hi=(8, 2), held=4), servers=idle)
+    assert [(a.server, a.reason) for a in acts] == [("r0", StopReason.POLITE)]
+    assert run(fv(8, 0, hi=(8, 1), held=4), servers=idle, rules=replace(RULES, polite=False)) == []
     busy = [V("b", outstanding=1, idle_since_m=0.0)]
-    assert run(fv(0, hi=(0,)), servers=busy) == []  # a server with a call is never stopped
+    assert run(fv(0, hi=(0,), held=2), servers=busy) == []  # a server with a call is never stopped
+
+
+def test_our_own_load_never_reads_as_the_cluster_filling_up():
+    # The pool holds all the capacity (16 CPUs, 8 idle servers): nothing is idle for others, but
+    # nobody else wants it either. Not stopped politely (before issue 20 it was).
+    mine = ready(8, idle_since_m=980.0)
+    assert run(fv(16, 16, 16, hi=(16, 16, 16), held=16), servers=mine) == []
+    # Its capacity forecast drops below what it holds: others want 6 CPUs back, 3 servers go.
+    acts = run(fv(16, 10, 10, hi=(16, 10, 10), held=16), servers=mine)
+    assert [a.reason for a in acts] == [StopReason.POLITE] * 3
+
+
+def test_the_forecast_arithmetic_counts_our_held_cpus_out():
+    # Capacity for us 10 CPUs of which our jobs hold 6: 4 CPUs for new jobs (2 servers of 2).
+    f = fv(10, 10, 6, held=6)
+    assert admissible_cpus(f, RULES) == 4.0
+    assert admissible_cpus(fv(4, 4, held=6), RULES) == 0.0  # never negative
+    assert idle_window_s(f, 2) == 1800.0  # the third slot leaves no room beside our own jobs
+    assert fits_time_limit(f, LIM, RULES) == RULES.min_time_limit_s
+    (a,) = run(f, waiting=100)
+    assert (a.count, a.time_limit_s) == (2, RULES.min_time_limit_s)
 
 
 def test_cooldown_after_an_idle_stop_needs_calls_that_waited():

@@ -57,6 +57,18 @@ def test_diff_splits_live_settings_from_those_that_need_a_restart(tmp_path: Path
     assert set(diff_config(old, fixed).fixed) == {"balancer.port", "balancer.scheduler", "forecast.collect"}
 
 
+def test_a_reload_may_change_the_policy_and_a_specs_floor_and_pending_timeout(tmp_path: Path):
+    old = _cfg(tmp_path, [{"name": "a", "command": "x", "max_servers": 8}])
+    spec = {"name": "a", "command": "x", "max_servers": 8, "floor": 3, "pending_timeout_s": 60}
+    new = _cfg(tmp_path, [spec], forecast={"policy": "hybrid"})
+    d = diff_config(old, new)
+    assert d.settings == ("forecast.policy",) and d.fixed == ()
+    assert d.changed == {"a": ("pending_timeout_s", "floor")} and d.relaunch == ()  # no server replaced
+    merged = merge_limits(Limits.from_config(old), new, d, keep=set())
+    assert merged.rules.policy == "hybrid"
+    assert (merged.specs[0].floor, merged.specs[0].pending_timeout_s) == (3, 60.0)
+
+
 def test_merged_limits_keep_an_operators_scale_unless_the_file_changes_that_key(tmp_path: Path):
     old = _cfg(tmp_path, [{"name": "a", "command": "x", "max_servers": 2}, {"name": "b", "command": "y"}])
     scaled = Limits.from_config(old)
@@ -136,12 +148,13 @@ def test_live_settings_reach_the_parts_that_use_them_and_a_refused_file_changes_
             assert not ok and "balancer.port" in why
             assert (b.scaler.interval_s, b.control.lease_s, b.calls.max_body_mb) == (0.05, 30.0, 64.0)
             write({"scale_interval_s": 0.5, "lease_s": 7.0, "max_body_mb": 2.0},
-                  forecast={"cooldown_s": 5.0, "enabled": False})  # fmt: skip
+                  forecast={"cooldown_s": 5.0, "enabled": False, "policy": "harvest"})  # fmt: skip
             ok, doc = await b.reloader.reload(str(path))
             assert ok, doc
             assert (b.scaler.interval_s, b.control.lease_s, b.calls.max_body_mb) == (0.5, 7.0, 2.0)
             assert b.scaler.launch.lease_s == 7.0  # servers started from now on are told
             assert b.scaler.limits.rules.cooldown_s == 5.0 and b.forecast.enabled is False
+            assert b.scaler.limits.rules.policy == "harvest"  # the policy is reloadable too
             assert h.of("forecast.changed")[-1]["change"] == "disabled"
             assert b.reloader.status()["reloads"] == 1 and b.reloader.status()["rejected"] == 1
 
