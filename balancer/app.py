@@ -42,6 +42,7 @@ from balancer.ops.metrics import Metrics
 from balancer.ops.origin import HostCheck
 from balancer.ops.reload import ConfigSource, Reloadable, Reloader
 from balancer.policy.types import Limits, StopReason
+from balancer.pool.holding import held_cpus
 from balancer.pool.jobs import LaunchSettings
 from balancer.pool.members import NoServerError
 from balancer.pool.pool import Pool
@@ -91,13 +92,19 @@ class Balancer:
             self.history = open_history(fc)
         # The history is shared by every run of its owner: train on this scheduler's samples and
         # on imported traces, never on a local demo's samples mixed into a cluster's.
-        self.forecast = ForecastService(fc, bus, self.history, sources=(cfg.scheduler, "swf", "sacct"))
+        # Capacity = idle + ours: the pool says what our running jobs hold (one truth for the
+        # collected samples and the scaler's view), so our own load never reads as others'.
+        self.forecast = ForecastService(
+            fc, bus, self.history, sources=(cfg.scheduler, "swf", "sacct"), held=self._held_cpus
+        )
         if fc.collect:
             from balancer.capacity.collectors import make_collector
             from balancer.capacity.monitor import CapacityMonitor
 
             collector = make_collector(cfg, backend)
-            self.monitor = CapacityMonitor(collector, self.history, self.forecast, bus, fc.collect_interval_s)
+            self.monitor = CapacityMonitor(
+                collector, self.history, self.forecast, bus, fc.collect_interval_s, held=self._held_cpus
+            )
         limits = Limits.from_config(cfg)
         self.scaler = Scaler(self.pool, bus, limits, cfg.scale_interval_s, clock, forecast=self.forecast.view)
         self.control = Control(
@@ -175,6 +182,10 @@ class Balancer:
 
     def _busy(self) -> list[tuple[str, int, int, float]]:
         return [(s.id, s.calls, s.outstanding, s.busy_s) for s in self.pool.servers.values()]
+
+    def _held_cpus(self) -> dict[str, float]:
+        """Partition -> CPUs our servers' running jobs hold: capacity is idle + ours."""
+        return held_cpus(self.pool.servers.values(), self.backend.partition_of)
 
     def _gpus_of(self, server: str) -> list[dict[str, Any]] | None:
         """A server's GPUs for the status and the operator's list (profiling/gpus.py)."""

@@ -4,7 +4,10 @@ GET shows the forecast and why it is (not) in use; PUT takes ``{"enabled": bool}
 ``{"override": {"idle_cpus": N, "idle_gpus": N, "expires_in_s": S | "expires_at": EPOCH,
 "reason": "..."}}``; DELETE drops the override. Token required on all three (the forecast tells
 when the cluster is idle, the switches change how the pool grows); every change is journaled by
-the service. Bad bodies get a 400 in UM-Bridge's error shape, naming what is wrong.
+the service. The forecast is of capacity = idle + ours (what a job of ours could use); an override
+gives idle CPUs as the owner sees them and the view adds what our pool holds, so ``idle_cpus: 0``
+means "start nothing more", never "stop what runs". Bad bodies get a 400 in UM-Bridge's error
+shape, naming what is wrong.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ Two ways in, because the Python package (``hyperqueue`` 0.27) can submit but can
   user's HQ server are that user's, ours, all of one size.
 * ``HqBackendCollector``, for the embedded cluster (no binary): its size is the configuration
   (``workers`` x ``cpus_per_worker``) and the only tasks in it are the backend's own jobs.
+
+Busy CPUs here are our own tasks; the monitor adds them back as ``ours_cpus`` (from the pool), so
+capacity = idle + ours is the workers' CPUs: on HyperQueue every worker is ours.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """This machine's capacity (psutil), so the local default backend takes the same path as a cluster:
-idle CPUs are the CPUs times the share of CPU time left idle since the previous sample."""
+idle CPUs are the CPUs times the share of CPU time left idle since the previous sample. The monitor
+adds ours (the cores the local backend gave our running servers): capacity = idle + ours, at most
+the CPUs, so our own servers' load never reads as the machine filling up."""
 
 from __future__ import annotations
 

@@ -11,6 +11,9 @@ One pass is two commands run at once (a third for GPUs where gres is configured)
 * ``sbatch --test-only`` for a job of our size, in a partition where no pending job of ours has an
   expected start yet (backfill fills ``%S`` only every ``bf_interval``, 30 s by default, and not at
   all while we have nothing queued): the same will-run test, answered at once.
+
+sinfo counts our own running jobs as allocated; the monitor adds them back (``ours_cpus``, from the
+pool), so what is stored is capacity = idle + ours.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The forecasters by name: the built-in ones (numpy only) and the optional extras where installed.
 
-Built in: seasonal-naive over a day (the baseline every model must beat) and over a week, and a
-blend of averaged daily and weekly profiles with the current level. Each gives an 80 % interval
+Built in: the baselines every model must beat (seasonal-naive over a day and over a week, the
+historic mean, the last value) and a blend of averaged daily and weekly profiles with the current
+level. Each gives an 80 % interval
 from the empirical quantiles of its own errors at recent past origins, so a backtest can check
 coverage and the policy can act on a bound instead of a point.
 """
@@ -131,6 +132,30 @@ class Blend(_Profiled):
         return base
 
 
+class HistoricMean(_Profiled):
+    """Every future slot is the mean of the whole history: the baseline a model that only
+    chases noise loses to (a flat series, or a pattern too weak to repeat)."""
+
+    name = "historic-mean"
+    need_s = 3600.0  # an hour with an observation in it will do
+
+    def _point(self, v: np.ndarray, horizon: int, step_s: float) -> np.ndarray:
+        ok = np.isfinite(v)
+        return np.full(horizon, float(v[ok].mean()) if ok.any() else 0.0)
+
+
+class LastValue(_Profiled):
+    """Persistence: every future slot is the last observed value. Capacity moves like a random
+    walk where big jobs hold their CPUs for hours; there it beats every seasonal profile."""
+
+    name = "last-value"
+    need_s = 3600.0
+
+    def _point(self, v: np.ndarray, horizon: int, step_s: float) -> np.ndarray:
+        ok = np.flatnonzero(np.isfinite(v))
+        return np.full(horizon, float(v[ok[-1]]) if len(ok) else 0.0)
+
+
 def _profile(v: np.ndarray, period: int, count: int, horizon: int) -> np.ndarray:
     """Mean over the last ``count`` periods (as many as ``v`` holds) of the value at the same
     phase as each future slot; missing slots are skipped, and a phase missing in all of them
@@ -166,10 +191,14 @@ def _fill(v: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
 FORECASTERS: dict[str, Callable[[], Forecaster]] = {
     "seasonal-naive-day": lambda: SeasonalNaive(DAY_S, "seasonal-naive-day"),
     "seasonal-naive-week": lambda: SeasonalNaive(WEEK_S, "seasonal-naive-week"),
+    "historic-mean": HistoricMean,
+    "last-value": LastValue,
     "blend": Blend,
 }
 BUILTIN = tuple(FORECASTERS)
-BASELINE = "seasonal-naive-day"
+BASELINE = "seasonal-naive-day"  # the one shown beside a model's error where a single one is shown
+# The naive forecasts: the automatic choice never takes a model that loses to any of them.
+BASELINES = ("seasonal-naive-day", "seasonal-naive-week", "historic-mean", "last-value")
 FORECASTERS.update(extras.available())
 
 

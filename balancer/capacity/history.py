@@ -4,6 +4,15 @@ Why SQLite: one file, no server, safe against a crash mid-write, and ``GROUP BY`
 1-minute samples into a forecast grid in milliseconds. WAL mode lets a reader (``balancer capacity
 show``, a backtest) read while the collector writes. The file is private (0600): it tells who ran what.
 
+What is stored and learnt is capacity = idle + ours (``CapacitySample.capacity_cpus``): the
+``ours_cpus`` column holds what our own pool's running jobs held at each sample. A file written
+before that column existed has it NULL on its collected rows, which counted our own servers as
+busy: exactly the error that made the pool shrink itself under its own load, and on the local
+backend, where our servers were most of the load, most of those rows are wrong. ``series`` skips
+them (they stay in the file, readable as plain idle); collected history starts afresh, so the
+forecast is cold again for ``min_history_s``. Imported rows (SWF, sacct) are other users' jobs
+only, so their idle is our capacity exactly (ours = 0), old or new.
+
 Retention applies to collected samples; imported history (SWF, sacct) is kept, since it was asked
 for, and a second import of the same source and partition replaces the slots it covers.
 Methods are synchronous; async callers use ``asyncio.to_thread``. One lock serialises the connection.
@@ -119,7 +128,8 @@ class History:
         since: float | None,
         until: float | None,
     ) -> tuple[str, list[object]]:
-        conds: list[str] = ["idle_cpus IS NOT NULL"]
+        # Collected rows from before ``ours_cpus`` (NULL) counted our own jobs as busy: not capacity.
+        conds: list[str] = ["idle_cpus IS NOT NULL", "(ours_cpus IS NOT NULL OR imported = 1)"]
         args: list[object] = []
         if source is not None:
             names = [source] if isinstance(source, str) else list(source)
@@ -139,8 +149,9 @@ class History:
         since: float | None = None,
         until: float | None = None,
     ) -> Series | None:
-        """Idle CPUs per slot of an epoch-aligned grid: the mean of the samples in each slot, summed
-        over partitions; NaN where nothing was observed; None when nothing matches.
+        """Capacity (idle + ours, at most the total) per slot of an epoch-aligned grid: the mean of
+        the samples in each slot, summed over partitions; NaN where nothing was observed; None when
+        nothing matches.
 
         ``source`` is one name or several: sources are taken as views of one cluster (an imported
         trace continued by live samples), so where several cover a slot, their mean; None takes all
@@ -156,7 +167,8 @@ class History:
             t_min = span[0]
             start = math.floor((since if since is not None else t_min) / step_s) * step_s
             rows = self._db.execute(
-                f"SELECT CAST((t - ?) / ? AS INTEGER) AS slot, source, partition, AVG(idle_cpus)"
+                f"SELECT CAST((t - ?) / ? AS INTEGER) AS slot, source, partition,"
+                f" AVG(MIN(total_cpus, idle_cpus + COALESCE(ours_cpus, 0)))"
                 f" FROM samples WHERE {where} GROUP BY slot, source, partition",
                 [start, step_s, *args],
             ).fetchall()

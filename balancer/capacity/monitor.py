@@ -3,6 +3,10 @@
 Collection is a scheduler query (an asyncio subprocess) and SQLite writes go through a worker
 thread, so the event loop never waits on either. A failing collector is journaled once per
 distinct error and minute; the balancer keeps serving and the forecast goes stale, not wrong.
+
+Each sample is stamped with ``ours_cpus``, what our own pool's running jobs hold (``held``, the
+pool's one truth), so the history stores capacity = idle + ours and our own load never reads as
+the cluster filling up.
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from balancer.capacity.collect import CollectError  # already phrased for the user: shown as it is
+from balancer.capacity.sample import CapacitySample
 from balancer.observe.events import Ev, EventBus
 
 ERROR_REPEAT_S = 60.0
@@ -29,8 +35,11 @@ class CapacityMonitor:
         bus: EventBus,
         interval_s: float,
         wall: Callable[[], float] = time.time,
+        held: Callable[[], Mapping[str, float]] | None = None,
     ) -> None:
         self.collector = collector
+        # partition -> CPUs our running jobs hold ("" = the default partition / the whole machine)
+        self.held = held or dict
         self.history = history
         self.service = service
         self.bus = bus
@@ -66,7 +75,7 @@ class CapacityMonitor:
         """One collection; never raises (an error is recorded and journaled)."""
         t = self.wall()
         try:
-            samples = await self.collector.sample()
+            samples = stamp_ours(await self.collector.sample(), self.held())
             if self.history is not None and samples:
                 await asyncio.to_thread(self.history.add, samples)
                 if t - self._pruned >= PRUNE_EVERY_S:
@@ -81,11 +90,18 @@ class CapacityMonitor:
         self.samples += 1
         self.service.observe(samples, t)
         idle = sum(s.idle_cpus for s in samples)
+        ours = sum(s.ours_cpus for s in samples)
+        capacity = sum(s.capacity_cpus for s in samples)
         total = sum(s.total_cpus for s in samples)
-        pred = self.service.predicted_idle(t)
-        fields: dict[str, Any] = {"source": self.collector.source, "idle_cpus": idle, "total_cpus": total}
+        pred = self.service.predicted_capacity(t)
+        fields: dict[str, Any] = {
+            "source": self.collector.source, "idle_cpus": idle, "total_cpus": total,
+            "ours_cpus": ours, "capacity_cpus": capacity,
+        }  # fmt: skip
         if pred is not None:
-            fields["predicted_idle_cpus"] = round(pred, 3)
+            fields["predicted_capacity_cpus"] = round(pred, 3)
+            # The same prediction less ours: compared with idle_cpus, the error is the capacity's.
+            fields["predicted_idle_cpus"] = round(pred - (capacity - idle), 3)
         pending = [s.pending_jobs for s in samples if s.pending_jobs is not None]
         if pending:
             fields["pending_jobs"] = sum(pending)
@@ -104,3 +120,20 @@ class CapacityMonitor:
 
     def status(self) -> dict[str, Any]:
         return {"source": self.collector.source, "samples": self.samples, "error": self.error}
+
+
+def stamp_ours(samples: Sequence[CapacitySample], held: Mapping[str, float]) -> list[CapacitySample]:
+    """Each sample with ``ours_cpus`` from ``held`` (partition -> CPUs our running jobs hold).
+
+    A partition's own figure goes to its sample; what no sample's partition names (the default
+    partition "", or a partition not watched) goes to the only sample, or to the first one where
+    there are several (it is ours either way; the view sums them)."""
+    out = list(samples)
+    if not out:
+        return out
+    names = {s.partition for s in out}
+    rest = sum(v for p, v in held.items() if p not in names)
+    for i, s in enumerate(out):
+        ours = float(held.get(s.partition, 0.0)) + (rest if i == 0 else 0.0)
+        out[i] = replace(s, ours_cpus=ours)
+    return out

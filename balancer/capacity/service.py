@@ -4,6 +4,11 @@ The service holds what the scaler asks for on each pass (``view()``, a cheap sli
 prediction) and does the slow part, choosing and fitting a forecaster, on a schedule in a worker
 thread, so the event loop never waits on numpy. Without enough history, disabled, or after a
 failed training, ``view()`` is None and the policy scales by demand alone; ``status()`` says why.
+
+What it forecasts is capacity for our jobs, idle CPUs plus what our own pool holds (see
+``CapacitySample.capacity_cpus``); ``held`` tells it what our running jobs hold now, and the view
+carries both, so the policy starts new jobs on ``idle[i] - held_cpus`` and stops politely only when
+capacity falls below what we hold (others want our CPUs), never because of our own load.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +34,9 @@ BACKTEST_ORIGINS = 14  # daily origins over the last two weeks of the site's his
 
 @dataclass(frozen=True)
 class Override:
-    """The owner's word on idle capacity, in force until ``expires_at`` (epoch seconds)."""
+    """The owner's word on idle CPUs (as they see them: CPUs nobody, us included, uses), in force
+    until ``expires_at`` (epoch seconds). The view's capacity is that plus what our pool holds, so
+    "0 idle" means "start nothing more", not "stop what runs"."""
 
     idle_cpus: float
     expires_at: float
@@ -51,7 +58,8 @@ class Trained:
     history_s: float
     backtest: list[dict[str, Any]]
     mae: float | None = None
-    baseline_mae: float | None = None
+    baseline_mae: float | None = None  # the best baseline's, the bar the model had to clear
+    baseline: str | None = None  # which baseline that was
 
 
 class ForecastService:
@@ -62,8 +70,11 @@ class ForecastService:
         history: Any = None,  # cluster.history.History; None: nothing to train on
         wall: Callable[[], float] = time.time,
         sources: tuple[str, ...] | None = None,
+        held: Callable[[], Mapping[str, float]] | None = None,
     ) -> None:
         self.settings = settings
+        # partition -> CPUs our running jobs hold now ("" = default partition / whole machine)
+        self.held = held or dict
         self.bus = bus
         self.history = history
         self.wall = wall
@@ -93,21 +104,23 @@ class ForecastService:
         tr = self.trained
         slot = int(now // self.settings.grid_s)
         self._live_override(now)  # an expired override ends (and is journaled) before the cache
-        key = (slot, self.latest_t, tr and tr.trained_at, self.override, self.observed_idle(now) is None)
+        held = self.held_cpus()
+        key = (slot, self.latest_t, tr and tr.trained_at, self.override, self.observed_capacity(now) is None,
+               held)  # fmt: skip
         if self._view_key == key:
             return self._view
-        self._view = self._build_view(now)
+        self._view = self._build_view(now, held)
         self._view_key = key
         return self._view
 
-    def _build_view(self, now: float) -> ForecastView | None:
+    def _build_view(self, now: float, held: float) -> ForecastView | None:
         step = self.settings.grid_s
         n = max(1, int(self.settings.horizon_s // step))
         ov = self._live_override(now)
         wait = self._expected_wait()
         if ov is not None:
-            v = (float(ov.idle_cpus),) * n
-            return ForecastView(step, v, v, v, wait, "override")
+            v = (float(ov.idle_cpus) + held,) * n
+            return ForecastView(step, v, v, v, wait, "override", held_cpus=held)
         tr = self.trained
         if tr is None:
             return None
@@ -119,19 +132,31 @@ class ForecastService:
         idle = [float(x) for x in p.mean[i : i + n]]
         lo = [float(x) for x in (p.lo if p.lo is not None else p.mean)[i : i + n]]
         hi = [float(x) for x in (p.hi if p.hi is not None else p.mean)[i : i + n]]
-        observed = self.observed_idle(now)
+        observed = self.observed_capacity(now)
         if observed is not None:  # the current slot is what the collector sees, not a guess
             idle[0] = lo[0] = hi[0] = observed
-        return ForecastView(p.step_s, tuple(idle), tuple(lo), tuple(hi), wait, "forecast")
+        return ForecastView(p.step_s, tuple(idle), tuple(lo), tuple(hi), wait, "forecast", held_cpus=held)
+
+    def _fresh(self, now: float | None) -> bool:
+        now = self.wall() if now is None else now
+        return bool(self.latest) and now - self.latest_t <= 2 * self.settings.collect_interval_s
+
+    def observed_capacity(self, now: float | None = None) -> float | None:
+        """Capacity (idle + ours) in the latest samples, if fresh (two collection intervals)."""
+        return float(sum(s.capacity_cpus for s in self.latest)) if self._fresh(now) else None
 
     def observed_idle(self, now: float | None = None) -> float | None:
-        """Idle CPUs in the latest samples, if fresh (two collection intervals)."""
-        now = self.wall() if now is None else now
-        if not self.latest or now - self.latest_t > 2 * self.settings.collect_interval_s:
-            return None
-        return float(sum(s.idle_cpus for s in self.latest))
+        """Plain idle CPUs in the latest samples, if fresh."""
+        return float(sum(s.idle_cpus for s in self.latest)) if self._fresh(now) else None
 
-    def predicted_idle(self, at: float) -> float | None:
+    def held_cpus(self) -> float:
+        """CPUs our running jobs hold now: in the watched partition where one is set (jobs submitted
+        without a partition count there: they run in the default one, as a rule the one watched)."""
+        held = self.held()
+        part = self.settings.partition
+        return float(held.get(part, 0.0) + held.get("", 0.0) if part else sum(held.values()))
+
+    def predicted_capacity(self, at: float) -> float | None:
         """What the current model predicted for time ``at`` (for the journal's forecast error)."""
         tr = self.trained
         if tr is None:
@@ -204,9 +229,13 @@ class ForecastService:
             "history_s": tr.history_s if tr else None,
             "backtest_mae": tr.mae if tr else None,
             "baseline_mae": tr.baseline_mae if tr else None,
+            "baseline": tr.baseline if tr else None,
             "backtest": tr.backtest if tr else [],
             "override": ov.as_dict() if ov else None,
+            "capacity": "idle + ours: CPUs a job of ours could use (idle ones and those our pool holds)",
             "observed_idle_cpus": self.observed_idle(now),
+            "observed_capacity_cpus": self.observed_capacity(now),
+            "held_cpus": self.held_cpus(),
             "expected_wait_s": self._expected_wait(),
             "grid_s": self.settings.grid_s,
             "horizon_s": self.settings.horizon_s,
@@ -268,8 +297,8 @@ class ForecastService:
 
 
 def train(series: Series | None, settings: Any, now: float) -> tuple[Trained | None, str]:
-    """Pick the forecaster (the configured one, or the best backtest that beats seasonal-naive) and
-    predict the horizon from the end of the history. Runs in a worker thread."""
+    """Pick the forecaster (the configured one, or the best backtest that beats every baseline, else
+    the best baseline) and predict the horizon from the end of the history. Runs in a worker thread."""
     import numpy as np
 
     from balancer.capacity import backtest as bt
@@ -285,7 +314,8 @@ def train(series: Series | None, settings: Any, now: float) -> tuple[Trained | N
                       f"{settings.min_history_s / 3600:g} h")  # fmt: skip
     horizon = max(1, int(settings.horizon_s // series.step_s))
     # Auto: the built-in models compete (extras are used when named, once a backtest shows they win).
-    names = list(models.BUILTIN) if settings.forecaster == "auto" else [models.BASELINE, settings.forecaster]
+    auto = settings.forecaster == "auto"
+    names = list(models.BUILTIN) if auto else [*models.BASELINES, settings.forecaster]
     names = list(dict.fromkeys(names))
     try:
         day, week = series.slots_per(DAY_S), series.slots_per(7 * DAY_S)
@@ -295,7 +325,7 @@ def train(series: Series | None, settings: Any, now: float) -> tuple[Trained | N
     rows = [_finite(asdict(r)) for r in results]
     by_name = {r.name: r for r in results}
     name = bt.choose(results) if settings.forecaster == "auto" else settings.forecaster
-    base = by_name.get(models.BASELINE)
+    base = bt.best_baseline(results)
     baseline = base.mae if base else None
     mae = by_name[name].mae if name in by_name else None
     model = models.make(name)
@@ -303,7 +333,7 @@ def train(series: Series | None, settings: Any, now: float) -> tuple[Trained | N
     # Predict from the end of the history to ``horizon`` slots past now (history may lag now).
     lag = max(0, int((now - series.end) // series.step_s))
     pred = model.predict(horizon + lag + 1)
-    return Trained(name, pred, now, span, rows, mae, baseline), "ok"
+    return Trained(name, pred, now, span, rows, mae, baseline, base.name if base else None), "ok"
 
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,9 @@ from balancer.cli.apiclient import CliError, call, command, target_args
 
 
 def add_forecast_parser(sub: Any) -> None:
-    p = sub.add_parser("forecast", help="the cluster idle-capacity forecast: status, switches, backtests")
+    p = sub.add_parser(
+        "forecast", help="the capacity forecast (capacity = idle + ours): status, switches, backtests"
+    )
     fsub = p.add_subparsers(dest="forecast_command", required=True, parser_class=type(p))
     run = command(_run)
     for name, help_ in (
@@ -28,7 +30,9 @@ def add_forecast_parser(sub: Any) -> None:
         q = fsub.add_parser(name, help=help_)
         target_args(q)
         q.set_defaults(func=run, action=name)
-    q = fsub.add_parser("override", help="set the idle capacity by hand until an expiry")
+    q = fsub.add_parser(
+        "override", help="set the idle CPUs by hand until an expiry (capacity = them + what we hold)"
+    )
     target_args(q)
     q.add_argument("--idle-cpus", type=float, required=True, help="idle CPUs to assume (0: cluster full)")
     q.add_argument("--idle-gpus", type=float, help="idle GPUs to assume")
@@ -78,17 +82,31 @@ def format_status(doc: dict[str, Any]) -> str:
     if doc.get("model"):
         trained = time.strftime("%Y-%m-%d %H:%M", time.localtime(doc["trained_at"]))
         mae, base = doc.get("backtest_mae"), doc.get("baseline_mae")
-        err = f", backtest MAE {mae:.2f} CPUs (seasonal-naive {base:.2f})" if mae is not None and base else ""
+        bname = doc.get("baseline") or "seasonal-naive-day"
+        err = (
+            f", backtest MAE {mae:.2f} CPUs (best baseline {bname} {base:.2f})"
+            if mae is not None and base
+            else ""
+        )
         lines.append(f"model: {doc['model']}, trained {trained} on {doc['history_s'] / 86400:.1f} days{err}")
     ov = doc.get("override")
     if ov:
         until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ov["expires_at"]))
         why = f" ({ov['reason']})" if ov.get("reason") else ""
         lines.append(f"override: {ov['idle_cpus']:g} idle CPUs until {until}{why}")
+    held = doc.get("held_cpus") or 0.0
     if doc.get("observed_idle_cpus") is not None:
-        lines.append(f"observed now: {doc['observed_idle_cpus']:g} idle CPUs")
+        cap = doc.get("observed_capacity_cpus")
+        cap = doc["observed_idle_cpus"] + held if cap is None else cap
+        lines.append(
+            f"observed now: capacity {cap:g} CPUs = {doc['observed_idle_cpus']:g} idle + {held:g} ours"
+        )
+    elif held:
+        lines.append(f"ours now: {held:g} CPUs held by our running jobs")
     nxt = doc.get("next", {}).get("idle") or []
     if nxt:
         step = doc.get("grid_s", 900) / 60
-        lines.append(f"next {len(nxt)} x {step:g} min: " + " ".join(f"{v:.0f}" for v in nxt))
+        lines.append(
+            f"capacity (idle + ours), next {len(nxt)} x {step:g} min: " + " ".join(f"{v:.0f}" for v in nxt)
+        )
     return "\n".join(lines)

@@ -116,7 +116,8 @@ async def test_an_override_of_no_idle_capacity_keeps_one_job_pending(tmp_path):
     def full(b: Balancer) -> None:  # before the first scaler pass
         b.forecast.set_override(Override(0.0, time.time() + 600))
 
-    async with running(tmp_path, [spec], setup=full, **NO_COLLECTOR) as h:
+    forecast = {"forecast": {"collect": False, "policy": "forecast"}}  # the rules (default: demand)
+    async with running(tmp_path, [spec], setup=full, **forecast) as h:
         scaler = h.balancer.scaler
         await until(lambda: h.backend.submitted, what="a first start")
         passes = scaler.passes

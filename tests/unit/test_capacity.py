@@ -126,7 +126,7 @@ def test_series_is_fast_on_months_of_minute_samples(tmp_path: Path):
     t = T0 + 60.0 * np.arange(n)
     idle = (np.arange(n) % 17).astype(float)
     with History(tmp_path / "h.sqlite") as h:
-        h.add([sample(float(a), float(b)) for a, b in zip(t, idle, strict=True)])
+        h.add([sample(float(a), float(b), total=16.0) for a, b in zip(t, idle, strict=True)])
         t_start = time.perf_counter()
         s = h.series(STEP)
         took = time.perf_counter() - t_start

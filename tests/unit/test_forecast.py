@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 
 from balancer.capacity.backtest import BacktestResult, backtest, choose, format_table, parse_duration
-from balancer.capacity.forecasters import BASELINE, FORECASTERS, Blend, SeasonalNaive, make
+from balancer.capacity.forecasters import (
+    BASELINE,
+    BASELINES,
+    BUILTIN,
+    FORECASTERS,
+    Blend,
+    HistoricMean,
+    LastValue,
+    SeasonalNaive,
+    make,
+)
 from balancer.capacity.series import DAY_S, WEEK_S, Series
 
 KTH = Path(__file__).resolve().parents[3] / "shared/data/traces/KTH-SP2-1996-2.1-cln.swf.gz"
@@ -133,6 +143,76 @@ def test_choose_never_picks_a_model_that_does_not_strictly_beat_seasonal_naive()
     assert choose([r(BASELINE, 10.0), r("blend", 11.0)]) == BASELINE
     assert choose([r(BASELINE, None), r("blend", 1.0)]) == BASELINE  # nothing proven better
     assert choose([r("blend", 1.0)]) == BASELINE
+
+
+def test_choose_never_loses_to_any_baseline_and_else_takes_the_best_baseline() -> None:
+    def r(name: str, mae: float | None) -> BacktestResult:
+        return BacktestResult(name, mae, None, 10, 100, 0.01, None if mae is not None else "failed")
+
+    # blend beats seasonal-naive but loses to persistence: persistence it is.
+    assert choose([r(BASELINE, 10.0), r("last-value", 5.0), r("historic-mean", 12.0), r("blend", 8.0)]) == (
+        "last-value"
+    )
+    assert choose([r(BASELINE, 10.0), r("last-value", 9.0), r("blend", 8.0)]) == "blend"
+    assert choose([r(BASELINE, None), r("historic-mean", 3.0), r("blend", 3.0)]) == "historic-mean"
+    assert set(BASELINES) <= set(BUILTIN)  # auto always backtests every baseline
+
+
+def _random_walk(days: int, seed: int, total: float = 100.0) -> Series:
+    """Capacity that wanders (big jobs come and go at random) and keeps no daily shape: a walk that
+    drifts back slowly (AR(1), 0.99 per slot), so it stays inside the machine without a clip."""
+    rng = np.random.default_rng(seed)
+    e = np.zeros(days * DAY)
+    for i in range(1, len(e)):
+        e[i] = 0.99 * e[i - 1] + rng.normal(0, 2)
+    return Series(0.0, STEP, np.clip(50 + e, 0, total), total)
+
+
+def _bt(series: Series) -> dict[str, BacktestResult]:
+    results = backtest(series, list(BUILTIN), horizon=DAY // 2, origins=12, every=DAY, min_train=7 * DAY)
+    return {x.name: x for x in results}
+
+
+def test_historic_mean_and_last_value_forecast_what_they_say() -> None:
+    v = np.array([1.0, 3.0, np.nan, 5.0, np.nan] * 4 * 4)  # 20 h of 15-min slots
+    s = Series(0.0, STEP, v, 10.0)
+    m, last = HistoricMean(), LastValue()
+    m.fit(s)
+    last.fit(s)
+    np.testing.assert_allclose(m.predict(4).mean, 3.0)
+    np.testing.assert_allclose(last.predict(4).mean, 5.0)  # the last observed value, past the gap
+
+
+def test_on_a_random_walk_auto_picks_persistence_or_something_at_least_as_good() -> None:
+    by = _bt(_random_walk(30, seed=3))
+    chosen = choose(list(by.values()))
+    assert by["last-value"].mae < by[BASELINE].mae  # yesterday's shape says nothing here
+    assert by[chosen].mae <= by["last-value"].mae
+
+
+def test_on_a_daily_series_seasonal_naive_beats_the_historic_mean() -> None:
+    rng = np.random.default_rng(5)
+    base = daily(30)
+    s = Series(0.0, STEP, np.clip(base.values + rng.normal(0, 2, len(base.values)), 0, 100), 100.0)
+    by = _bt(s)
+    assert by[BASELINE].mae < 0.5 * by["historic-mean"].mae
+    chosen = choose(list(by.values()))
+    assert by[chosen].mae <= by[BASELINE].mae
+
+
+@pytest.mark.parametrize("kind,seed", [("walk", 1), ("walk", 2), ("noisy", 1), ("noisy", 4), ("flat", 0)])
+def test_the_automatic_choice_never_loses_to_a_baseline(kind: str, seed: int) -> None:
+    if kind == "walk":
+        s = _random_walk(30, seed)
+    elif kind == "noisy":
+        s = noisy(30, seed)
+    else:  # noise around a constant: the mean is hard to beat
+        rng = np.random.default_rng(seed)
+        s = Series(0.0, STEP, np.clip(60 + rng.normal(0, 10, 30 * DAY), 0, 100), 100.0)
+    by = _bt(s)
+    chosen = choose(list(by.values()))
+    bars = [by[b].mae for b in BASELINES if by[b].mae is not None]
+    assert bars and by[chosen].mae is not None and by[chosen].mae <= min(bars)
 
 
 def test_duration_parsing() -> None:
