@@ -41,6 +41,7 @@ _SERVER_EVENTS = frozenset(
         "server.ready",
         "server.stopped",
         "server.failed",
+        "server.preempted",
     }
 )
 
@@ -227,9 +228,11 @@ def _server_event(servers: dict[str, dict[str, Any]], ev: str, d: dict[str, Any]
     elif kind == "ready":
         rec.setdefault("ready", m)
         rec.setdefault("spec", d.get("spec"))
+    elif kind == "preempted":
+        rec.setdefault("preempted", m)
     elif kind in ("stopped", "failed") and "stopped" not in rec:
         rec["stopped"] = m
-        rec["end_reason"] = kind
+        rec["end_reason"] = "preempted" if "preempted" in rec else kind
 
 
 def _warnings(

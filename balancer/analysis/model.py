@@ -54,7 +54,7 @@ SERVER_COLUMNS = (
     "registered",
     "ready",
     "stopped",  # stopped or failed; NaN when still running at the end of the run
-    "end_reason",  # "stopped" | "failed" | "running at end"
+    "end_reason",  # "stopped" | "failed" | "preempted" (the scheduler took its job back) | "running at end"
     "startup",  # ready - requested
     "lifetime",  # (stopped or end of run) - ready
     "busy",  # union of the intervals it was serving calls

@@ -30,6 +30,7 @@ class Launch:
     env: dict[str, str]  # registration variables + the spec's own env
     log_dir: Path  # stdout/stderr of launcher and server go here, never into the cwd
     time_limit_s: float | None = None  # fitted to the predicted idle window; None: the spec's own
+    preemptible: bool = False  # submit to the backend's preemptible partition or QOS
 
 
 class BackendEvents(Protocol):
@@ -46,6 +47,10 @@ class BackendEvents(Protocol):
 
     def job_deadline(self, server_id: str, deadline_wall: float) -> None:
         """The job will be killed at ``deadline_wall`` (Unix seconds): drain and replace it."""
+
+    def job_preempted(self, server_id: str, reason: str) -> None:
+        """The scheduler preempted the job for another one: a lost server, never a failed start.
+        ``job_ended(..., failed=False)`` follows when the job is gone."""
 
 
 class Submissions:
@@ -108,6 +113,11 @@ class Backend(ABC):
     def use_workload(self, workload_of: Callable[[str], str | None]) -> None:  # noqa: B027 - optional
         """Where to ask a spec's workload class ("cpu", "gpu", ...; None: not known yet), before
         ``start``. Only a backend that places servers on cores itself (local) asks."""
+
+    def partition_of(self, spec: ServerSpec, preemptible: bool) -> str:
+        """The partition whose capacity a server of ``spec`` counts against ("": the whole machine,
+        or the default partition); the capacity collectors report per partition."""
+        return ""
 
     def server_resources(self, server_id: str) -> dict[str, list[Any]] | None:
         """The cores and GPUs this backend itself gave ``server_id`` (local); None: the scheduler's."""

@@ -6,7 +6,8 @@ of a ``[[servers]]`` table (partition, threads, ...). ``parse_options`` turns a 
 by the declared field types, so an unknown or ill-typed key is a ``ConfigError`` naming it before
 any port is bound, for every backend, local included. Field metadata adds what a type cannot say:
 ``positive`` (> 0), ``choices`` (one of a few strings), ``pattern`` (a string matching a regular
-expression) and ``split`` (a string is split like a shell command line into a list). Checks that
+expression), ``split`` (a string is split like a shell command line into a list) and ``duration``
+(a number of seconds, or a string such as "15m" or "00:30:00"). Checks that
 need the scheduler (a partition exists, a binary is on PATH) belong in ``Backend.start``.
 """
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from balancer.config.schema import ConfigError
+from balancer.units import parse_duration
 
 
 def positive(default: Any) -> Any:
@@ -50,6 +52,11 @@ class BackendOptions:
 
     # Drain a server this long before its job's time limit (the scheduler reports the limit).
     time_limit_margin_s: float = positive(60.0)
+
+
+def duration(default: float | None = None) -> Any:
+    """A duration in seconds: a number, or a string such as "15m", "1h 30m" or "00:30:00"."""
+    return field(default=default, metadata={"duration": True, "positive": True})
 
 
 def devices() -> Any:
@@ -90,6 +97,13 @@ def _describe(tp: Any) -> str:
     return str(tp)
 
 
+def _duration(key: str, text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
 def _check(key: str, value: Any, tp: Any, meta: Any) -> Any:
     """``value`` as type ``tp`` (a field's annotation), or ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
@@ -100,6 +114,8 @@ def _check(key: str, value: Any, tp: Any, meta: Any) -> Any:
         tp = kinds[0] if len(kinds) == 1 else tp
         origin = typing.get_origin(tp)
     ok = True
+    if meta.get("duration") and isinstance(value, str):
+        value = _duration(key, value)
     if tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
@@ -150,7 +166,10 @@ class BatchOptions(BackendOptions):
 
     poll_interval_s: float = positive(2.0)
     fast_poll_s: float = positive(0.5)
-    pending_timeout_s: float = positive(300.0)
+    # Cancel and fail a job pending longer than this. None (default): a queued job waits as long as
+    # the queue says (issue 20: a full queue is no failed start); a spec's ``pending_timeout_s``
+    # withdraws a queued start without counting it as a failure.
+    pending_timeout_s: float | None = positive(None)
     command_timeout_s: float = positive(60.0)
     python: str = sys.executable  # the Python that runs the launcher on the compute nodes
     # The prefix of our jobs' names (squeue finds our jobs by name).

@@ -22,11 +22,14 @@ class JobState(enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
+    PREEMPTED = "preempted"  # ended by the scheduler for another job: a lost server, not a failed start
     HELD = "held"  # suspended, requeued, ...: waits, neither running nor ended
     UNKNOWN = "unknown"
 
 
-TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
+TERMINAL = frozenset(
+    {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT, JobState.PREEMPTED}
+)
 
 #: SLURM's job states (``squeue -o %T``; ``sacct`` adds a few) -> JobState.
 SLURM_STATES: dict[str, JobState] = {
@@ -46,7 +49,7 @@ SLURM_STATES: dict[str, JobState] = {
     "NODE_FAIL": JobState.FAILED,
     "OUT_OF_MEMORY": JobState.FAILED,
     "BOOT_FAIL": JobState.FAILED,
-    "PREEMPTED": JobState.FAILED,
+    "PREEMPTED": JobState.PREEMPTED,  # PreemptMode=CANCEL (REQUEUE shows REQUEUED; we submit --no-requeue)
     "REVOKED": JobState.FAILED,
     "SPECIAL_EXIT": JobState.FAILED,
 }

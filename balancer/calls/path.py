@@ -308,6 +308,7 @@ class Calls:
         max_attempts = self._max_attempts(model)
         path = "/" + op
         attempt = 0
+        charged = 0  # attempts that count toward max_attempts: a preempted server's do not
         while True:
             attempt += 1
             s = disp.try_acquire(model)
@@ -339,7 +340,8 @@ class Calls:
                 reason = f"{type(exc).__name__}: {exc}"
                 await self._server_lost(srv, reason)  # holding the slot meanwhile
                 disp.release(srv, time.monotonic())
-                if attempt >= max_attempts:
+                charged += not srv.preempted  # the scheduler took it back: not the call's fault
+                if charged >= max_attempts:
                     why = f"call failed on {attempt} server(s); last: {reason}"
                     return self._reject(call, ProtocolError("ServiceUnavailable", why, 503))
                 emit(Ev.CALL_REQUEUED, call=call, server=srv.id, attempt=attempt, reason=reason)

@@ -12,7 +12,7 @@ from typing import Any
 
 from balancer.cli.apiclient import CliError, call, command, target_args
 
-STATES = ("requested", "starting", "registered", "ready", "draining", "stopping")
+STATES = ("requested", "starting", "registered", "ready", "draining", "preempted", "stopping")
 STARTING = ("requested", "starting", "registered")  # one column on the status screen
 
 

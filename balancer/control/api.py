@@ -3,7 +3,8 @@
 Launchers authenticate with the run's token (``Authorization: Bearer``, compared in constant
 time). ``register`` makes a requested server REGISTERED and has the balancer check its /Info
 itself before it takes calls; ``lease`` is a long poll that answers at once when the server must
-stop; ``exited`` reports the model server's exit (and why), faster than a scheduler poll.
+stop; ``exited`` reports the model server's exit (and why), faster than a scheduler poll;
+``preempted`` says that the scheduler is taking a preemptible server's job back (its SIGTERM).
 """
 
 from __future__ import annotations
@@ -167,6 +168,8 @@ class Control:
             return await self._lease(request, sid)
         if parts[-1] == "exited":
             return self._exited(request, sid)
+        if parts[-1] == "preempted":
+            return self._preempted(request, sid)
         return error_reply("NotFound", f"no route {clip(request.path)}", 404)
 
     async def _lease(self, request: Request, sid: str) -> Reply:
@@ -206,6 +209,19 @@ class Control:
             return error_reply(*_UNAUTHORIZED)
         return self.exited_doc(sid, self._json(request))
 
+    def _preempted(self, request: Request, sid: str) -> Reply:
+        """A launcher of a preemptible job got a SIGTERM the balancer did not ask for: the scheduler
+        is taking the job back (a preemption's grace time). The pool marks it preempted and stops it
+        (its calls in flight are re-queued, uncharged); ``stop`` tells the launcher to end it now."""
+        if not self.authorized(request):
+            return error_reply(*_UNAUTHORIZED)
+        s = self.pool.servers.get(sid)
+        if s is not None:
+            sig = str(self._json(request).get("signal") or "SIGTERM")[:20]
+            self.pool.job_preempted(s.id, f"its launcher got {sig}: the job is being preempted")
+        stop = s is None or s.state in (ServerState.GONE, ServerState.STOPPING)
+        return json_reply({"stop": stop})
+
     def exited_doc(self, sid: str, doc: dict[str, Any]) -> Reply:
         """A launcher reports its model server's exit code and why."""
         code, why = doc.get("code"), doc.get("why")
@@ -227,6 +243,7 @@ class Control:
                 "queues": {m: disp.waiting(m) for m in disp.queues},
                 "models": self.pool.known_models(),
                 "held": held_reasons(self.pool),
+                "preempted": self.pool.preempted_total,  # servers whose jobs were preempted, ever
                 "usage_dropped": self.usage_dropped,
                 **self._status_extra(),
             }

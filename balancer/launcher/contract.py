@@ -28,6 +28,9 @@ ENV_CONCURRENCY = "UMBRIDGE_SERVER_CONCURRENCY"  # tells the model how many call
 ENV_REGISTRATION_DIR = "UMBRIDGE_BALANCER_REGISTRATION_DIR"  # register through files there, not HTTP
 ENV_SPEC = "UMBRIDGE_BALANCER_SPEC"  # the server's spec, sent with registration (re-adoption)
 ENV_MONITOR = "UMBRIDGE_BALANCER_MONITOR_S"  # usage sample period (launcher/usage.py); 0: no sampling
+# "1": the job is preemptible; a SIGTERM the balancer did not ask for is then a preemption notice:
+# the launcher reports it (POST /api/servers/<id>/preempted) and keeps its server for calls in flight.
+ENV_PREEMPTIBLE = "UMBRIDGE_BALANCER_PREEMPTIBLE"
 # Set by a backend's job script (the launcher knows no scheduler's own variables):
 ENV_TASK_INDEX = "UMBRIDGE_BALANCER_TASK_INDEX"  # which id of a comma list in ENV_SERVER_ID is ours
 ENV_JOB_ID = "UMBRIDGE_BALANCER_JOB_ID"  # the job's id as the scheduler writes it, for url-<job>.txt

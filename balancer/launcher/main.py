@@ -4,9 +4,12 @@
 server in its own process group, waits until its ``/Info`` answers, registers the URL with the
 balancer (token from ``UMBRIDGE_BALANCER_TOKEN``) and then long-polls a lease. The server is stopped
 when the balancer says so, when the balancer has been unreachable for the lease time, or on
-SIGTERM/SIGINT; the launcher exits with the server's exit code. Nothing is orphaned if the
-balancer dies. With ``UMBRIDGE_LOADBALANCER_COMM_FILEDIR`` set it also writes the reference
-balancer's ``url-<jobid>.txt``.
+SIGTERM/SIGINT; the launcher exits with the server's exit code. In a preemptible job
+(``UMBRIDGE_BALANCER_PREEMPTIBLE=1``) the first SIGTERM the balancer did not ask for is the scheduler
+preempting the job: it is reported first, so the balancer marks the server preempted (its calls in
+flight go to other servers, uncharged) before the server stops and hands the CPUs back early.
+Nothing is orphaned if the balancer dies. With ``UMBRIDGE_LOADBALANCER_COMM_FILEDIR`` set it also
+writes the reference balancer's ``url-<jobid>.txt``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from balancer.launcher.contract import (
     ENV_JOB_ID,
     ENV_LEASE,
     ENV_MONITOR,
+    ENV_PREEMPTIBLE,
     ENV_REGISTRATION_DIR,
     ENV_SERVER_ID,
     ENV_SOCKET,
@@ -139,6 +143,8 @@ class Launcher:
         except ValueError:
             self.monitor_s = 5.0
         self.usage: deque[dict[str, Any]] = deque(maxlen=USAGE_KEEP)  # sent with the next lease poll
+        self.preemptible = os.environ.get(ENV_PREEMPTIBLE) == "1"
+        self.preempt_notice: asyncio.Future[None] | None = None  # the report of a preemption, once
 
     @property
     def headers(self) -> dict[str, str]:
@@ -150,10 +156,33 @@ class Launcher:
             log(f"stopping server: {reason}")
         self.stopped.set()
 
+    def on_sigterm(self) -> None:
+        """SIGTERM ends the server, except the first one a preemptible job gets before the balancer
+        said stop: that is the scheduler taking the job back (a preemption). The balancer is told
+        first (so the calls in flight that break are re-queued as preempted, not failed) and the
+        server stops on its answer, a second SIGTERM or the job's kill."""
+        unasked = not (self.stopped.is_set() or self.balancer_said_stop)
+        http = bool(self.balancer) and self.reg_dir is None  # file registration: a plain stop
+        if not (self.preemptible and unasked and self.preempt_notice is None and http):
+            self.request_stop("signal SIGTERM")
+            return
+        log("SIGTERM on a preemptible job: preempted; telling the balancer before stopping")
+        self.preempt_notice = asyncio.ensure_future(self._report_preempted())
+
+    async def _report_preempted(self) -> None:
+        try:
+            status, body = await self._post(f"/api/servers/{self.sid}/preempted", {"signal": "SIGTERM"}, 5)
+        except (asyncio.TimeoutError, OSError) as exc:  # the lease goes on; the job's kill ends us
+            log(f"could not report the preemption: {type(exc).__name__}: {exc}")
+            return
+        if status >= 400 or body.get("stop"):
+            self.balancer_said_stop = status < 400  # it knows; a refusal (401) still ends the server
+            self.request_stop("preempted; the balancer re-queues the calls in flight")
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop, f"signal {sig.name}")
+        loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, "signal SIGINT")
         port = free_port()
         host = advertised_host(self.balancer) if self.balancer else "127.0.0.1"
         env = dict(os.environ, PORT=str(port))

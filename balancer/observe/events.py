@@ -48,6 +48,7 @@ class Ev:
     SERVER_STOPPING: Final = "server.stopping"
     SERVER_STOPPED: Final = "server.stopped"
     SERVER_FAILED: Final = "server.failed"
+    SERVER_PREEMPTED: Final = "server.preempted"  # the scheduler takes its job back: lost, not failed
     SERVER_SIZES_UNKNOWN: Final = "server.sizes_unknown"  # a ready check could not read a model's sizes
     SERVER_USAGE: Final = "server.usage"  # a launcher's sample of its server's processes, node, GPUs
     SPEC_HELD: Final = "spec.held"

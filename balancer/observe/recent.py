@@ -29,6 +29,7 @@ _STATE = {
     Ev.SERVER_READY: "ready",
     Ev.SERVER_DRAINING: "draining",
     Ev.SERVER_STOPPING: "stopping",
+    Ev.SERVER_PREEMPTED: "preempted",
     Ev.SERVER_STOPPED: "gone",
     Ev.SERVER_FAILED: "gone",
 }

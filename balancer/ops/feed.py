@@ -119,6 +119,7 @@ class Feed:
         for ev in (
             Ev.SERVER_REQUESTED, Ev.SERVER_STARTED, Ev.SERVER_ADOPTED, Ev.SERVER_REGISTERED,
             Ev.SERVER_READY, Ev.SERVER_DRAINING, Ev.SERVER_STOPPING, Ev.SERVER_STOPPED,
+            Ev.SERVER_PREEMPTED,
         ):  # fmt: skip
             self._handlers[ev] = self._server
         self._reset()
@@ -316,6 +317,7 @@ class Feed:
         return {
             "calls": pool.gone_calls + sum(s.calls for s in pool.servers.values()),
             "inflight": self.inflight(),
+            "preempted": pool.preempted_total,
             "scaler": self.scaler.status() if self.scaler is not None else None,
         }
 

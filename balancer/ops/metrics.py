@@ -78,6 +78,7 @@ class Metrics(Collector):
         self._server_spec: dict[str, str] = {}  # live servers only: server.failed names no spec
         self._starts: dict[tuple[str, str], int] = {}
         self._failures: dict[str, int] = {}
+        self._preemptions: dict[str, int] = {}
         self._held: dict[str, int] = {}
         self._sample: dict[str, Any] = {}
         self._handlers: dict[str, Callable[[Event], None]] = {
@@ -92,6 +93,7 @@ class Metrics(Collector):
             Ev.CONFIG_RELOADED: self._ready,  # a new spec's listed models, a removed one's
             Ev.SERVER_FAILED: self._server_failed,
             Ev.SERVER_STOPPED: self._server_stopped,
+            Ev.SERVER_PREEMPTED: self._server_preempted,
             Ev.SPEC_HELD: self._spec_held,
             Ev.CAPACITY_SAMPLE: self._capacity,
         }
@@ -160,6 +162,11 @@ class Metrics(Collector):
         if spec is not None:
             self._failures[spec] = self._failures.get(spec, 0) + 1
 
+    def _server_preempted(self, e: Event) -> None:
+        spec = e.get("spec") or self._server_spec.get(e["server"])
+        if spec is not None:
+            self._preemptions[spec] = self._preemptions.get(spec, 0) + 1
+
     def _server_stopped(self, e: Event) -> None:
         self._server_spec.pop(e["server"], None)
 
@@ -211,6 +218,10 @@ class Metrics(Collector):
         yield self._per_spec(
             "server_failures", "Servers that failed (start failure, lost, start-up timeout)", ("spec",),
             {(s,): self._failures.get(s, 0) for s in specs},
+        )  # fmt: skip
+        yield self._per_spec(
+            "server_preemptions", "Servers whose jobs the scheduler preempted (lost, not failed)",
+            ("spec",), {(s,): self._preemptions.get(s, 0) for s in specs},
         )  # fmt: skip
         yield self._per_spec(
             "spec_holds", "Times a spec was held after failed starts", ("spec",),
@@ -277,7 +288,7 @@ class Metrics(Collector):
                                 1 if st.get("in_use") else 0)  # fmt: skip
         for key, name, doc in (
             ("backtest_mae", "forecast_backtest_mae", "Backtest MAE (idle CPUs) of the forecaster in use"),
-            ("baseline_mae", "forecast_baseline_mae", "Backtest MAE (idle CPUs) of seasonal-naive"),
+            ("baseline_mae", "forecast_baseline_mae", "Backtest MAE (CPUs) of the best baseline forecaster"),
         ):
             v = st.get(key)
             if isinstance(v, (int, float)) and not isinstance(v, bool):

@@ -50,6 +50,7 @@ def server_view(s: Server, now_m: float, now: float, gpus: list[dict[str, Any]] 
         "age_s": round(now_m - s.requested_m, 1),
         "time_left_s": round(left, 1) if left is not None else None,
         "drain_reason": s.drain_reason,
+        "preemptible": s.preemptible,
         "gpus": gpus,
     }
 
@@ -71,6 +72,8 @@ def dashboard_row(s: Server, now_m: float, now: float, gpus: list[dict[str, Any]
         "slots": s.concurrency,
         "models": list(s.models),
     }
+    if s.preemptible:  # a harvest job (the table marks it); its state may become "preempted"
+        row["preemptible"] = True
     if gpus:  # no GPU column on a CPU-only page
         row["gpus"] = gpus
     return row

@@ -66,6 +66,7 @@ class Pool:
         self._ids = ServerIds(state_dir, clock())
         self._tasks: set[asyncio.Task[Any]] = set()
         self.gone_calls = 0  # calls answered by servers no longer in ``servers``
+        self.preempted_total = 0  # servers whose jobs the scheduler preempted (status, dashboard)
 
     # -- the state machine -----------------------------------------------------------------------
     def transition(self, s: Server, to: ServerState, reason: str | None = None, **fields: Any) -> bool:
@@ -81,7 +82,7 @@ class Pool:
         if to is S.GONE:
             del self.servers[s.id]  # late reports about it find nothing and are dropped
             self.gone_calls += s.calls
-            failed = was is not S.STOPPING
+            failed = was is not S.STOPPING and was is not S.PREEMPTED  # preempted: lost, not failed
             self.bus.emit(Ev.SERVER_FAILED if failed else Ev.SERVER_STOPPED, server=s.id, **fields)
             if s.upstream is not None:
                 s.upstream.close()
@@ -114,13 +115,21 @@ class Pool:
         return s
 
     def start_servers(
-        self, spec: str, count: int, reason: str, time_limit_s: float | None = None, successor: bool = False
+        self,
+        spec: str,
+        count: int,
+        reason: str,
+        time_limit_s: float | None = None,
+        successor: bool = False,
+        preemptible: bool = False,
     ) -> list[Server]:
-        """Add ``count`` servers of ``spec`` and submit their jobs (``successor``: in a rolling
-        replacement). A backend error fails these starts; the balancer keeps serving."""
+        """Add ``count`` servers of ``spec`` and submit their jobs, as one submit (``successor``: in a
+        rolling replacement; ``preemptible``: to the backend's preemptible partition or QOS). A
+        backend error fails these starts; the balancer keeps serving."""
         servers = [self.add_server(spec, reason) for _ in range(count)]
         for s in servers:
             s.mark(Mark.SUCCESSOR, successor)
+            s.preemptible = preemptible
         self.jobs.submit(servers, time_limit_s)
         return servers
 
@@ -163,6 +172,8 @@ class Pool:
         s.url = url.rstrip("/")
         s.host = doc.get("host") or s.host
         s.job = s.job or doc.get("job")
+        if s.started_m is None:  # registration overtook the backend's start report (or adopted)
+            s.started_m = self.clock()
         return self.transition(
             s,
             S.REGISTERED,
@@ -316,6 +327,8 @@ class Pool:
             return
         s.mark(Mark.DEFERRED, False)
         s.job, s.host = job_id, host
+        if s.started_m is None:  # the start-up timeout counts from here, not from the request
+            s.started_m = self.clock()
         fields = {"spec": s.spec.name, "job": job_id, "host": host}
         if not self.transition(s, S.STARTING, **fields):
             # Registered already (the report lags a poll): the start time still goes on record.
@@ -325,6 +338,22 @@ class Pool:
         s = self.servers.get(server_id)
         if s is not None:
             self.transition(s, S.GONE, reason)
+
+    def job_preempted(self, server_id: str, reason: str) -> None:
+        """The scheduler takes the job back (the launcher's notice, or the job's state). The server
+        stops at once and its calls in flight go back to the queue for other servers (the dispatcher
+        retries a call whose server broke, without charging it an attempt): the CPUs go to the job
+        that preempted ours now rather than at the end of the grace time, which the simulator
+        measured as the policy that costs other users nothing (``sim`` ``on_notice="now"``). Never
+        a failed start: no failure count, no hold. Journaled once, whoever reports first."""
+        s = self.servers.get(server_id)
+        if s is None or s.state is S.PREEMPTED:
+            return
+        if not self.transition(s, S.PREEMPTED, reason, spec=s.spec.name, job=s.job, host=s.host):
+            return  # stopping already: its job ends anyway
+        s.preempted = True
+        self.preempted_total += 1
+        self.stop(s, "preempted: its calls go to other servers")
 
     def job_deadline(self, server_id: str, deadline_wall: float) -> None:
         s = self.servers.get(server_id)

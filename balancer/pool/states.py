@@ -21,18 +21,24 @@ class ServerState(str, enum.Enum):
     READY = "ready"
     DRAINING = "draining"  # finishing its calls before its job's time limit; takes no new ones
     STOPPING = "stopping"  # told to stop (lease), waiting for its job to end
+    # The scheduler preempts its job (the launcher's notice, or the job's state): no new calls, its
+    # calls in flight go back to the queue, it stops at once (-> STOPPING); never a failed start.
+    PREEMPTED = "preempted"
     GONE = "gone"
 
 
 S = ServerState
 NOT_YET_READY = frozenset({S.REQUESTED, S.STARTING, S.REGISTERED})
 # Allowed moves. Registration may overtake the backend's "started" report (a poll interval).
+# Any live server may be preempted (a job is preempted whatever its launcher did), except one the
+# balancer itself stops: that job ends anyway. A preempted server is stopped at once (Pool.job_preempted).
 TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
-    S.REQUESTED: frozenset({S.STARTING, S.REGISTERED, S.STOPPING, S.GONE}),
-    S.STARTING: frozenset({S.REGISTERED, S.STOPPING, S.GONE}),
-    S.REGISTERED: frozenset({S.READY, S.STOPPING, S.GONE}),
-    S.READY: frozenset({S.DRAINING, S.STOPPING, S.GONE}),
-    S.DRAINING: frozenset({S.STOPPING, S.GONE}),
+    S.REQUESTED: frozenset({S.STARTING, S.REGISTERED, S.STOPPING, S.PREEMPTED, S.GONE}),
+    S.STARTING: frozenset({S.REGISTERED, S.STOPPING, S.PREEMPTED, S.GONE}),
+    S.REGISTERED: frozenset({S.READY, S.STOPPING, S.PREEMPTED, S.GONE}),
+    S.READY: frozenset({S.DRAINING, S.STOPPING, S.PREEMPTED, S.GONE}),
+    S.DRAINING: frozenset({S.STOPPING, S.PREEMPTED, S.GONE}),
+    S.PREEMPTED: frozenset({S.STOPPING, S.GONE}),
     S.STOPPING: frozenset({S.GONE}),
     S.GONE: frozenset(),
 }
@@ -44,6 +50,7 @@ ENTER_EVENT = {
     S.READY: Ev.SERVER_READY,
     S.DRAINING: Ev.SERVER_DRAINING,
     S.STOPPING: Ev.SERVER_STOPPING,
+    S.PREEMPTED: Ev.SERVER_PREEMPTED,
 }
 # The pool's states folded into what the policy needs to tell apart.
 PHASE = {
@@ -53,5 +60,6 @@ PHASE = {
     S.READY: Phase.READY,
     S.DRAINING: Phase.DRAINING,
     S.STOPPING: Phase.STOPPING,
+    S.PREEMPTED: Phase.STOPPING,  # gone for the policy: demand may start a replacement at once
     S.GONE: Phase.STOPPING,
 }

@@ -249,7 +249,7 @@ def test_config_errors_are_one_line_and_exit_2(slurm_cluster, tmp_path: Path):
     res = run_cli(tmp_path, {**base, "servers": [eigen_spec(partition="nope")]}, slurm_cluster.env)
     assert res.returncode == 2
     assert res.stderr.strip() == (
-        "balancer: config error: servers.eigen.partition: no SLURM partition 'nope' (known: debug)"
+        "balancer: config error: servers.eigen.partition: no SLURM partition 'nope' (known: debug, scavenger)"
     )
     no_slurm = {**slurm_cluster.env, "PATH": str(Path(sys.executable).parent)}
     res = run_cli(tmp_path, {**base, "servers": [eigen_spec()]}, no_slurm)

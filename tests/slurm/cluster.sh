@@ -12,7 +12,8 @@
 # systemd. Environment overrides: TEST_SLURM_CTLD_PORT (6817), TEST_SLURM_SLURMD_PORT (6818),
 # TEST_SLURM_CLUSTER_NAME (ubtest), TEST_SLURM_CPUS (advertise this many CPUs instead of the real
 # count), TEST_SLURM_REAL_MEMORY (MB; default 95% of what `slurmd -C` reports),
-# TEST_SLURM_START_TIMEOUT (seconds per start phase, 20), TEST_SLURM_VERBOSE=1 (phase timings).
+# TEST_SLURM_START_TIMEOUT (seconds per start phase, 20), TEST_SLURM_VERBOSE=1 (phase timings),
+# TEST_SLURM_GRACE_TIME (seconds a preempted scavenger job gets before it is killed, 3).
 #
 # Exit status: 0 ok, 1 a daemon failed to start or stop, 2 usage, 3 packages missing and not
 # installable, 4 not root.
@@ -128,7 +129,7 @@ wait_for() {
 wait_detail() {
     [[ $1 == node* ]] || return 0
     local s
-    s=$(sinfo -h -N -n "$NODENAME" -o '%T, reason: %E' 2>/dev/null || true)
+    s=$(sinfo -h -N -n "$NODENAME" -o '%T, reason: %E' 2>/dev/null | sort -u || true)
     echo " (node state: ${s:-unknown})"
 }
 
@@ -145,7 +146,7 @@ launch() {
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 write_conf() {
-    local ctld_port=$1 slurmd_port=$2 cname=$3 node_line mem overrides=""
+    local ctld_port=$1 slurmd_port=$2 cname=$3 node_line mem overrides="" grace=${TEST_SLURM_GRACE_TIME:-3}
     node_line=$(slurmd -C | head -n 1)
     [[ $node_line == NodeName=* ]] || die 1 "unexpected output of slurmd -C: $node_line"
     NODENAME=$(sed -n 's/^NodeName=\([^ ]*\).*/\1/p' <<<"$node_line")
@@ -194,19 +195,28 @@ KillWait=5
 InactiveLimit=0
 $overrides
 $node_line NodeAddr=127.0.0.1 NodeHostname=$NODENAME State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+# Two partitions on the same node: debug (the normal one) and scavenger, whose jobs a debug job
+# preempts. Measured on 22.05: the grace starts at once (the job's end becomes now + GraceTime;
+# SIGTERM goes to job steps only, not to the batch script), at its end every process gets
+# SIGCONT+SIGTERM and SIGKILL KillWait later; the job ends PREEMPTED. partition_prio needs no
+# accounting daemon (a preemptible QOS would).
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=2
+PartitionName=scavenger Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=CANCEL GraceTime=$grace
 EOF
 }
 
 munge_ok() { munge -n -S "$SOCKET" | unmunge -S "$SOCKET"; }
 ctld_up() { [[ $(scontrol ping 2>/dev/null) == *"is UP"* ]]; }
-node_idle() { [[ $(sinfo -h -N -n "$NODENAME" -o %t 2>/dev/null) == idle ]]; }
+# The node is in both partitions: sinfo prints it once per partition.
+node_idle() { [[ $(sinfo -h -N -n "$NODENAME" -o %t 2>/dev/null | sort -u) == idle ]]; }
 has_pid_file() { [[ -n $(pid_of "$1") ]]; }
 
 job_done() {  # job_done JOBID: true once the job is finished (or already purged)
     local state
     state=$(squeue -h -j "$1" -t all -o %T 2>/dev/null) || return 0
-    [[ -z $state || $state =~ ^(COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL)$ ]]
+    [[ -z $state || $state =~ ^(COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|PREEMPTED)$ ]]
 }
 
 start_munged() {

@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,17 @@ _EXIT_NOT_INSTALLABLE = 3
 _EXIT_NOT_ROOT = 4
 # Job states after which a job will not run again.
 FINISHED = frozenset(
-    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "PREEMPTED",
+    }
 )
 
 
@@ -185,7 +196,8 @@ class SlurmCluster:
             time.sleep(0.02)
 
     def node_state(self) -> str:
-        return self.run(["sinfo", "-h", "-N", "-o", "%t"]).stdout.strip()
+        """The node's state (``idle``, ``mix``, ``alloc``); sinfo lists it once per partition."""
+        return " ".join(sorted(set(self.run(["sinfo", "-h", "-N", "-o", "%t"]).stdout.split())))
 
     def log_tail(self, name: str = "slurmctld", lines: int = 30) -> str:
         """The last lines of ``log/<name>.log`` (``slurmctld``, ``slurmd``, ``munged``), for messages."""
@@ -196,16 +208,25 @@ class SlurmCluster:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    """One real SLURM cluster for the whole test session (2 CPUs here: two 1-CPU jobs at once)."""
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """One real SLURM cluster for the whole test session (2 CPUs here: two 1-CPU jobs at once).
+
+    Its directory is not under pytest's owner-only temporary root (which every pytest session resets
+    to 0700): slurmd runs a job script from its spool directory as the job's user, and another
+    user's job (cluster/test_preempt_slurm) must be able to reach it."""
+    directory = Path(tempfile.mkdtemp(prefix="ub-slurm-"))
+    directory.chmod(0o755)
     try:
-        cluster = SlurmCluster.start(tmp_path_factory.mktemp("slurm"))
-    except ClusterUnavailable as exc:
-        pytest.skip(f"no SLURM test cluster: {exc}")
-    try:
-        yield cluster
+        try:
+            cluster = SlurmCluster.start(directory)
+        except ClusterUnavailable as exc:
+            pytest.skip(f"no SLURM test cluster: {exc}")
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
     finally:
-        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

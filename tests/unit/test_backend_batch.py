@@ -22,7 +22,7 @@ from balancer.backends.states import JobState
 from balancer.config.parse import parse_config
 from balancer.config.schema import ConfigError
 from balancer.launcher import main as launch
-from balancer.launcher.contract import ENV_SERVER_ID
+from balancer.launcher.contract import ENV_PREEMPTIBLE, ENV_SERVER_ID
 
 
 def slurm_cfg(tmp_path: Path, spec: dict[str, Any], backend: dict[str, Any] | None = None):
@@ -58,6 +58,56 @@ def test_sbatch_arguments(tmp_path):
     be = slurm(tmp_path, {"name": "m", "job_script": str(user), "partition": "debug"})
     argv = be.submit_argv(be.cfg.servers[0], 1, tmp_path / "s.sh", tmp_path)
     assert not any(a.startswith(("--array", "--cpus-per-task")) for a in argv) and "--partition=debug" in argv
+
+
+def test_preemptible_launches_go_to_the_preempt_partition_with_time_min(tmp_path):
+    spec = {"name": "m", "command": ["model"], "resources": {"time_limit": "00:30:00"}}
+    backend = {"partition": "debug", "qos": "normal", "preempt_partition": "scavenger", "time_min": "10m"}
+    be = slurm(tmp_path, spec, backend)
+    assert be.opts.time_min == 600.0
+    normal = be.submit_argv(be.cfg.servers[0], 1, tmp_path / "s.sh", tmp_path)
+    pre = be.submit_argv(be.cfg.servers[0], 2, tmp_path / "s.sh", tmp_path, preemptible=True)
+    assert {"--partition=debug", "--qos=normal", "--no-requeue"} <= set(normal)
+    assert not any(a.startswith("--time-min") for a in normal)
+    # The preemptible partition replaces the normal one; the QOS stays (no preempt_qos set).
+    assert {"--partition=scavenger", "--qos=normal", "--no-requeue", "--time-min=00:10:00"} <= set(pre)
+    assert "--partition=debug" not in pre and "--time=00:30:00" in pre
+    # A QOS alone; --time-min never above the job's own limit.
+    be = slurm(tmp_path, spec, {"qos": "normal", "preempt_qos": "scavenge", "time_min": 7200})
+    pre = be.submit_argv(be.cfg.servers[0], 1, tmp_path / "s.sh", tmp_path, preemptible=True)
+    assert {"--qos=scavenge", "--time-min=00:30:00"} <= set(pre) and "--qos=normal" not in pre
+    assert not any(a.startswith("--partition") for a in pre)
+
+
+def test_preempt_options_are_checked_at_load_and_at_start(tmp_path):
+    spec = {"name": "m", "command": ["model"]}
+    for value, msg in (("soon", "not a duration"), (0, "must be > 0"), (True, "expected a number")):
+        with pytest.raises(ConfigError) as err:
+            slurm_cfg(tmp_path, spec, {"time_min": value})
+        assert err.value.key == "backend.time_min" and msg in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        slurm_cfg(tmp_path, spec, {"preempt_partition": "a b"})
+    assert err.value.key == "backend.preempt_partition"
+    # The harvest policy without a preemptible partition or QOS refuses to start, before any sinfo.
+    raw = {"balancer": {"scheduler": "slurm"}, "forecast": {"policy": "harvest"}, "servers": [spec]}
+    be = make_backend(parse_config(raw, tmp_path), tmp_path)
+    with pytest.raises(ConfigError) as err:
+        asyncio.run(be.start())
+    assert err.value.key == "backend.preempt_partition" and "harvest policy" in str(err.value)
+    # HyperQueue cannot place one server on a preemptible allocation: a clear refusal.
+    raw = {"balancer": {"scheduler": "hyperqueue"}, "forecast": {"policy": "hybrid"}, "servers": [spec]}
+    hq = make_backend(parse_config(raw, tmp_path), tmp_path)
+    with pytest.raises(ConfigError) as err:
+        asyncio.run(hq.start())
+    assert err.value.key == "forecast.policy" and "HyperQueue" in str(err.value)
+
+
+def test_a_preemptible_job_tells_its_launchers(tmp_path):
+    be = slurm(tmp_path, {"name": "m", "command": ["model"]}, {"preempt_partition": "scavenger"})
+    spec = be.cfg.servers[0]
+    normal = be.submit_env([Launch("s1", spec, {}, tmp_path)])
+    pre = be.submit_env([Launch("s2", spec, {}, tmp_path, preemptible=True)])
+    assert ENV_PREEMPTIBLE not in normal and pre[ENV_PREEMPTIBLE] == "1"
 
 
 def test_squeue_rows_map_onto_the_common_states(tmp_path):
@@ -138,12 +188,13 @@ json.dump(jobs, open(db, "w"))
 
 class ToyBatch(BatchBackend):
     """A scheduler with commands submit/status/cancel and states Q, R, C (completed), X (cancelled),
-    E (failed), B (bad request: never starts)."""
+    E (failed), P (preempted), B (bad request: never starts)."""
 
     name = "toy"
     DIRECTIVE = "#TOY"
     STATES = {"Q": JobState.PENDING, "B": JobState.PENDING, "R": JobState.RUNNING,
-              "C": JobState.COMPLETED, "X": JobState.CANCELLED, "E": JobState.FAILED}  # fmt: skip
+              "C": JobState.COMPLETED, "X": JobState.CANCELLED, "E": JobState.FAILED,
+              "P": JobState.PREEMPTED}  # fmt: skip
     ARRAY_INDEX = "${TOY_INDEX:-0}"
     JOB_ID = "$TOY_JOB"
     submit_delay = 0.0
@@ -151,7 +202,7 @@ class ToyBatch(BatchBackend):
     def _cmd(self, *args: str) -> list[str]:
         return [sys.executable, str(self.run_dir / "sched.py"), str(self.run_dir / "db.json"), *args]
 
-    def submit_argv(self, spec, n_jobs, script, log_dir):  # type: ignore[no-untyped-def]
+    def submit_argv(self, spec, n_jobs, script, log_dir, preemptible=False):  # type: ignore[no-untyped-def]
         return self._cmd("submit", str(n_jobs), str(self.submit_delay))
 
     def parse_job_id(self, stdout: str) -> str:
@@ -188,6 +239,44 @@ class Recorder:
 
     def job_deadline(self, server_id: str, deadline_wall: float) -> None:
         self.log.append(("deadline", server_id))
+
+    def job_preempted(self, server_id: str, reason: str) -> None:
+        self.log.append(("preempted", server_id, reason))
+
+
+def test_a_preemptible_jobs_end_brought_forward_is_its_preemption(tmp_path):
+    """SLURM's preemption grace: the job runs on, but its end moves to now + GraceTime. For a
+    preemptible job that is the preemption (reported once, no deadline); for another job a new
+    deadline (the pool drains the server before it)."""
+    from balancer.backends.batch.base import _Job
+
+    cfg = slurm_cfg(tmp_path, {"name": "m", "command": ["x"]})
+    be = ToyBatch(cfg, tmp_path)
+    rec = Recorder()
+    be.bind(rec)
+    far, soon = 2e9, 1.8e9
+    for preemptible in (True, False):
+        rec.log.clear()
+        job = _Job(("7", ""), ["s1"], "m", 0.0, preemptible=preemptible)
+        be._update(job, StatusRow(("7", ""), "R", end_wall=far, nodes="n1"))
+        assert rec.log == [("started", "s1", "7"), ("deadline", "s1")]  # the first end is its limit
+        be._update(job, StatusRow(("7", ""), "R", end_wall=soon, nodes="n1"))
+        be._update(job, StatusRow(("7", ""), "R", end_wall=soon - 10, nodes="n1"))
+        if preemptible:
+            assert rec.log[2:] == [("preempted", "s1", "job 7: its end was brought forward (preempted)")]
+            be._update(job, StatusRow(("7", ""), "P"))  # then it ends preempted: not reported again
+            assert rec.log[3:] == [("ended", "s1", "job 7 P", "False")]
+        else:
+            assert rec.log[2:] == [("deadline", "s1"), ("deadline", "s1")]
+    # An unlimited job that showed no end at all until SLURM set one for its grace time.
+    rec.log.clear()
+    job = _Job(("8", ""), ["s2"], "m", 0.0, preemptible=True)
+    be._update(job, StatusRow(("8", ""), "R", end_wall=None, nodes="n1"))
+    be._update(job, StatusRow(("8", ""), "R", end_wall=soon, nodes="n1"))
+    assert rec.log == [
+        ("started", "s2", "8"),
+        ("preempted", "s2", "job 8: its end was brought forward (preempted)"),
+    ]
 
 
 @pytest.mark.inproc  # its fake scheduler commands are small processes
@@ -230,6 +319,16 @@ def test_a_fourth_scheduler_is_its_hooks(tmp_path):
         await until(lambda: ("started", "s0", "100_0") in rec.log)
         set_state("100.0", "C")
         await until(lambda: ("ended", "s0", "job 100_0 C", "False") in rec.log)
+        # A second array: one task runs, then the scheduler preempts it: reported as preempted, then
+        # as ended but not failed (a lost server, not a failed start).
+        await be.submit([Launch("p0", cfg.servers[0], {}, tmp_path / "logs", preemptible=True)])
+        set_state("103.0", "R")
+        await until(lambda: ("started", "p0", "103") in rec.log)
+        set_state("103.0", "P")
+        await until(lambda: ("ended", "p0", "job 103 P", "False") in rec.log)
+        assert rec.log.index(("preempted", "p0", "job 103 P")) < rec.log.index(
+            ("ended", "p0", "job 103 P", "False")
+        )
         set_state("100.1", "B")
         await until(lambda: any(e[:2] == ("ended", "s1") for e in rec.log))
         assert ("ended", "s1", "job 100_1 cannot start: bad request", "True") in rec.log

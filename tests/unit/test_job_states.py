@@ -9,7 +9,14 @@ from balancer.backends.states import HQ_STATES, SLURM_STATES, TERMINAL, JobState
 
 def test_slurm_backend_reads_the_shared_table():
     assert SlurmBackend.STATES is SLURM_STATES
-    assert SLURM_STATES["PREEMPTED"] is JobState.FAILED and SLURM_STATES["REQUEUED"] is JobState.HELD
+    assert SLURM_STATES["REQUEUED"] is JobState.HELD
+
+
+def test_a_preempted_job_has_its_own_terminal_state():
+    """PreemptMode=CANCEL ends a job as PREEMPTED: a lost server, not a failed start (the batch base
+    reports ``job_preempted`` then ``job_ended(failed=False)``: test_backend_batch)."""
+    assert SLURM_STATES["PREEMPTED"] is JobState.PREEMPTED and JobState.PREEMPTED in TERMINAL
+    assert JobState.FAILED in TERMINAL and JobState.HELD not in TERMINAL
 
 
 def test_hq_table_covers_every_combination_of_its_inputs():

@@ -1,8 +1,10 @@
-"""The launcher's own HTTP client against canned answers: each way an answer's body may end."""
+"""The launcher's own HTTP client against canned answers: each way an answer's body may end; and
+the preemption report it sends on a preemptible job's SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -62,3 +64,51 @@ def test_an_unreachable_balancer_is_an_os_error() -> None:
             await request("GET", f"http://127.0.0.1:{port}/x", 5)
 
     asyncio.run(main())
+
+
+def _launcher(monkeypatch: pytest.MonkeyPatch, base: str, preemptible: bool) -> Any:
+    from balancer.launcher import contract
+    from balancer.launcher.main import Launcher
+
+    monkeypatch.setenv(contract.ENV_URL, base)
+    monkeypatch.setenv(contract.ENV_TOKEN, "t")
+    monkeypatch.setenv(contract.ENV_SERVER_ID, "s1")
+    monkeypatch.delenv(contract.ENV_REGISTRATION_DIR, raising=False)
+    if preemptible:
+        monkeypatch.setenv(contract.ENV_PREEMPTIBLE, "1")
+    else:
+        monkeypatch.delenv(contract.ENV_PREEMPTIBLE, raising=False)
+    return Launcher(["model"])
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_a_preemptible_launcher_reports_an_unasked_sigterm(
+    monkeypatch: pytest.MonkeyPatch, stop: bool
+) -> None:
+    """The first SIGTERM of a preemptible job is a preemption notice: reported at once, the server
+    kept for its calls in flight unless the balancer says stop; the next SIGTERM stops it."""
+    body = b'{"stop": true}' if stop else b'{"stop": false}'
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    monkeypatch.setitem(ANSWERS, "/api/servers/s1/preempted", answer)
+
+    async def main() -> None:
+        seen: list[bytes] = []
+        async with await _serve(seen) as server:
+            launcher = _launcher(monkeypatch, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", True)
+            launcher.on_sigterm()
+            assert launcher.preempt_notice is not None
+            await launcher.preempt_notice
+            assert seen[0].startswith(b"POST /api/servers/s1/preempted HTTP/1.1\r\n")
+            assert b"Authorization: Bearer t" in seen[0] and seen[0].endswith(b'{"signal": "SIGTERM"}')
+            assert launcher.stopped.is_set() is stop and launcher.balancer_said_stop is stop
+            launcher.on_sigterm()  # the job's kill (or a second notice): stop now, report nothing more
+            assert launcher.stopped.is_set() and len(seen) == 1
+
+    asyncio.run(main())
+
+
+def test_sigterm_stops_a_launcher_that_is_not_preemptible(monkeypatch: pytest.MonkeyPatch) -> None:
+    launcher = _launcher(monkeypatch, "http://127.0.0.1:9", False)
+    launcher.on_sigterm()
+    assert launcher.stopped.is_set() and launcher.stop_reason == "signal SIGTERM"
+    assert launcher.preempt_notice is None

@@ -40,3 +40,14 @@ def test_label_sets_stay_bounded() -> None:
     assert 'umbridge_balancer_calls_total{model="_unknown",op="Evaluate",outcome="failed"} 10000.0' in text
     assert 'umbridge_balancer_server_failures_total{spec="a"} 10000.0' in text
     assert not metrics._calls and not metrics._server_spec  # nothing kept per finished call or server
+
+
+def test_preempted_servers_are_counted_apart_from_failures() -> None:
+    metrics = Metrics(_Pool())  # type: ignore[arg-type]
+    metrics({"ev": "server.requested", "server": "s1", "spec": "a", "reason": "demand", "m": 0.0})
+    metrics({"ev": "server.preempted", "server": "s1", "spec": "a", "job": "7", "host": "n1", "m": 0.0})
+    metrics({"ev": "server.stopped", "server": "s1", "reason": "job 7 PREEMPTED", "m": 0.0})
+    text = metrics.expose().decode()
+    assert 'umbridge_balancer_server_preemptions_total{spec="a"} 1.0' in text
+    assert 'umbridge_balancer_server_failures_total{spec="a"} 0.0' in text
+    assert 'umbridge_balancer_servers{spec="a",state="preempted"} 0.0' in text  # a state like any other

@@ -10,8 +10,11 @@ states to ``JobState``, and ``cancel_argv``. Everything else is here:
   what each job runs comes from ``jobscript.py``.
 * **States.** One status command for all our jobs per poll (``poll_interval_s``; ``fast_poll_s``
   while a job is fresh or being cancelled). Running -> ``job_started``, its end time ->
-  ``job_deadline``; a finished or vanished job -> ``job_ended``. A job pending longer than
-  ``pending_timeout_s``, or for a reason that never resolves, is cancelled and reported failed.
+  ``job_deadline``; a finished or vanished job -> ``job_ended``. A preemptible job whose end the
+  scheduler brings forward (a preemption's grace time) or that ends preempted -> ``job_preempted``
+  (once), and ``job_ended`` as not failed when it is gone. A job pending longer than
+  ``pending_timeout_s`` (off by default), or for a reason that never resolves, is cancelled and
+  reported failed.
 * **Ending.** Cancels of one event-loop turn make one cancel command; a cancel that arrives while
   the submission is still running is applied when it returns. ``close`` cancels every job still
   alive and waits, bounded, until the scheduler shows none.
@@ -74,6 +77,8 @@ class _Job:
     ended: bool = False
     cancelled: set[str] = field(default_factory=set)
     cancel_sent: bool = False
+    preemptible: bool = False  # submitted to the preemptible partition or QOS
+    preempted: bool = False  # reported as preempted (its end brought forward, or its state)
 
     @property
     def id(self) -> str:
@@ -93,8 +98,11 @@ class BatchBackend(JobScripts, Backend):
         Called at start for every spec and on a reload for the new and changed ones."""
 
     @abstractmethod
-    def submit_argv(self, spec: ServerSpec, n_jobs: int, script: Path, log_dir: Path) -> list[str]:
-        """The command line that submits ``script`` as ``n_jobs`` array tasks (a plain job for 1)."""
+    def submit_argv(
+        self, spec: ServerSpec, n_jobs: int, script: Path, log_dir: Path, preemptible: bool = False
+    ) -> list[str]:
+        """The command line that submits ``script`` as ``n_jobs`` array tasks (a plain job for 1);
+        ``preemptible``: to the scheduler's preemptible partition or QOS (``Launch.preemptible``)."""
 
     @abstractmethod
     def parse_job_id(self, stdout: str) -> str:
@@ -210,7 +218,8 @@ class BatchBackend(JobScripts, Backend):
         argv = [self.TOOLS[0] if self.TOOLS else self.name]
         try:
             async with self._submit_lock:
-                argv = self.submit_argv(spec, n_jobs, self._script(spec, log_dir), log_dir)
+                script = self._script(spec, log_dir)
+                argv = self.submit_argv(spec, n_jobs, script, log_dir, launches[0].preemptible)
                 wait = self._last_submit_m + self.cfg.delay_ms / 1000 - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -229,6 +238,7 @@ class BatchBackend(JobScripts, Backend):
         now = time.monotonic()
         for t in range(n_jobs):
             job = _Job((array_id, str(t) if n_jobs > 1 else ""), ids[t * per : (t + 1) * per], spec.name, now)
+            job.preemptible = launches[0].preemptible
             self.jobs[job.key] = job
             for sid in job.servers:
                 self.by_server[sid] = job
@@ -312,28 +322,51 @@ class BatchBackend(JobScripts, Backend):
         job.state = row.native
         state = self.STATES.get(row.native, JobState.UNKNOWN)
         if state is JobState.RUNNING:
+            was_running = job.started
             if not job.started:
                 job.started = True
                 for sid in job.servers:
                     self.events.job_started(sid, job.id, row.nodes or "?")
             if row.end_wall is not None and row.end_wall != job.deadline:
+                # Brought forward: earlier than before, or an end where a running job had none (an
+                # unlimited job shows none, or start + 365 days, until SLURM preempts it).
+                earlier = was_running and (job.deadline is None or row.end_wall < job.deadline - 1.0)
                 job.deadline = row.end_wall
-                for sid in job.servers:
-                    self.events.job_deadline(sid, row.end_wall)
+                if job.preemptible and earlier:
+                    self._preempted(job, f"job {job.id}: its end was brought forward (preempted)")
+                else:
+                    for sid in job.servers:
+                        self.events.job_deadline(sid, row.end_wall)
         elif state is JobState.PENDING:
             never = self.never_starts(row)
             if never is not None:
                 self._give_up(job, f"job {job.id} cannot start: {never}")
-            elif time.monotonic() - job.submitted_m > self.opts.pending_timeout_s:
-                limit, reason = self.opts.pending_timeout_s, row.reason
+            elif self._pending_too_long(job):
+                limit = self.opts.pending_timeout_s
                 self._give_up(
-                    job, f"job {job.id} pending for more than {limit:g} s (reason {reason}); cancelled"
+                    job, f"job {job.id} pending for more than {limit:g} s (reason {row.reason}); cancelled"
                 )
         elif state in TERMINAL:
             why = f"job {job.id} {row.native}" + (
                 f" ({row.reason})" if row.reason and row.reason != "None" else ""
             )
-            self._end(job, why, state is not JobState.COMPLETED)
+            if state is JobState.PREEMPTED:
+                self._preempted(job, why)
+            self._end(job, why, state not in (JobState.COMPLETED, JobState.PREEMPTED))
+
+    def _pending_too_long(self, job: _Job) -> bool:
+        """Queued beyond ``[backend] pending_timeout_s`` (None, the default: never)."""
+        limit = self.opts.pending_timeout_s
+        return limit is not None and time.monotonic() - job.submitted_m > limit
+
+    def _preempted(self, job: _Job, why: str) -> None:
+        """The scheduler takes ``job`` back: at the start of its preemption grace time (SLURM then
+        sets a preemptible job's end to now + GraceTime: it runs on, its processes hear nothing
+        until the grace ends) or when it ends as preempted. Reported once."""
+        if not job.preempted:
+            job.preempted = True
+            for sid in job.servers:
+                self.events.job_preempted(sid, why)
 
     def _give_up(self, job: _Job, why: str) -> None:
         """A job that will not start in time: cancel it and report the start as failed now."""

@@ -19,7 +19,13 @@ from typing import Any, ClassVar
 
 from balancer.backends.base import Launch
 from balancer.config.schema import ServerSpec
-from balancer.launcher.contract import ENV_JOB_ID, ENV_SERVER_ID, ENV_TASK_INDEX, launcher_argv
+from balancer.launcher.contract import (
+    ENV_JOB_ID,
+    ENV_PREEMPTIBLE,
+    ENV_SERVER_ID,
+    ENV_TASK_INDEX,
+    launcher_argv,
+)
 
 
 def read_directives(script: str | Path, prefix: str) -> list[str]:
@@ -129,4 +135,7 @@ class JobScripts:
         env["OMP_NUM_THREADS"] = str(spec.options.threads or spec.resources.cpus)
         env.update(launches[0].env)
         env[ENV_SERVER_ID] = ",".join(x.server_id for x in launches)
+        env.pop(ENV_PREEMPTIBLE, None)
+        if launches[0].preemptible:  # the launchers take an unasked SIGTERM as a preemption notice
+            env[ENV_PREEMPTIBLE] = "1"
         return env

@@ -16,6 +16,7 @@ Parsl). Specific to SLURM:
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -25,10 +26,12 @@ from pathlib import Path
 from balancer.backends.batch.base import BatchBackend, BatchOptions, BatchServerOptions, StatusRow
 from balancer.backends.batch.jobscript import directive_option
 from balancer.backends.batch.jobscript import read_directives as _read_directives
-from balancer.backends.options import args, word
+from balancer.backends.options import args, duration, word
 from balancer.backends.states import SLURM_STATES
-from balancer.config.schema import ConfigError, ServerSpec
-from balancer.units import scale_memory
+from balancer.config.schema import HARVESTING, ConfigError, ServerSpec
+from balancer.units import format_time_limit, parse_time_limit, scale_memory
+
+log = logging.getLogger(__name__)
 
 SQUEUE_FORMAT = "%i|%F|%K|%A|%T|%r|%S|%e|%l|%L|%N|%j|%k"
 _FIELDS = 13
@@ -62,6 +65,12 @@ class SlurmOptions(BatchOptions):
     account: str | None = word()
     qos: str | None = word()
     sbatch_args: tuple[str, ...] = args()
+    # Preemptible launches (the harvest and hybrid policies): the partition and/or QOS whose jobs
+    # others may preempt, and ``--time-min`` for them (backfill may start such a job early, with a
+    # shorter limit that is at least this). They replace ``partition``/``qos`` for those jobs.
+    preempt_partition: str | None = word()
+    preempt_qos: str | None = word()
+    time_min: float | None = duration()
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,7 @@ class SlurmBackend(BatchBackend):
     JOB_ID = "${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}${SLURM_ARRAY_JOB_ID:+_$SLURM_ARRAY_TASK_ID}"  # 7_0 or 7
     INHERITED_ENV = ("SLURM_ARRAY_",)
     opts: SlurmOptions  # what BatchBackend.__init__ sets from cfg.backend_options, parsed as ``Options``
+    _warned_preempt = False
 
     def spec_option(self, spec: ServerSpec, key: str) -> str | None:
         """A per-server ``partition``/``account``/``qos``, else the [backend] table's site-wide one
@@ -109,12 +119,33 @@ class SlurmBackend(BatchBackend):
         value = getattr(spec.options, key)
         return getattr(self.opts, key) if value is None else value
 
+    def partition_of(self, spec: ServerSpec, preemptible: bool) -> str:
+        """Where its job runs: the preemptible partition for a harvest job, else the spec's own."""
+        if preemptible and self.opts.preempt_partition:
+            return self.opts.preempt_partition
+        return self.spec_option(spec, "partition") or ""
+
+    async def start(self) -> None:
+        """A harvesting policy needs somewhere to put its preemptible jobs: refuse to start without."""
+        o = self.opts
+        if self.cfg.rules.policy in HARVESTING and not (o.preempt_partition or o.preempt_qos):
+            raise ConfigError(
+                "backend.preempt_partition",
+                f"the {self.cfg.rules.policy} policy submits preemptible jobs: set [backend] "
+                "preempt_partition and/or preempt_qos to the partition or QOS others may preempt",
+            )
+        await super().start()
+
     async def check(self, specs: Sequence[ServerSpec]) -> None:
         """SLURM answers ``sinfo`` and each spec's partition (its own, else the site default) exists."""
         rc, out, err = await self.run("sinfo", "-a", "-h", "-o", "%R")
         if rc != 0:
             raise ConfigError("balancer.scheduler", f"slurm: sinfo failed: {self.error_text(err)}")
         partitions = set(out.split())
+        part = self.opts.preempt_partition
+        if part is not None and part not in partitions:
+            known = ", ".join(sorted(partitions)) or "none"
+            raise ConfigError("backend.preempt_partition", f"no SLURM partition {part!r} (known: {known})")
         for spec in specs:
             part = self.spec_option(spec, "partition")
             if part is not None and part not in partitions:
@@ -123,7 +154,21 @@ class SlurmBackend(BatchBackend):
                     f"servers.{spec.name}.partition", f"no SLURM partition {part!r} (known: {known})"
                 )
 
-    def submit_argv(self, spec: ServerSpec, n_jobs: int, script: Path, log_dir: Path) -> list[str]:
+    def preempt_argv(self, spec: ServerSpec) -> list[str]:
+        """What makes a job preemptible: the preemptible partition and/or QOS in place of the
+        spec's own, and ``--time-min`` (at most the job's limit). ``--no-requeue`` is on every job:
+        a preempted job is cancelled and never comes back as the same server."""
+        o = self.opts
+        argv = [f"--partition={o.preempt_partition}"] if o.preempt_partition else []
+        argv += [f"--qos={o.preempt_qos}"] if o.preempt_qos else []
+        if o.time_min is not None:
+            limit = parse_time_limit(spec.resources.time_limit)
+            argv.append(f"--time-min={format_time_limit(min(o.time_min, limit or o.time_min))}")
+        return argv
+
+    def submit_argv(
+        self, spec: ServerSpec, n_jobs: int, script: Path, log_dir: Path, preemptible: bool = False
+    ) -> list[str]:
         per = spec.options.servers_per_job
         res = spec.resources
         script_opts = {directive_option(d, self.DIRECTIVE) for d in self.directives(spec)}
@@ -140,10 +185,15 @@ class SlurmBackend(BatchBackend):
         ]
         if n_jobs > 1:
             argv.append(f"--array=0-{n_jobs - 1}")
+        preempt = self.preempt_argv(spec) if preemptible else []
+        if preemptible and not preempt and not self._warned_preempt:
+            self._warned_preempt = True  # a reload switched to harvest: start() could not refuse it
+            log.warning("slurm: preemptible jobs asked for, but no [backend] preempt_partition/qos set")
         for opt in ("partition", "account", "qos"):
             v = self.spec_option(spec, opt)
-            if v:
+            if v and not any(a.startswith(f"--{opt}=") for a in preempt):
                 argv.append(f"--{opt}={v}")
+        argv += preempt
         # The config's resources win, but defaults (cpus = 1, no memory, ...) leave a script's own.
         if res.cpus != 1 or per > 1 or not script_opts & {"--cpus-per-task", "-c"}:
             argv.append(f"--cpus-per-task={res.cpus * per}")

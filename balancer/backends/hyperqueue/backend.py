@@ -38,7 +38,7 @@ from balancer.backends.hyperqueue.resources import HqRequest, hq_request
 from balancer.backends.hyperqueue.server import MODES, HqServer
 from balancer.backends.options import BackendOptions, ThreadsOption, one_of, positive
 from balancer.backends.states import TERMINAL, JobState, hq_state
-from balancer.config.schema import BalancerConfig, ConfigError, ServerSpec
+from balancer.config.schema import HARVESTING, BalancerConfig, ConfigError, ServerSpec
 from balancer.launcher.contract import ENV_JOB_ID, launcher_argv
 from balancer.launcher.procgroup import OUTER_GRACE_S, end_group, group_env_has
 
@@ -134,6 +134,15 @@ class HyperQueueBackend(Backend):
 
     # -- start -----------------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.cfg.rules.policy in HARVESTING:
+            # HQ places tasks on whatever workers exist: one server cannot be asked to run on a
+            # preemptible allocation, and a preempted worker's task is re-run, not reported.
+            raise ConfigError(
+                "forecast.policy",
+                f"the {self.cfg.rules.policy} policy needs preemptible jobs per server, which HyperQueue "
+                "cannot place (its allocations hold many tasks): use the slurm backend, or make every "
+                "worker allocation preemptible with [backend] alloc and the demand or forecast policy",
+            )
         if importlib.util.find_spec("hyperqueue") is None:  # imported later, on the HQ thread
             raise ConfigError(
                 "balancer.scheduler",

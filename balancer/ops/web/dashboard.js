@@ -154,8 +154,11 @@ function drawCapacity(now) {
   for (const c of S.capacity) {
     if (c.t < lo) continue;
     const r = row(Math.round(c.t));
-    r[0] = c.idle_cpus;
-    if (c.predicted_idle_cpus !== undefined) r[1] = c.predicted_idle_cpus;
+    // Capacity for us = idle + what our own servers hold: the quantity the forecast predicts, so
+    // our own load never reads as the cluster filling up (older samples: idle alone).
+    r[0] = c.capacity_cpus !== undefined ? c.capacity_cpus : c.idle_cpus;
+    if (c.predicted_capacity_cpus !== undefined) r[1] = c.predicted_capacity_cpus;
+    else if (c.predicted_idle_cpus !== undefined) r[1] = c.predicted_idle_cpus;
   }
   const p = S.forecast && S.forecast.prediction;
   if (p && S.forecast.in_use) {
@@ -172,7 +175,9 @@ function drawCapacity(now) {
   let text = "forecast: not available";
   if (f) {
     text = `forecast: ${f.state}` + (f.model ? `, model ${f.model}` : "") +
-      (f.observed_idle_cpus !== null && f.observed_idle_cpus !== undefined ? `; idle now ${f.observed_idle_cpus.toFixed(2)} CPUs` : "") +
+      (f.observed_capacity_cpus !== null && f.observed_capacity_cpus !== undefined
+        ? `; capacity now ${f.observed_capacity_cpus.toFixed(2)} CPUs (${(f.held_cpus || 0).toFixed(2)} ours)`
+        : "") +
       (f.collector && f.collector.source ? `; collector ${f.collector.source}, ${f.collector.samples} samples` : "");
   }
   $("fc-status").textContent = text;
@@ -194,7 +199,7 @@ function gpuText(gpus) {
 function drawServers() {
   const body = $("servers").tBodies[0];
   body.replaceChildren();
-  const order = { ready: 0, draining: 1, registered: 2, starting: 3, requested: 4, stopping: 5 };
+  const order = { ready: 0, draining: 1, registered: 2, starting: 3, requested: 4, preempted: 5, stopping: 6 };
   const rows = [...S.servers].sort((a, b) => (order[a.state] ?? 9) - (order[b.state] ?? 9) || a.id.localeCompare(b.id, undefined, { numeric: true }));
   const anyGpu = rows.some((s) => s.gpus && s.gpus.length);  // the GPUs column only where some have one
   $("servers-gpus-h").hidden = !anyGpu;
@@ -204,7 +209,12 @@ function drawServers() {
     tr.dataset.state = s.state;
     tr.append(el("td", "", s.id), el("td", "", s.spec));
     const st = el("td");
-    st.append(el("span", `state st-${s.state}`, s.state));
+    const badge = el("span", `state st-${s.state}`, s.state);
+    if (s.preemptible) {  // a harvest job: the scheduler may take it back (state "preempted")
+      badge.textContent += " *";
+      badge.title = "preemptible job";
+    }
+    st.append(badge);
     tr.append(st, el("td", "", s.job ?? "-"), el("td", "", s.host ?? "-"));
     tr.append(el("td", "num", s.left_s === null ? "no limit" : duration(s.left_s)));
     tr.append(el("td", "num calls", String(s.calls)));
@@ -226,9 +236,9 @@ function drawServers() {
   $("servers-empty").hidden = rows.length > 0;
   const counts = {};
   for (const s of S.servers) counts[s.state] = (counts[s.state] || 0) + 1;
-  $("servers-sum").textContent = Object.keys(counts).length
-    ? "(" + Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(", ") + ")"
-    : "";
+  const parts = Object.entries(counts).map(([k, v]) => `${v} ${k}`);
+  if (S.totals.preempted) parts.push(`${S.totals.preempted} preempted so far`);
+  $("servers-sum").textContent = parts.length ? "(" + parts.join(", ") + ")" : "";
 }
 
 function drawQueues() {
