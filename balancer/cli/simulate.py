@@ -19,9 +19,10 @@ import orjson
 from balancer import units
 from balancer.capacity.swf import SwfTrace, TraceError, read_swf
 from balancer.sim import campaign as camp
+from balancer.sim.cluster import OVERRUNS
 from balancer.sim.replay import Replay
 from balancer.sim.report import metrics, plot, table
-from balancer.sim.run import POLICIES, SimConfig, simulate
+from balancer.sim.run import ON_NOTICE, POLICIES, SimConfig, simulate
 
 DAY_S = 86400.0
 
@@ -74,8 +75,30 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--forecaster",
         default=None,
-        help="forecaster for the forecast-aware policy (default: the baseline, seasonal-naive-day)",
+        help="forecaster for the forecast, harvest and hybrid policies (default: seasonal-naive-day)",
     )
+    p.add_argument(
+        "--scheduler",
+        default="easy",
+        choices=("easy", "fairshare"),
+        help="the replay's scheduler (default easy)",
+    )
+    p.add_argument("--grace-s", type=float, default=60.0, help="preemption grace time (default 60)")
+    p.add_argument(
+        "--overrun",
+        default="cap",
+        choices=OVERRUNS,
+        help="trace jobs that ran past their request: killed at it (cap, the default: the replayed"
+        " waits match the recorded ones) or run to their recorded end (extend)",
+    )
+    p.add_argument(
+        "--on-notice",
+        default="now",
+        choices=ON_NOTICE,
+        help="a preempted server: hands its call back and ends at once (now, the default, as the"
+        " live launcher), finishes its call within the grace time (hold), or ends once idle (idle)",
+    )
+    p.add_argument("--floor", type=int, help="hybrid: normal-priority servers (default: max_servers // 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", metavar="PATH.png", help="write the plots here")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -117,6 +140,19 @@ def campaign_start(trace: SwfTrace, start: str | None, start_day: float | None) 
     return (14.0 if start_day is None else start_day) * DAY_S
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """The numeric options' ranges."""
+    for name in ("calls", "max_servers", "cpus", "backlog"):
+        if getattr(args, name) < (0 if name == "backlog" else 1):
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {0 if name == 'backlog' else 1}")
+    if not args.call_mean_s > 0 or not args.call_sigma >= 0 or not args.startup_s >= 0:
+        raise UsageError("--call-mean-s must be > 0, --call-sigma and --startup-s >= 0")
+    if not args.grace_s >= 0 or (args.floor is not None and args.floor < 0):
+        raise UsageError("--grace-s and --floor must be >= 0")
+    if args.arrival_rate is not None and not args.arrival_rate > 0:
+        raise UsageError("--arrival-rate must be > 0")
+
+
 def _run(args: argparse.Namespace) -> int:
     from balancer.capacity.forecasters import BASELINE, FORECASTERS
 
@@ -127,13 +163,7 @@ def _run(args: argparse.Namespace) -> int:
     forecaster = args.forecaster or BASELINE
     if forecaster not in FORECASTERS:
         raise UsageError(f"--forecaster: unknown {forecaster!r} (known: {', '.join(FORECASTERS)})")
-    for name in ("calls", "max_servers", "cpus", "backlog"):
-        if getattr(args, name) < (0 if name == "backlog" else 1):
-            raise UsageError(f"--{name.replace('_', '-')} must be >= {0 if name == 'backlog' else 1}")
-    if not args.call_mean_s > 0 or not args.call_sigma >= 0 or not args.startup_s >= 0:
-        raise UsageError("--call-mean-s must be > 0, --call-sigma and --startup-s >= 0")
-    if args.arrival_rate is not None and not args.arrival_rate > 0:
-        raise UsageError("--arrival-rate must be > 0")
+    _check_numbers(args)
     time_limit = parse_duration(args.time_limit)
     trace = read_swf(args.trace)
     if args.cpus > trace.max_procs:
@@ -160,15 +190,24 @@ def _run(args: argparse.Namespace) -> int:
         time_limit_s=time_limit,
         startup_delay_s=args.startup_s,
         forecaster=forecaster,
+        floor=args.floor,
+        on_notice=args.on_notice,
     )
     t_wall = time.perf_counter()
-    replay = Replay(trace, [start], cfg.step_s)
+    replay = Replay(
+        trace,
+        [start],
+        cfg.step_s,
+        scheduler=args.scheduler,
+        preempt_grace_s=args.grace_s,
+        overrun=args.overrun,
+    )
     results = [simulate(replay, start, c, p, cfg) for p in policies]
     wall = time.perf_counter() - t_wall
-    cols = {r.policy: metrics(r) for r in results}
+    cols = {r.policy: metrics(r, replay) for r in results}
     if args.plot:
         try:
-            plot(results, args.plot, start, cfg.step_s)
+            plot(results, args.plot, replay)
         except OSError as exc:
             raise UsageError(f"--plot: cannot write {args.plot}: {exc.strerror or exc}") from None
     when = datetime.fromtimestamp(trace.unix_start + start, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -180,6 +219,10 @@ def _run(args: argparse.Namespace) -> int:
             "calls": len(c),
             "work_s": c.work_s,
             "forecaster": forecaster,
+            "scheduler": args.scheduler,
+            "overrun": replay.overrun,
+            "overrun_cpu_h": replay.overrun_cpu_h,
+            "on_notice": cfg.on_notice,
             "wall_s": wall,
             "policies": {
                 p: {k: (v if math.isfinite(v) else None) for k, v in m.items()} for p, m in cols.items()
@@ -192,6 +235,11 @@ def _run(args: argparse.Namespace) -> int:
             f"max {cfg.max_servers} servers of {cfg.cpus} CPU, forecaster {forecaster}"
         )
         print(table(cols, title))
+        print(
+            f"the trace's jobs that ran past their request: {replay.overrun_cpu_h:,.0f} CPU-h"
+            f" ({replay.overrun_jobs} jobs), replayed with overrun={replay.overrun!r};"
+            f" scheduler {args.scheduler}"
+        )
         print(f"simulated in {wall:.1f} s")
     return 0
 

@@ -1,10 +1,12 @@
-"""What each simulated policy is told about the cluster's idle capacity, as a ``ForecastView``.
+"""What each simulated policy is told about the cluster's capacity for our jobs, as a ``ForecastView``.
 
-Both sources describe the same quantity, the CPUs the *rest* of the cluster leaves free, less what
-our running jobs hold (the live balancer knows its own allocations); index 0 is what a collector
-observes now. ``Learned`` is the live path: a forecaster from ``balancer.forecast.models`` trained on
-the history the simulated collector has seen, retrained once a virtual day. ``Oracle`` reads the
-future from the replay without our jobs, so it bounds what any forecaster could achieve.
+The quantity is the one the live collector reports (issue 20): the CPUs a job of ours could use,
+i.e. the idle CPUs *plus* those our own running jobs hold (``Cluster.others_idle_series``), so our
+own load never reads as the cluster filling up; ``held_cpus`` says what our running jobs hold now,
+and what a new job can start on is ``idle[i] - held_cpus``. Index 0 is what a collector observes
+now. ``Learned`` is the live path: a forecaster from ``balancer.capacity.forecasters`` trained on
+the history the simulated collector has seen, retrained once a virtual day. ``observed_view`` is the
+current observation alone (one slot): what the harvest rules need while the forecaster is cold.
 """
 
 from __future__ import annotations
@@ -19,31 +21,15 @@ from balancer.sim.cluster import Cluster
 HISTORY_SLOTS_DAYS = 56  # the forecaster sees the last 8 weeks: weekly seasons and then some
 
 
-class Oracle:
-    """The future idle capacity exactly as the replay without our jobs had it."""
+def capacity_now(c: Cluster) -> float:
+    """CPUs a job of ours could use now: idle plus what our own running jobs hold."""
+    return float(c.free + c.ours_busy)
 
-    source = "oracle"
 
-    def __init__(self, others_idle: np.ndarray, step_s: float, horizon: int) -> None:
-        self.truth = others_idle
-        self.step_s = step_s
-        self.horizon = horizon
-        self._key: tuple[int, int, int] | None = None
-        self._view = ForecastView(step_s, ())
-
-    def view(self, c: Cluster, now: float) -> ForecastView:
-        k = int((now - c.t0) // self.step_s)
-        key = (k, c.free, c.ours_busy)
-        if key == self._key:
-            return self._view  # unchanged since the last tick: ticks are many, changes few
-        self._key = key
-        self._view = self._make(c, k)
-        return self._view
-
-    def _make(self, c: Cluster, k: int) -> ForecastView:
-        future = self.truth[k + 1 : k + self.horizon]
-        idle = (float(c.free), *np.maximum(0.0, future - c.ours_busy).tolist())
-        return ForecastView(self.step_s, idle, idle, idle, source="oracle")
+def observed_view(c: Cluster, step_s: float) -> ForecastView:
+    """The current observation only (one slot): no prediction, no bounds beyond it."""
+    now = (capacity_now(c),)
+    return ForecastView(step_s, now, now, now, source="observed", held_cpus=float(c.ours_busy))
 
 
 class Learned:
@@ -81,7 +67,7 @@ class Learned:
             model.fit(series)
             p = model.predict(self.horizon + int(self.retrain_s // self.step_s) + 1)
         except ValueError:
-            self._mean = None  # too little history: no forecast, demand only (as live)
+            self._mean = None  # too little history: no forecast (as live)
             return
         self._k0 = k
         self._mean = np.clip(np.asarray(p.mean, dtype=np.float64), 0.0, self.total)
@@ -91,6 +77,7 @@ class Learned:
         self.made.append((c.t0 + k * self.step_s, self._mean[:day].copy()))
 
     def view(self, c: Cluster, now: float) -> ForecastView | None:
+        """The forecast from now on, index 0 the capacity observed now; None while cold."""
         if now >= self._next_train:
             self._train(c, now)
         if self._mean is None:
@@ -98,16 +85,22 @@ class Learned:
         off = int((now - c.t0) // self.step_s) - self._k0
         key = (off, self._k0, c.free, c.ours_busy)
         if key == self._key:
-            return self._view
+            return self._view  # unchanged since the last tick: ticks are many, changes few
         self._key = key
+        cap = capacity_now(c)
 
         def part(a: np.ndarray | None) -> tuple[float, ...]:
             if a is None:
                 return ()
-            fut = np.maximum(0.0, a[off + 1 : off + self.horizon] - c.ours_busy)
-            return (float(c.free), *fut.tolist())
+            fut = np.maximum(0.0, a[off + 1 : off + self.horizon])
+            return (cap, *fut.tolist())
 
         self._view = ForecastView(
-            self.step_s, part(self._mean), part(self._lo), part(self._hi), source=self.name
+            self.step_s,
+            part(self._mean),
+            part(self._lo),
+            part(self._hi),
+            source=self.name,
+            held_cpus=float(c.ours_busy),
         )
         return self._view
