@@ -135,6 +135,9 @@ class ForecastService:
         observed = self.observed_capacity(now)
         if observed is not None:  # the current slot is what the collector sees, not a guess
             idle[0] = lo[0] = hi[0] = observed
+            # Capacity is at most the machine: what we hold beyond it (local: more servers than
+            # cores) is our own oversubscription, never others wanting our CPUs.
+            held = min(held, observed)
         return ForecastView(p.step_s, tuple(idle), tuple(lo), tuple(hi), wait, "forecast", held_cpus=held)
 
     def _fresh(self, now: float | None) -> bool:

@@ -19,6 +19,7 @@ from balancer.capacity.sample import CapacitySample
 from balancer.capacity.series import Prediction
 from balancer.capacity.service import ForecastService, Override, Trained
 from balancer.observe.events import EventBus
+from balancer.policy.admission import polite_shortfall
 
 STEP = 900.0
 T0 = (time.time() // 86400 - 3) * 86400
@@ -89,6 +90,19 @@ def test_monitor_stores_and_journals_capacity_and_the_view_counts_our_jobs(tmp_p
         7.0,
     )
     assert status["capacity"].startswith("idle + ours")
+
+
+def test_our_servers_beyond_the_machine_are_no_reason_for_a_polite_stop() -> None:
+    """Three 1-CPU servers of ours on a 2-core machine (local): capacity is 2, we hold 3."""
+    bus = EventBus()
+    service = ForecastService(_settings(), bus, held=lambda: {"": 3.0})
+    now = time.time()
+    service.latest, service.latest_t = [_s(0.0, total=2.0, part="", ours=3.0)], now
+    pred = Prediction(now - 60, STEP, np.full(8, 2.0), np.full(8, 2.0), np.full(8, 2.0))
+    service.trained = Trained("last-value", pred, now, 86400.0, [])
+    fv = service.view()
+    assert fv is not None and fv.idle[0] == 2.0 and fv.held_cpus == 2.0
+    assert polite_shortfall(fv, 3600.0) == 0.0  # nothing to stop politely
 
 
 def test_an_override_of_idle_cpus_adds_what_we_hold() -> None:

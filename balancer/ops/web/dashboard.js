@@ -117,11 +117,11 @@ function initCharts() {
   capChart = makeChart(
     "c-cap",
     [
-      { label: "observed idle", stroke: "#2f855a", width: 1.5, points: { show: true, size: 4 }, scale: "cpu", spanGaps: true },
+      { label: "observed", stroke: "#2f855a", width: 1.5, points: { show: true, size: 4 }, scale: "cpu", spanGaps: true },
       { label: "predicted then", stroke: "#805ad5", width: 1, dash: [4, 3], scale: "cpu", spanGaps: true },
       { label: "forecast ahead", stroke: "#805ad5", width: 1.5, scale: "cpu", spanGaps: true },
     ],
-    [xAxisHM, yAxis("idle CPUs", "cpu")],
+    [xAxisHM, yAxis("CPUs", "cpu")],
     { cpu: { range: (u, lo, hi) => [0, Math.max(1, (hi || 1) * 1.15)] } },
   );
 }
