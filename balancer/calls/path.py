@@ -133,11 +133,27 @@ class Calls:
         self.bus.emit(Ev.CALL_RECEIVED, call=call, op="Info", model=None, bytes=0)
         if not self.pool.all_discovered():
             await self._wait_as_demand("", self.pool.all_discovered)
-        body = orjson.dumps(
-            {"protocolVersion": protocol.PROTOCOL_VERSION, "models": self.pool.known_models()}
-        )
+        models = self.pool.known_models()
+        why = self._none_servable(models)
+        if why:
+            # A UM-Bridge error for clients that read the status; the official Python client reads
+            # only ``models`` (and then says "Supported models are: [...]"), so the reason is there too.
+            doc = {"error": {"type": "ServiceUnavailable", "message": why}, "models": [why]}
+            body = orjson.dumps({"protocolVersion": protocol.PROTOCOL_VERSION, **doc})
+            self.bus.emit(Ev.CALL_FAILED, call=call, status=503, reason=f"ServiceUnavailable: {why}")
+            return 503, JSON_CT, body
+        body = orjson.dumps({"protocolVersion": protocol.PROTOCOL_VERSION, "models": models})
         self.bus.emit(Ev.CALL_COMPLETED, call=call, server=None, status=200, bytes=len(body), cached=True)
         return 200, JSON_CT, body
+
+    def _none_servable(self, models: list[str]) -> str:
+        """Why no model can be served at all (every spec held or removed), or "" when one can:
+        then /Info says why instead of an empty or unusable list."""
+        pool = self.pool
+        if pool.closing or any(pool.can_serve(m) for m in models):
+            return ""
+        held = [rt.held_reason for rt in pool.specs.values() if rt.held]
+        return f"no model can be served: {'; '.join(held)}" if held else ""
 
     def _read(self, call: int, request: Request, op: str) -> dict[str, Any]:
         """The request's JSON object (journaled as received either way)."""

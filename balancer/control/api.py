@@ -31,6 +31,27 @@ from balancer.pool.states import ServerState
 
 _UNAUTHORIZED = ("Unauthorized", "missing or wrong balancer token", 401)
 AUTH_LOG_S = 5.0
+STDERR_CLIP = 240  # characters of the model's last stderr lines in a failure's reason
+
+
+def exit_reason(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A launcher's exit report as one reason (what reaches the client's 503, the status and the
+    console: the model's last stderr lines and the log file's path included) and the journal's
+    fields (``log``, ``stderr``). Before ready, the launcher's ``why`` is the whole story."""
+    code, why = doc.get("code"), doc.get("why")
+    if doc.get("ready") is False and isinstance(why, str) and why:
+        reason = why[:500]
+    else:
+        reason = f"model server exited with code {code}" + (f" after {why}" if why else "")
+    raw = doc.get("stderr")
+    stderr = [str(x)[:300] for x in raw[-5:]] if isinstance(raw, list) else []
+    log = doc.get("log") if isinstance(doc.get("log"), str) else None
+    if stderr:
+        tail = " | ".join(stderr)
+        reason += "; its stderr ends: " + (tail if len(tail) <= STDERR_CLIP else "..." + tail[-STDERR_CLIP:])
+    if log:
+        reason += f"; log: {log[:500]}"
+    return reason, {"log": log, "stderr": stderr}
 
 
 class Control:
@@ -223,26 +244,28 @@ class Control:
         return json_reply({"stop": stop})
 
     def exited_doc(self, sid: str, doc: dict[str, Any]) -> Reply:
-        """A launcher reports its model server's exit code and why."""
-        code, why = doc.get("code"), doc.get("why")
+        """A launcher reports its model server's exit code and why (before ready: its log file and
+        the model's last stderr lines too)."""
         s = self.pool.servers.get(sid)
         if s is not None:
-            reason = f"model server exited with code {code}" + (f" after {why}" if why else "")
-            self.pool.job_ended(s.id, reason, failed=s.state is not ServerState.STOPPING)
+            reason, detail = exit_reason(doc)
+            self.pool.job_ended(s.id, reason, failed=s.state is not ServerState.STOPPING, **detail)
         return json_reply({"ok": True})
 
     async def status(self, request: Request) -> Reply:
         """The pool, queues and scaler as JSON; token only: it lists the model servers' URLs."""
         if not self.authorized(request):
             return error_reply(*_UNAUTHORIZED)
-        disp = self.pool.dispatcher
         now_m, now = self.pool.clock(), time.time()
         return json_reply(
             {
                 "servers": [server_view(s, now_m, now, self._gpus_of(s.id)) for s in self.pool.live()],
-                "queues": {m: disp.waiting(m) for m in disp.queues},
+                # every call that waits, metadata calls for a first server included
+                "queues": {m or "(not yet known)": n for m, n in self.pool.demand.by_model().items()},
                 "models": self.pool.known_models(),
                 "held": held_reasons(self.pool),
+                # each spec's last failed start: reason (stderr tail, log path), log, stderr lines
+                "failures": {n: f for n, rt in self.pool.specs.items() if (f := rt.failure_view())},
                 "preempted": self.pool.preempted_total,  # servers whose jobs were preempted, ever
                 "usage_dropped": self.usage_dropped,
                 **self._status_extra(),

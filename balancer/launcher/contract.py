@@ -24,6 +24,24 @@ ENV_TOKEN = "UMBRIDGE_BALANCER_TOKEN"
 ENV_SERVER_ID = "UMBRIDGE_BALANCER_SERVER_ID"  # one id, or a comma list indexed by array task id
 ENV_LEASE = "UMBRIDGE_BALANCER_LEASE_S"
 ENV_STARTUP = "UMBRIDGE_BALANCER_STARTUP_TIMEOUT_S"
+# The probe time: a started model that has not answered /Info by then is looked at. One listening on
+# another port than $PORT fails at once; one listening on nothing yet (still loading?) is logged and
+# waits for the start-up timeout. A spec's ``env`` may set it, and then a start fails at that time
+# ("nothing answers /Info on port N after T s"). Unset: PROBE_S, at most the start-up timeout.
+ENV_PROBE = "UMBRIDGE_BALANCER_PROBE_S"
+PROBE_S = 30.0
+
+
+def probe_time(startup_s: float, probe: str | None) -> float:
+    """The launcher's probe time (``ENV_PROBE``) for a start-up timeout of ``startup_s``."""
+    try:
+        if probe:
+            return min(float(probe), startup_s)
+    except ValueError:
+        pass
+    return min(PROBE_S, startup_s)
+
+
 ENV_CONCURRENCY = "UMBRIDGE_SERVER_CONCURRENCY"  # tells the model how many calls run at once
 ENV_REGISTRATION_DIR = "UMBRIDGE_BALANCER_REGISTRATION_DIR"  # register through files there, not HTTP
 ENV_SPEC = "UMBRIDGE_BALANCER_SPEC"  # the server's spec, sent with registration (re-adoption)

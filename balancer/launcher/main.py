@@ -21,6 +21,7 @@ import ctypes
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -37,6 +38,7 @@ from balancer.launcher.contract import (
     ENV_LEASE,
     ENV_MONITOR,
     ENV_PREEMPTIBLE,
+    ENV_PROBE,
     ENV_REGISTRATION_DIR,
     ENV_SERVER_ID,
     ENV_SOCKET,
@@ -48,18 +50,42 @@ from balancer.launcher.contract import (
     MODEL_SOCKET,
     dir_problem,
     ours,
+    probe_time,
     unix_url,
     write_atomic,
 )
+from balancer.launcher.ports import listening_ports
 from balancer.launcher.procgroup import GRACE_S, end_child
 from balancer.launcher.usage import UsageSampler
 
 _PR_SET_PDEATHSIG = 1
 USAGE_KEEP = 100  # unsent usage samples kept while the balancer is away (the oldest go first)
+TAIL_LINES = 3  # the model's last stderr lines sent with a failed start's report
+TAIL_BYTES = 4096
+OWN_LINE = re.compile(r"\[(launch|usage) \d\d:\d\d:\d\d\] ")  # the launcher's lines, not the model's
 
 
 def log(msg: str) -> None:
     print(f"[launch {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def own_log() -> tuple[str | None, list[str]]:
+    """This launcher's log file (its stderr, shared with the model's, as every backend sets it up)
+    and the model's last lines in it: a failed start's report names both, so the user sees the
+    model's own error and where the rest is. (None, []) where stderr is no regular file."""
+    try:
+        if not os.path.isfile(f"/proc/self/fd/{sys.stderr.fileno()}"):
+            return None, []
+        path = os.readlink(f"/proc/self/fd/{sys.stderr.fileno()}")
+        with open(f"/proc/self/fd/{sys.stderr.fileno()}", "rb") as f:
+            start = max(0, os.fstat(f.fileno()).st_size - TAIL_BYTES)
+            f.seek(start)
+            text = f.read(TAIL_BYTES).decode(errors="replace")
+    except (OSError, ValueError):
+        return None, []
+    lines = text.splitlines()[1 if start else 0 :]  # a cut first line is no line
+    lines = [ln.rstrip() for ln in lines if ln.strip() and not OWN_LINE.match(ln)]
+    return path, [ln[:300] for ln in lines[-TAIL_LINES:]]
 
 
 def free_port() -> int:
@@ -134,6 +160,10 @@ class Launcher:
         self.reg_dir = Path(reg) if reg else None
         self.lease_s = float(os.environ.get(ENV_LEASE, "30"))
         self.startup_s = float(os.environ.get(ENV_STARTUP, "120"))
+        self.probe_s = probe_time(self.startup_s, os.environ.get(ENV_PROBE))
+        self.probe_set = bool(os.environ.get(ENV_PROBE))  # the spec asked to fail at the probe time
+        self.port: int | None = None
+        self.ready = False  # /Info answered: a later exit is no failed start
         self.proc: asyncio.subprocess.Process | None = None
         self.stop_reason: str | None = None
         self.balancer_said_stop = False  # then the balancer knows; otherwise we report the exit
@@ -183,7 +213,7 @@ class Launcher:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "signal SIGINT")
-        port = free_port()
+        port = self.port = free_port()
         host = advertised_host(self.balancer) if self.balancer else "127.0.0.1"
         env = dict(os.environ, PORT=str(port))
         sock = os.environ.get(ENV_SOCKET)  # isolate = "socket": no port for other users to reach
@@ -208,7 +238,7 @@ class Launcher:
             monitor = asyncio.create_task(self._monitor(self.proc.pid), name="usage-monitor")
         exited = asyncio.ensure_future(self.proc.wait())
         try:
-            ok = await self._wait_ready(probe, exited)
+            ok = self.ready = await self._wait_ready(probe, exited)
             if ok:
                 self._write_url_file(url)
                 if self.reg_dir is not None:
@@ -228,7 +258,7 @@ class Launcher:
                 with contextlib.suppress(OSError):
                     os.unlink(sock)
             if self.reg_dir is not None and not self.balancer_said_stop:
-                report = json.dumps({"code": code, "why": self.stop_reason})
+                report = json.dumps(await self._exit_doc(code))
                 await asyncio.to_thread(write_atomic, self.reg_dir / f"{self.sid}.exited.json", report)
             elif self.balancer and not self.balancer_said_stop:
                 await self._report_exit(code)
@@ -236,20 +266,61 @@ class Launcher:
         return code
 
     async def _wait_ready(self, base: str, exited: asyncio.Future[int]) -> bool:
-        deadline = time.monotonic() + self.startup_s
+        """Poll /Info until it answers 200. At the probe time (``ENV_PROBE``) say what was seen
+        instead of waiting silently: a model that listens on another port than ``$PORT`` fails at
+        once; one that listens on nothing yet may still be loading, so it gets the whole start-up
+        timeout, unless the spec set ``ENV_PROBE`` itself (then it fails at the probe time)."""
+        start = time.monotonic()
+        probe_at = start + self.probe_s
+        deadline = start + (self.probe_s if self.probe_set else self.startup_s)
+        probed = False
         delay = 0.02
         while time.monotonic() < deadline and not self.stopped.is_set():
             if exited.done():
-                log(f"server exited before it answered /Info (code {exited.result()})")
+                self.stop_reason = f"model server exited with code {exited.result()} before it answered /Info"
+                log(self.stop_reason)
                 return False
             with contextlib.suppress(asyncio.TimeoutError, OSError):
                 status, _ = await request("GET", f"{base}/Info", 2, read_body=False)
                 if status == 200:
                     return True
+            if not probed and time.monotonic() >= probe_at:
+                probed = True
+                if self._wrong_port():
+                    return False
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.25)
+        if not self.stopped.is_set() and not probed and self._wrong_port():
+            return False
         if not self.stopped.is_set():
-            self.request_stop(f"server did not answer /Info within {self.startup_s:g} s")
+            waited = time.monotonic() - start
+            state = f"exited with code {exited.result()}" if exited.done() else "process still running"
+            if not exited.done() and not self.probe_set:
+                state += "; if the model is only slow to start, raise the spec's startup_timeout_s"
+            self.request_stop(
+                f"started, but nothing answers /Info on {self._where()} after {waited:.0f} s ({state})"
+            )
+        return False
+
+    def _where(self) -> str:
+        return f"port {self.port}" if self.port and not os.environ.get(ENV_SOCKET) else "its socket"
+
+    def _wrong_port(self) -> bool:
+        """At the probe time: stop at once if the model listens, but not where it was told to."""
+        ports = listening_ports(self.proc.pid) if self.proc is not None else None
+        if not self.port or os.environ.get(ENV_SOCKET) or ports is None or self.port in ports:
+            log(f"nothing answers /Info on {self._where()} after {self.probe_s:g} s yet; still waiting")
+            return False
+        if ports:
+            shown = ", ".join(str(p) for p in sorted(ports)[:5])
+            self.request_stop(
+                f"started, but it listens on port {shown}, not on $PORT={self.port}: the model must "
+                "listen on the port in the PORT environment variable"
+            )
+            return True
+        log(
+            f"nothing answers /Info on port {self.port} after {self.probe_s:g} s (no port open yet: loading?)"
+        )
         return False
 
     def _write_url_file(self, url: str) -> None:
@@ -398,9 +469,16 @@ class Launcher:
         code = await end_child(self.proc, GRACE_S)
         return 128 - code if code < 0 else code
 
+    async def _exit_doc(self, code: int) -> dict[str, Any]:
+        """The exit report; before ready it adds the log file and the model's last stderr lines."""
+        doc: dict[str, Any] = {"code": code, "why": self.stop_reason, "ready": self.ready}
+        if not self.ready:
+            doc["log"], doc["stderr"] = await asyncio.to_thread(own_log)
+        return doc
+
     async def _report_exit(self, code: int) -> None:
         with contextlib.suppress(asyncio.TimeoutError, OSError):
-            await self._post(f"/api/servers/{self.sid}/exited", {"code": code, "why": self.stop_reason}, 5)
+            await self._post(f"/api/servers/{self.sid}/exited", await self._exit_doc(code), 5)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,7 +87,8 @@ class Pool:
             if s.upstream is not None:
                 s.upstream.close()
             if failed and was in NOT_YET_READY and not self.closing:
-                self.specs[s.spec.name].start_failed(reason or "", self.clock())
+                rt = self.specs[s.spec.name]
+                rt.start_failed(reason or "", self.clock(), fields.get("log"), fields.get("stderr"))
         else:
             self.bus.emit(ENTER_EVENT[to], server=s.id, **fields)
         if to is S.STOPPING or to is S.GONE:
@@ -334,10 +335,12 @@ class Pool:
             # Registered already (the report lags a poll): the start time still goes on record.
             self.bus.emit(Ev.SERVER_STARTED, server=server_id, **fields)
 
-    def job_ended(self, server_id: str, reason: str, failed: bool) -> None:
+    def job_ended(self, server_id: str, reason: str, failed: bool, **detail: Any) -> None:
+        """``detail``: what the launcher knows of a failed start (``log``, its path; ``stderr``, the
+        model's last lines), journaled with ``server.failed`` and kept on the spec for the views."""
         s = self.servers.get(server_id)
         if s is not None:
-            self.transition(s, S.GONE, reason)
+            self.transition(s, S.GONE, reason, **{k: v for k, v in detail.items() if v})
 
     def job_preempted(self, server_id: str, reason: str) -> None:
         """The scheduler takes the job back (the launcher's notice, or the job's state). The server

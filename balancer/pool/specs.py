@@ -36,6 +36,8 @@ class SpecRuntime:
     failures: int = 0  # consecutive failed starts
     last_failure_m: float = 0.0
     last_failure: str = ""
+    last_log: str | None = None  # the log file of the last failed start, where the launcher said it
+    last_stderr: list[str] = field(default_factory=list)  # ... and the model's last stderr lines
     held: bool = False
     held_reason: str = ""
     paused: bool = False  # the operator paused it: no starts until resumed
@@ -55,10 +57,24 @@ class SpecRuntime:
             return False
         return model in self.models or not self.discovered
 
-    def start_failed(self, reason: str, now: float) -> None:
+    def start_failed(
+        self, reason: str, now: float, log: str | None = None, stderr: list[str] | None = None
+    ) -> None:
         self.failures += 1
         self.last_failure_m = now
         self.last_failure = reason
+        self.last_log, self.last_stderr = log, list(stderr or [])
+
+    def failure_view(self) -> dict[str, object] | None:
+        """The last failed start for the status and the dashboard: None while none failed."""
+        if not self.last_failure:
+            return None
+        return {
+            "failures": self.failures,
+            "reason": self.last_failure,
+            "log": self.last_log,
+            "stderr": self.last_stderr,
+        }
 
 
 class Specs(dict[str, SpecRuntime]):
