@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from balancer.calls import protocol
 from balancer.calls.path import shmem_unsupported, test_shmem
-from balancer.http.messages import Reply, Request
+from balancer.http.messages import Reply, Request, error_reply
 from balancer.http.router import Router
 
 if TYPE_CHECKING:
@@ -50,7 +50,16 @@ def client_router(b: Balancer) -> Router:
     r.add("DELETE", "/api/forecast", b.forecast_api.delete)
     for method, path, handler, prefix in b.dashboard.routes():  # read-only: no token
         (r.add_prefix if prefix else r.add)(method, path, handler)
+    r.add("GET", "/", root)
     return r
+
+
+async def root(request: Request) -> Reply:
+    """``GET /``: a browser (it accepts HTML) is sent to the dashboard; a UM-Bridge or script client
+    gets the JSON 404 it always got."""
+    if b"text/html" in request.headers.get(b"accept", b""):
+        return 303, b"Location: /dashboard\r\nContent-Type: text/plain\r\n", b"see /dashboard\n"
+    return error_reply("NotFound", "no route GET /", 404)
 
 
 def _bind(fn: Any, op: str) -> Any:

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from balancer.config.schema import BalancerConfig, ConfigError
+from balancer.control import registry
 from balancer.http.urls import url_host
+from balancer.observe.console import NORMAL, Console
 from balancer.observe.events import Ev, EventBus
 from balancer.observe.journal import Journal
 
@@ -117,8 +119,10 @@ class Runner:
         journal: bool = True,
         clock: Callable[[], float] = time.monotonic,
         bus: EventBus | None = None,
+        console: int | None = None,
     ) -> None:
         self.cfg = cfg
+        self._console_level = console  # serve()'s console on stderr: observe/console.py's level
         self._backend_for = backend
         self._source = source
         self._run_dir = run_dir
@@ -207,6 +211,15 @@ class Runner:
         """Run until SIGINT/SIGTERM, then shut down gracefully; SIGHUP reloads the configuration
         file. Returns the exit code: 0, or 2 with one line on stderr when the start failed."""
         loop = asyncio.get_running_loop()
+        console = Console(NORMAL if self._console_level is None else self._console_level)
+        detach = console.attach(self.bus)
+        try:
+            return await self._serve(loop)
+        finally:
+            detach()
+            console.close()
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
         try:
             b = await self.open()
             # Signals from here on: a SIGINT while the backend starts (or the first forecast is
@@ -224,6 +237,9 @@ class Runner:
             loop.add_signal_handler(signal.SIGHUP, lambda: hup.append(True))
             await self.start()
         except StartError as exc:
+            if self.balancer is not None:  # a failed start is never taken for a running balancer
+                with contextlib.suppress(OSError):
+                    (self.balancer.run_dir / "url").unlink()
             print(f"balancer: {exc}", file=sys.stderr)
             return 2
         print(
@@ -241,10 +257,17 @@ class Runner:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         if hup:
             on_hup()
-        await stop.wait()
-        loop.remove_signal_handler(signal.SIGHUP)
-        print(f"balancer: {reason[0]}: stopping (grace {b.cfg.shutdown_grace_s:g} s)", flush=True)
-        await self.stop(reason[0])
+        # In the user's registry while it serves: the CLI finds it from any directory (registry.py).
+        entered = registry.register(b.run_dir, self.url, b.reloader.path, self.cfg.scheduler)
+        try:
+            await stop.wait()
+            loop.remove_signal_handler(signal.SIGHUP)
+            print(f"balancer: {reason[0]}: stopping (grace {b.cfg.shutdown_grace_s:g} s)", flush=True)
+            await self.stop(reason[0])
+        finally:
+            registry.unregister(entered)
+            with contextlib.suppress(OSError):  # no command takes this run for a running balancer
+                (b.run_dir / "url").unlink()
         print("balancer: stopped", flush=True)
         return 0
 

@@ -17,6 +17,9 @@ TIERS = ("unit", "inproc", "system", "cluster", "browser")
 # The capacity history outlives a run (by default in ~/.local/share): every balancer the tests start,
 # in-process or as a subprocess, keeps it in this session's own directory instead.
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="ub-test-data-")
+# The registry of running balancers (control/registry.py) likewise: the tests' balancers never meet
+# the developer's own, and each session starts with none (mkdtemp makes it owner-only, as required).
+os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="ub-test-run-")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

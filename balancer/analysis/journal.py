@@ -27,11 +27,13 @@ from balancer.analysis.model import (
     finish_servers,
 )
 from balancer.analysis.progress import ByteProgress
+from balancer.observe.events import EVENT_NAMES
 
 SCHEMA_VERSION = 1
 
-#: Namespaces of events the metrics do not need (balancer.started, server.draining, scale.decision,
-#: auth.refused, and kinds added later); unknown ``call.*`` or other events are counted in a warning.
+#: Every event the balancer writes is known (``EVENT_NAMES``, the journal's own list, not a copy);
+#: namespaces whose later kinds the metrics do not need are quiet too; an unknown ``call.*`` or other
+#: event (a newer balancer's, a foreign file's) is counted in a warning.
 _QUIET_NAMESPACES = ("balancer.", "server.", "spec.", "scale.", "auth.", "forecast.", "profile.", "workload.")
 _SERVER_EVENTS = frozenset(
     {
@@ -106,7 +108,7 @@ class _Columns:
         handler = self.handlers.get(ev) if isinstance(ev, str) else None
         if handler is not None:
             handler(d, m)
-        elif not (isinstance(ev, str) and ev.startswith(_QUIET_NAMESPACES)):
+        elif not (isinstance(ev, str) and (ev in EVENT_NAMES or ev.startswith(_QUIET_NAMESPACES))):
             self.unknown[ev] = self.unknown.get(ev, 0) + 1
 
     def received(self, d: dict[str, Any], m: float) -> None:

@@ -1,8 +1,10 @@
 """The operator commands' side of the API: find the running balancer, call it with its token.
 
-The balancer writes its URL and token into its run directory (0700); a command takes the newest
-run under ``.balancer-runs`` (or ``--run-dir``, or ``--url`` with ``UMBRIDGE_BALANCER_TOKEN``), so
-its owner types no token. The token goes only to a URL given on the command line or read from a
+The balancer writes its URL and token into its run directory (0700) and enters itself in the
+user's registry of running balancers (``control/registry.py``); a command takes the one running
+balancer from there, from any directory (or ``--pid``, ``--run-dir``, or ``--url`` with
+``UMBRIDGE_BALANCER_TOKEN``; with none registered, the newest run under ``.balancer-runs``), so its
+owner types no token. The token goes only to a URL given on the command line or read from a
 file we own that nobody else can write, in a directory only we can enter: a run directory another
 user planted is never used (``newest_run_dir`` skips it, ``--run-dir`` refuses it). Every failure,
 a malformed answer of the API included, is a ``CliError``: one readable line, exit status 2.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import getpass
 import http.client
 import json
@@ -23,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from balancer.control import registry
 from balancer.launcher.contract import UnsafeFile, dir_problem, read_bounded
 
 EXIT_USAGE = 2
@@ -61,17 +65,56 @@ def command(fn: Command) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def target_args(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--run-dir", help="the balancer's run directory (default: newest in .balancer-runs)")
+def target_args(q: argparse.ArgumentParser, json_flag: bool = True) -> None:
+    q.add_argument(
+        "--run-dir", help="the balancer's run directory (default: the one running, see `balancer ls`)"
+    )
+    q.add_argument("--pid", type=int, help="the running balancer with this pid (see `balancer ls`)")
     q.add_argument("--url", help="the balancer's URL (token from UMBRIDGE_BALANCER_TOKEN or the run dir)")
-    q.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    if json_flag:
+        q.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+
+def describe(e: registry.Entry) -> str:
+    return f"pid {e.pid} {e.url} ({e.config or 'no config file'})"
+
+
+def running_entry(args: argparse.Namespace) -> registry.Entry:
+    """The registry's entry ``args`` name (``--pid``, ``--run-dir``), or the only one running; a
+    CliError that lists them when several run and none is named."""
+    entries = registry.running()
+    pid, run_dir = getattr(args, "pid", None), getattr(args, "run_dir", None)
+    if pid is not None:
+        entries = [e for e in entries if e.pid == pid]
+    if run_dir:
+        entries = [e for e in entries if Path(e.run_dir) == Path(run_dir).resolve()]
+    if len(entries) == 1:
+        return entries[0]
+    if not entries:
+        which = f" with pid {pid}" if pid is not None else f" in {run_dir}" if run_dir else ""
+        raise CliError(f"no running balancer{which} (`balancer ls` lists the running ones)")
+    listed = "; ".join(describe(e) for e in entries)
+    raise CliError(f"{len(entries)} balancers are running, say which with --pid or --run-dir: {listed}")
+
+
+def find_run_dir(args: argparse.Namespace) -> Path | None:
+    """The run directory of the one running balancer (the registry), else the newest run here."""
+    url = (getattr(args, "url", None) or "").rstrip("/")
+    if getattr(args, "pid", None) is not None or (registry.running() and not url):
+        return Path(running_entry(args).run_dir)
+    for e in registry.running() if url else ():
+        if e.url.rstrip("/") == url:  # --url without a token: the token of that balancer's run
+            return Path(e.run_dir)
+    return newest_run_dir()  # a balancer that could not write the registry
 
 
 def target(args: argparse.Namespace) -> tuple[str, str]:
-    """(URL, token) of the balancer ``args`` name, or of the newest run of ours."""
-    run_dir = Path(args.run_dir) if args.run_dir else newest_run_dir()
+    """(URL, token) of the balancer ``args`` name, or of the one running balancer of ours."""
+    run_dir = Path(args.run_dir) if args.run_dir else None
     token = os.environ.get("UMBRIDGE_BALANCER_TOKEN", "")
     url = args.url
+    if run_dir is None and not (url and token):
+        run_dir = find_run_dir(args)
     if run_dir is not None and not (url and token):
         why = not_private(run_dir)
         if why:
@@ -79,7 +122,7 @@ def target(args: argparse.Namespace) -> tuple[str, str]:
         url = url or read_private(run_dir / "url", secret=False)
         token = token or read_private(run_dir / "token", secret=True)
     if not url:
-        raise CliError("no balancer found: give --run-dir or --url")
+        raise CliError("no balancer found: none is running (`balancer ls`); give --run-dir or --url")
     if not token:
         raise CliError("no token: set UMBRIDGE_BALANCER_TOKEN or give --run-dir")
     return url.rstrip("/"), token
@@ -109,7 +152,10 @@ def read_private(path: Path, secret: bool) -> str:
         )
         raise CliError(f"will not use {path}: {why}") from None
     except OSError as exc:
-        raise CliError(f"cannot read the balancer's {path.name} in {path.parent}: {exc.strerror}") from None
+        reason = exc.strerror
+        if exc.errno == errno.ENOENT and path.name == "url":  # removed when it stopped or failed to start
+            reason = "no balancer runs from it (it stopped, or its start failed; see `balancer ls`)"
+        raise CliError(f"cannot read the balancer's {path.name} in {path.parent}: {reason}") from None
     try:
         return data.decode().strip()
     except UnicodeDecodeError:
@@ -117,17 +163,30 @@ def read_private(path: Path, secret: bool) -> str:
 
 
 def newest_run_dir() -> Path | None:
-    """The newest run directory under ``.balancer-runs`` that is ours alone (others are skipped)."""
+    """The newest run directory under ``.balancer-runs`` that is ours alone (others are skipped), and
+    not of a dead balancer (a failed start leaves no ``url``)."""
     root = Path(".balancer-runs")
     dirs = []
     for d in root.glob("*") if root.is_dir() else ():
         with contextlib.suppress(OSError, CliError):
+            e = registry.read_entry(d / registry.RUN_FILE)
+            if e is not None and not registry.alive(e):
+                continue  # its balancer was killed: never taken for a running one
             if not_private(d) is None:
                 dirs.append((os.stat(d / "url", follow_symlinks=False).st_mtime, d))
     return max(dirs)[1] if dirs else None
 
 
-def call(url: str, token: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def fig(v: float) -> str:
+    """A figure as people read it: 0.0566747 -> 0.06, 3.0 -> 3, 12.34 -> 12.3, 1234.5 -> 1234."""
+    digits = 0 if abs(v) >= 100 else 1 if abs(v) >= 10 else 2
+    text = f"{v:.{digits}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def call(
+    url: str, token: str, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 30
+) -> dict[str, Any]:
     """One API call; the token goes in the Authorization header (never a cookie or the URL)."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"{url}{path}", data=data, method=method)
@@ -139,7 +198,7 @@ def call(url: str, token: str, method: str, path: str, body: dict[str, Any] | No
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             data = resp.read(MAX_ANSWER + 1)
     except urllib.error.HTTPError as exc:
         try:

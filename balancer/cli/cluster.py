@@ -24,6 +24,7 @@ from balancer.capacity.history import History, default_history_path
 from balancer.capacity.sample import CapacitySample
 from balancer.capacity.swf import TraceError
 from balancer.capacity.traces import detect_format, load_series
+from balancer.cli.apiclient import fig
 
 EXIT_USAGE = 2
 
@@ -128,11 +129,11 @@ def _collector(args: argparse.Namespace) -> Collector:
 
 def _line(s: CapacitySample) -> str:
     when = datetime.datetime.fromtimestamp(s.t).isoformat(timespec="seconds")
-    out = f"{when} {s.source} {s.partition or '-'} idle {s.idle_cpus:g}/{s.total_cpus:g} CPUs"
+    out = f"{when} {s.source} {s.partition or '-'} idle {fig(s.idle_cpus)}/{fig(s.total_cpus)} CPUs"
     if s.total_gpus:
-        out += f", {s.idle_gpus or 0:g}/{s.total_gpus:g} GPUs"
+        out += f", {fig(s.idle_gpus or 0)}/{fig(s.total_gpus)} GPUs"
     if s.pending_jobs is not None:
-        out += f", {s.pending_jobs} pending ({s.pending_cpus or 0:g} CPUs)"
+        out += f", {s.pending_jobs} pending ({fig(s.pending_cpus or 0)} CPUs)"
     if s.expected_wait_s is not None:
         out += f", expected wait {s.expected_wait_s:.0f} s"
     if s.load is not None:
@@ -174,7 +175,7 @@ def _import(args: argparse.Namespace) -> int:
     series = load_series(args.file, args.grid, args.cpus)
     with _history(args) as hist:
         n = hist.import_series(series, fmt, args.partition)
-    print(f"imported {n} slots of {args.grid:g} s ({fmt}, {series.total:g} CPUs) into {args.history}")
+    print(f"imported {n} slots of {fig(args.grid)} s ({fmt}, {fig(series.total)} CPUs) into {args.history}")
     return 0
 
 
@@ -197,7 +198,7 @@ def _show(args: argparse.Namespace) -> int:
     if seen.any():
         vals = series.values[seen]
         print(
-            f"grid {args.grid:g} s: {int(seen.sum())} of {len(seen)} slots observed; idle CPUs mean "
-            f"{vals.mean():.1f}, min {vals.min():g}, max {vals.max():g} of {series.total:g}"
+            f"grid {fig(args.grid)} s: {int(seen.sum())} of {len(seen)} slots observed; idle CPUs mean "
+            f"{vals.mean():.1f}, min {fig(vals.min())}, max {fig(vals.max())} of {fig(series.total)}"
         )
     return 0

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from balancer import units
-from balancer.cli.apiclient import CliError, call, command, target_args
+from balancer.cli.apiclient import CliError, call, command, fig, target_args
 
 
 def add_forecast_parser(sub: Any) -> None:
@@ -93,20 +93,21 @@ def format_status(doc: dict[str, Any]) -> str:
     if ov:
         until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ov["expires_at"]))
         why = f" ({ov['reason']})" if ov.get("reason") else ""
-        lines.append(f"override: {ov['idle_cpus']:g} idle CPUs until {until}{why}")
+        lines.append(f"override: {fig(ov['idle_cpus'])} idle CPUs until {until}{why}")
     held = doc.get("held_cpus") or 0.0
     if doc.get("observed_idle_cpus") is not None:
         cap = doc.get("observed_capacity_cpus")
         cap = doc["observed_idle_cpus"] + held if cap is None else cap
         lines.append(
-            f"observed now: capacity {cap:g} CPUs = {doc['observed_idle_cpus']:g} idle + {held:g} ours"
+            f"observed now: capacity {fig(cap)} CPUs = {fig(doc['observed_idle_cpus'])} idle"
+            f" + {fig(held)} ours"
         )
     elif held:
-        lines.append(f"ours now: {held:g} CPUs held by our running jobs")
+        lines.append(f"ours now: {fig(held)} CPUs held by our running jobs")
     nxt = doc.get("next", {}).get("idle") or []
     if nxt:
         step = doc.get("grid_s", 900) / 60
         lines.append(
-            f"capacity (idle + ours), next {len(nxt)} x {step:g} min: " + " ".join(f"{v:.0f}" for v in nxt)
+            f"capacity (idle + ours), next {len(nxt)} x {fig(step)} min: " + " ".join(f"{v:.0f}" for v in nxt)
         )
     return "\n".join(lines)

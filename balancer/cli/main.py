@@ -30,6 +30,7 @@ async def serve(
     config_path: str | None = None,
     digest: str | None = None,
     overrides: dict[str, Any] | None = None,
+    console: int | None = None,
 ) -> int:
     """Run until SIGINT/SIGTERM, then shut down gracefully; SIGHUP reloads the configuration file
     (``overrides``, the command line's options, still win over it). Returns the exit code."""
@@ -37,7 +38,7 @@ async def serve(
     from balancer.runner import Runner
 
     source = ConfigSource(cfg, config_path, digest, overrides or {})  # as parsed: "auto" unsized
-    return await Runner(cfg, source=source).serve()
+    return await Runner(cfg, source=source, console=console).serve()
 
 
 def _serve_main(args: argparse.Namespace) -> int:
@@ -57,7 +58,12 @@ def _serve_main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"balancer: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(cfg, os.path.abspath(args.config), digest, overrides))
+    if getattr(args, "detach", False):  # checked here first: a config error is one line, at once
+        from balancer.cli.daemon import detach
+
+        return detach(args.argv, cfg.run_dir)
+    level = 1 + getattr(args, "verbose", 0) - getattr(args, "quiet", 0)  # observe/console.py's levels
+    return asyncio.run(serve(cfg, os.path.abspath(args.config), digest, overrides, level))
 
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -78,15 +84,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="balancer", description="UM-Bridge load balancer with a warm pool of model servers")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("serve", help="run the balancer")
+    p = sub.add_parser(
+        "serve", help="run the balancer: the UM-Bridge URL in front of a pool of model servers"
+    )
     p.add_argument("--config", required=True, help="TOML configuration file")
     _add_serve_args(p)
+    p.add_argument(
+        "--detach", action="store_true",
+        help="run in the background (survives the terminal; log in RUN_DIR/balancer.log); "
+        "returns once it serves; `balancer stop` ends it",
+    )  # fmt: skip
+    p.add_argument("-q", "--quiet", action="count", default=0, help="stderr: warnings and errors only")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="stderr: scaling and failed calls too")
     p.set_defaults(func=_serve_main)
     from balancer.analysis.cli import add_subcommands  # part of the package; pandas loads only when used
 
     add_subcommands(sub)
     _add_cluster_commands(sub)
+    from balancer.cli.daemon import add_ls_parser
+    from balancer.cli.helptext import polish
+
+    add_ls_parser(sub)
+    polish(parser)
+    with contextlib.suppress(ImportError):  # shell completion: the optional "completion" extra
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.argv = argv  # ``serve --detach`` starts the same command line in the background
     return int(args.func(args))
 
 

@@ -23,14 +23,19 @@ def add_operator_parsers(sub: Any) -> None:
     p = sub.add_parser("servers", help="every live server: state, job, host, calls, time left")
     target_args(p)
     p.set_defaults(func=command(_servers))
-    for name, help_ in (
-        ("drain", "let a server finish its calls, then stop it (demand starts a new one as needed)"),
-        ("stop", "stop a server now (its calls in flight are retried on another server)"),
-    ):
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("server", help="server id (see `balancer servers`)")
-        target_args(p)
-        p.set_defaults(func=command(_server_action), action=name)
+    p = sub.add_parser(
+        "drain", help="let a server finish its calls, then stop it (demand starts a new one as needed)"
+    )
+    p.add_argument("server", help="server id (see `balancer servers`)")
+    target_args(p)
+    p.set_defaults(func=command(_server_action), action="drain")
+    p = sub.add_parser(
+        "stop", help="stop the balancer (calls in flight finish, then it exits), or with SERVER that "
+        "server now (its calls in flight are retried on another server)",
+    )  # fmt: skip
+    p.add_argument("server", nargs="?", help="server id (see `balancer servers`); without it: the balancer")
+    target_args(p)
+    p.set_defaults(func=_stop, action="stop")
     p = sub.add_parser("scale", help="change a spec's limits while it runs")
     p.add_argument("spec", help="server spec name")
     p.add_argument("--min", type=int, dest="min_servers", help="servers kept warm at all times")
@@ -50,6 +55,16 @@ def add_operator_parsers(sub: Any) -> None:
     p.add_argument("--config", help="read this file instead (it becomes the one later reloads read)")
     target_args(p)
     p.set_defaults(func=command(_reload))
+
+
+def _stop(args: argparse.Namespace) -> int:
+    """``stop SERVER`` stops that server; plain ``stop`` the balancer (``balancer serve --detach``'s
+    end), found in the registry like every command."""
+    if args.server:
+        return command(_server_action)(args)
+    from balancer.cli.daemon import stop_balancer
+
+    return stop_balancer(args)
 
 
 def _status(args: argparse.Namespace, url: str, token: str) -> tuple[Any, str]:
@@ -134,6 +149,9 @@ def format_status(doc: dict[str, Any], url: str) -> str:
         limits = [str(sp["min_servers"]), str(sp["max_servers"]), str(sp["backlog"])]
         rows.append([name, state, *counts, *limits, ",".join(sp["models"]) or "?"])
     lines += ["", _table(rows)]
+    for name, sp in doc.get("specs", {}).items():  # relative commands start from here
+        if sp.get("cwd"):
+            lines.append(f"cwd: {name}: {sp['cwd']}")
     conf = doc.get("config")
     if conf:
         last = str(conf.get("last_rejected"))
@@ -148,6 +166,9 @@ def format_status(doc: dict[str, Any], url: str) -> str:
     lines += ["", f"waiting: {waiting}"]
     for name, why in doc.get("held", {}).items():
         lines.append(f"held: {name}: {why}")
+    for name, f in (doc.get("failures") or {}).items():  # failed starts in a row, not (yet) held
+        if name not in doc.get("held", {}) and f.get("failures"):
+            lines.append(f"failed starts: {name}: {f['failures']} in a row, last: {f['reason']}")
     sc = doc.get("scaler", {})
     if sc.get("errors"):
         lines.append(f"scaler errors: {sc['errors']} (last: {sc.get('error')})")

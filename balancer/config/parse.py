@@ -122,10 +122,10 @@ def _parse_spec(idx: int, raw: Any, base_dir: Path, scheduler: str) -> ServerSpe
     if not (isinstance(models, list) and all(isinstance(m, str) and m for m in models)):
         raise ConfigError(f"{key}.models", "expected a list of model names")
     env_items = _parse_env(key, raw.get("env", {}))
-    cwd = raw.get("cwd")
+    cwd = raw.get("cwd", ".")  # as documented: the configuration file's directory (a dict's: the cwd)
     if cwd is not None:
         typed(f"{key}.cwd", cwd, str, "a directory")
-        cwd_path = Path(cwd) if Path(cwd).is_absolute() else base_dir / cwd
+        cwd_path = (Path(cwd) if Path(cwd).is_absolute() else base_dir / cwd).resolve()
         if not cwd_path.is_dir():
             raise ConfigError(f"{key}.cwd", f"no such directory: {cwd_path}")
         cwd = str(cwd_path)

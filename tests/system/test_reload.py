@@ -426,7 +426,7 @@ def test_sighup_cli_and_api_reload_alike_and_metadata_follows_the_new_servers(st
     assert model([[1.0, 0.0, 0.0]]) == [[2.0]]
 
     # balancer reload --config OTHER: the same change the same way; OTHER becomes the current path.
-    other = tmp_path / "other.toml"
+    other = b.config.parent / "other.toml"  # beside it: the servers' cwd (the file's directory) stays
     cfg["servers"][0]["env"] = {"TEST_INPUT_SIZES": "2"}
     write_cfg(other, cfg)
     by_cli = reload_cli(b, "--config", os.path.relpath(other, ROOT))  # relative to the CLI's cwd
