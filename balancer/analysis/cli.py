@@ -101,18 +101,35 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 @_guarded
 def cmd_plot(args: argparse.Namespace) -> int:
-    """Write the PNG plots of the runs into the output directory and list them."""
-    runs = _load(args.runs, args.progress)
-    from balancer.analysis.plots import make_figures, save_figures
+    """Write the plots of the runs (PNG, SVG, PDF) into the output directory and list them."""
+    formats = [f.strip().lower() for arg in args.format or ["png"] for f in arg.split(",") if f.strip()]
+    labels = args.label or None
+    if labels and len(labels) != len(args.runs):  # before loading: a typo costs no long load
+        raise AnalysisError(f"{len(labels)} --label given for {len(args.runs)} run(s): give one per run")
+    from balancer.analysis.plots import FORMATS, make_figures, save_figures
 
+    bad = sorted(set(formats) - set(FORMATS))
+    if bad:
+        raise AnalysisError(f"--format {','.join(bad)}: expected png, svg or pdf")
+    runs = _load(args.runs, args.progress)
     try:
-        paths = save_figures(make_figures(runs), args.output)
+        paths = save_figures(make_figures(runs, labels), args.output, dpi=args.dpi, formats=formats)
     except OSError as exc:
         _err(f"cannot write plots to {args.output}: {exc.strerror or exc}")
         return EXIT_OUTPUT
     for p in paths:
         print(p)
     return EXIT_OK
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
 
 
 def _progress_flags(p: argparse.ArgumentParser) -> None:
@@ -147,12 +164,26 @@ def add_subcommands(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "plot",
-        help="PNG plots of one or more runs",
+        help="plots of one or more runs (PNG, SVG, PDF)",
         description="Makespan and lag distributions, a server timeline per run, queue length and live "
-        "servers over time, and server utilisation, as PNG files.",
+        "servers over time, and server utilisation, as PNG, SVG or PDF files.",
+        epilog="example: balancer plot RUN_A RUN_B --label a --label b --format pdf -o figs",
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help=_RUN_HELP)
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory for the PNG files")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory for the plot files")
+    p.add_argument(
+        "--format",
+        action="append",
+        metavar="FMT",
+        help="png, svg or pdf; repeat or separate by commas for several (default: png)",
+    )
+    p.add_argument("--dpi", type=_positive_int, default=110, help="resolution of PNGs (default: 110)")
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="TEXT",
+        help="the run's name in legends and titles, one per RUN in order (default: the run's name)",
+    )
     _progress_flags(p)
     p.set_defaults(func=cmd_plot)
 

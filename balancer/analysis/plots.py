@@ -1,8 +1,10 @@
-"""PNG plots of one or more runs (matplotlib's Agg renderer: works on headless login nodes).
+"""Plots of one or more runs as PNG, SVG or PDF (matplotlib without pyplot: works on headless login nodes).
 
 Every function returns a ``Figure`` so tests and notebooks can inspect it; ``save_figures`` writes
 them. Figures are created without pyplot, so no global backend is switched and nothing has to be
-closed: a bare ``Figure`` renders PNGs with the Agg canvas. Each figure has a title, axis labels
+closed: a bare ``Figure`` picks the canvas of the format it is saved in (Agg, SVG, PDF). Runs are
+named by ``labels`` where given (a paper's legend says "baseline", not a run directory's time
+stamp), and counts (calls waiting, servers) get integer ticks. Each figure has a title, axis labels
 with units and a legend where more than one thing is drawn. Very large runs are drawn from a
 bounded number of calls (stated in the title) to keep plotting fast.
 """
@@ -15,8 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from balancer.analysis.errors import AnalysisError
 from balancer.analysis.model import Run, live_servers, queue_length
 from balancer.analysis.summary import unique_names
 
@@ -24,6 +29,23 @@ from balancer.analysis.summary import unique_names
 MAX_GANTT_CALLS = 20_000
 #: Most server rows in one Gantt chart.
 MAX_GANTT_ROWS = 200
+#: The formats ``save_figures`` writes (matplotlib's own canvases: no extra dependency).
+FORMATS = ("png", "svg", "pdf")
+
+
+def run_names(runs: Sequence[Run], labels: Sequence[str] | None = None) -> list[str]:
+    """The name each run has in legends and titles: its label, else its unique run name."""
+    if not labels:
+        return unique_names(runs)
+    if len(labels) != len(runs):
+        raise AnalysisError(f"{len(labels)} label(s) given for {len(runs)} run(s): give one --label per run")
+    seen: dict[str, int] = {}  # two runs labelled alike still get a file each
+    names = []
+    for label in labels:
+        n = seen.get(label, 0)
+        seen[label] = n + 1
+        names.append(label if n == 0 else f"{label} ({n + 1})")
+    return names
 
 
 def _log_bins(values: Sequence[np.ndarray], n: int = 40) -> np.ndarray:
@@ -37,11 +59,11 @@ def _log_bins(values: Sequence[np.ndarray], n: int = 40) -> np.ndarray:
     return np.logspace(np.log10(lo), np.log10(hi), n)
 
 
-def distributions(runs: Sequence[Run]) -> Figure:
+def distributions(runs: Sequence[Run], labels: Sequence[str] | None = None) -> Figure:
     """Makespan and lag histograms of successful evaluations, one line per run, on log-log axes."""
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     axes = fig.subplots(1, 2)
-    names = unique_names(runs)
+    names = run_names(runs, labels)
     for ax, col, label in ((axes[0], "makespan", "makespan"), (axes[1], "lag", "lag (makespan - compute)")):
         data = []
         for r in runs:
@@ -57,6 +79,7 @@ def distributions(runs: Sequence[Run]) -> Figure:
                 drawn = True
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _plain_log_ticks(ax)
         ax.set_xlabel(f"{label} [s]")
         ax.set_ylabel("calls per bin")
         ax.set_title(f"{label.split(' ')[0].capitalize()} distribution")
@@ -66,6 +89,19 @@ def distributions(runs: Sequence[Run]) -> Figure:
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center")
     fig.suptitle("Per-call latency of successful evaluations")
     return fig
+
+
+def _plain_log_ticks(ax: Axes) -> None:
+    """Log axes labelled in plain numbers (0.05, 0.1, 0.2; not 5x10^-2), with 2 and 5 between the
+    decades labelled where the data span few decades: matplotlib's own minor labels overlap there."""
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        axis.set_major_formatter(plain)
+        if 0 < lo and hi / lo < 1e3:
+            axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            axis.set_minor_formatter(plain)
+        else:
+            axis.set_minor_formatter(NullFormatter())
 
 
 def _lanes(intervals: pd.DataFrame) -> pd.Series:
@@ -85,7 +121,7 @@ def _lanes(intervals: pd.DataFrame) -> pd.Series:
     return pd.Series(lane).reindex(intervals.index).map(lambda i: f"slot {i + 1}")
 
 
-def timeline(run: Run) -> Figure:
+def timeline(run: Run, label: str | None = None) -> Figure:
     """Gantt chart: each server's start-up and live time, with the calls it served on top."""
     servers = run.servers
     iv = run.intervals.dropna(subset=["start"]).copy()
@@ -125,7 +161,7 @@ def timeline(run: Run) -> Figure:
     ax.invert_yaxis()
     ax.set_xlabel("time since start of run [s]")
     ax.set_ylabel("server" if not unknown.any() else "server / task slot")
-    title = f"Timeline of {run.name}"
+    title = f"Timeline of {label or run.name}"
     if truncated:  # show only the window the drawn calls cover, or later servers would look idle
         window = float(iv["end"].max())
         ax.set_xlim(0, window)
@@ -146,11 +182,11 @@ def timeline(run: Run) -> Figure:
     return fig
 
 
-def queue_and_servers(runs: Sequence[Run]) -> Figure:
-    """Queue length and live servers over time, one line per run."""
+def queue_and_servers(runs: Sequence[Run], labels: Sequence[str] | None = None) -> Figure:
+    """Queue length and live servers over time, one line per run; counts on integer ticks."""
     fig = Figure(figsize=(12, 6.5), layout="constrained")
     ax_q, ax_s = fig.subplots(2, 1, sharex=True)
-    for name, r in zip(unique_names(runs), runs, strict=True):
+    for name, r in zip(run_names(runs, labels), runs, strict=True):
         t, q = queue_length(r.calls, r.end)
         ax_q.step(
             np.concatenate([[0.0], t, [r.end]]),
@@ -171,16 +207,18 @@ def queue_and_servers(runs: Sequence[Run]) -> Figure:
     ax_s.set_ylabel("live servers")
     ax_s.set_title("Live (ready) servers over time")
     ax_s.set_xlabel("time since start of run [s]")
-    ax_q.legend(fontsize="small")
-    ax_s.legend(fontsize="small")
+    for ax in (ax_q, ax_s):  # no "2.5 servers"
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize="small")
     return fig
 
 
-def utilisation(runs: Sequence[Run]) -> Figure:
+def utilisation(runs: Sequence[Run], labels: Sequence[str] | None = None) -> Figure:
     """Busy and idle seconds per server, stacked, one panel per run; the overall figure in the title."""
     fig = Figure(figsize=(12, 3.2 * len(runs) + 0.5), layout="constrained")
     axes = fig.subplots(len(runs), 1, squeeze=False)
-    for ax, name, r in zip(axes[:, 0], unique_names(runs), runs, strict=True):
+    for ax, name, r in zip(axes[:, 0], run_names(runs, labels), runs, strict=True):
         s = r.servers.head(MAX_GANTT_ROWS)
         util = r.summary().get("utilisation")
         x = np.arange(len(s))
@@ -201,15 +239,16 @@ def utilisation(runs: Sequence[Run]) -> Figure:
     return fig
 
 
-def make_figures(runs: Sequence[Run]) -> dict[str, Figure]:
-    """All figures for the runs, keyed by file name stem."""
+def make_figures(runs: Sequence[Run], labels: Sequence[str] | None = None) -> dict[str, Figure]:
+    """All figures for the runs, keyed by file name stem; ``labels`` name the runs (one per run)."""
+    names = run_names(runs, labels)
     figs = {
-        "distributions": distributions(runs),
-        "queue_servers": queue_and_servers(runs),
-        "utilisation": utilisation(runs),
+        "distributions": distributions(runs, names),
+        "queue_servers": queue_and_servers(runs, names),
+        "utilisation": utilisation(runs, names),
     }
-    for name, r in zip(unique_names(runs), runs, strict=True):
-        figs[f"timeline_{_slug(name)}"] = timeline(r)
+    for name, r in zip(names, runs, strict=True):
+        figs[f"timeline_{_slug(name)}"] = timeline(r, name)
     return figs
 
 
@@ -218,13 +257,24 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "run"
 
 
-def save_figures(figs: dict[str, Figure], outdir: str | Path, dpi: int = 110) -> list[Path]:
-    """Write each figure as ``<outdir>/<key>.png``; returns the paths."""
+def save_figures(
+    figs: dict[str, Figure], outdir: str | Path, dpi: int = 110, formats: Sequence[str] = ("png",)
+) -> list[Path]:
+    """Write each figure as ``<outdir>/<key>.<format>`` for each format; returns the paths. ``dpi``
+    sizes the PNG (and the raster parts of SVG/PDF, which are otherwise vector)."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise AnalysisError(f"unknown plot format {', '.join(bad) or '(none)'}: use {', '.join(FORMATS)}")
+    if dpi <= 0:
+        raise AnalysisError(f"--dpi must be > 0, got {dpi}")
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for key, fig in figs.items():
-        p = out / f"{key}.png"
-        fig.savefig(p, dpi=dpi)
-        paths.append(p)
+        for fmt in dict.fromkeys(formats):
+            p = out / f"{key}.{fmt}"
+            # No creation date in SVG/PDF: the same run gives the same file (a paper's repository).
+            meta = {"Date": None} if fmt in ("svg", "pdf") else None
+            fig.savefig(p, dpi=dpi, format=fmt, metadata=meta)
+            paths.append(p)
     return paths

@@ -57,13 +57,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("balancer.routes",),
     ("balancer.app",),
     ("balancer.runner",),
-    ("balancer.cli", "balancer.demo"),
+    ("balancer.cli", "balancer.demo", "balancer.session"),
 )
 
 # The top of the stack: a module of it -> who may import it. The runner owns one balancer's life
 # cycle and builds the app's wiring (``app.Balancer``) inside it, so it may import the app; the app
 # never imports the runner, and nothing below the top imports either.
-TOP = ("balancer.cli", "balancer.demo")
+TOP = ("balancer.cli", "balancer.demo", "balancer.session")  # session: the Python API
 TOP_ONLY: dict[str, tuple[str, ...]] = {
     "balancer.cli": TOP,
     "balancer.runner": TOP,
