@@ -1,9 +1,11 @@
-"""Make ``docs/dashboard.png``: the dashboard at 1280x800 after a short, varied campaign.
+"""Make ``docs/dashboard.png`` (1280x800) and ``docs/dashboard-1920.png`` (1920x1080): the
+dashboard after a short, varied campaign.
 
-A real balancer with the test model (three servers at most, idle ones stop after 15 s) and a
-synthetic three-day capacity history (so a forecast is trained and drawn against the observed idle
-CPUs), a load that rises and falls, a few calls of an unknown model (failures), then a pause in which
-servers stop. Headless Chromium from Debian (``tests/chromium.py`` installs it), driven by Playwright.
+A real balancer with the test model (three servers at most, idle ones stop after
+15 s), a spec whose model cannot start (it is held, with the model's reason), and a synthetic
+three-day capacity history (so a forecast is trained and drawn against the observed idle CPUs), a
+load that rises and falls, a few calls of an unknown model (failures), then a pause in which servers
+stop. Headless Chromium from Debian (``tests/chromium.py`` installs it), driven by Playwright.
 
     .venv/bin/python docs/dashboard_shot.py [--out docs/dashboard.png]   # ~80 s
 """
@@ -65,9 +67,11 @@ def main() -> None:
     hist = tmp / "capacity.sqlite"
     history(hist)
     spec = test_model_spec(min_servers=1, max_servers=3, idle_timeout_s=15, env={"TEST_DELAY": "30"})
+    crash = "import sys; sys.exit('no such input file: mesh.h5')"  # a model that cannot start: held
+    broken = {"name": "broken", "command": [sys.executable, "-c", crash], "min_servers": 1, "max_servers": 1}
     forecast = {"history": str(hist), "min_history_s": 86400.0, "collect_interval_s": 5.0, "grid_s": 300.0,
                 "horizon_s": 6 * 3600.0, "cooldown_s": 5.0}  # fmt: skip
-    b = BalancerProc(tmp, [spec], tables={"forecast": forecast})
+    b = BalancerProc(tmp, [spec, broken], tables={"forecast": forecast})
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(
@@ -96,10 +100,13 @@ def main() -> None:
             wait_until(lambda: b.find("server.stopped"), 60, what="an idle server stops")
             page.wait_for_timeout(3000)
             page.screenshot(path=args.out)
+            page.set_viewport_size({"width": 1920, "height": 1080})
+            page.wait_for_timeout(1500)  # the charts' resize and one more message
+            page.screenshot(path=args.out.removesuffix(".png") + "-1920.png")
             browser.close()
     finally:
         b.stop()
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and its -1920 twin")
 
 
 if __name__ == "__main__":

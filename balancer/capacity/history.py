@@ -226,5 +226,10 @@ class History:
 
 def open_history(settings: Any) -> History:
     """The capacity history (outlives the run) at ``[forecast] history``, or the default path."""
-    path = Path(settings.history).expanduser() if settings.history else default_history_path()
-    return History(path, retention_s=settings.retention_days * 86400.0)
+    return History(history_path(settings), retention_s=settings.retention_days * 86400.0)
+
+
+def history_path(settings: Any) -> Path:
+    """``[forecast] history``, or the default: one per user, shared by every configuration on
+    purpose, since months of a cluster's samples are the cluster's, not a project's."""
+    return Path(settings.history).expanduser() if settings.history else default_history_path()

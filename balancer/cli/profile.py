@@ -1,6 +1,13 @@
 """``balancer profile show|export``: the model profiles in the store, as a table, JSON or CSV.
 
 Reads the store directly (no running balancer needed). Errors: one line on stderr, exit status 2.
+
+The store is one per user, shared by every configuration on purpose: a profile is keyed by spec
+name AND the hash of its command (or job script), so two projects never mix different models,
+and the same model run from two projects sizes its ``"auto"`` resources from both. What a user
+must not see is another project's specs: ``show`` and ``export`` list the specs of the current
+configuration (``--config``, else the one running balancer's), ``--all`` everything, and the
+table's first line names the store and what it shows.
 """
 
 from __future__ import annotations
@@ -15,8 +22,11 @@ from typing import Any
 
 from balancer.cli.apiclient import EXIT_USAGE
 from balancer.cli.operator import _dur, _table
+from balancer.config.parse import read_config
+from balancer.config.schema import ConfigError
+from balancer.control import registry
 from balancer.profiling.sizing import MIB
-from balancer.profiling.store import ProfileStore, default_profiles_path, profiles
+from balancer.profiling.store import ProfileStore, default_profiles_path, profiles, profiles_path, spec_hash
 
 FLAT = ("spec", "spec_hash", "model", "calls", "runs", "cpu_s_per_call", "cpu_util_p90", "rss_peak_bytes",
         "gpu_mem_peak_bytes", "startup_p50_s", "startup_max_s", "lifetime_max", "cpu_s", "wall_s",
@@ -33,12 +43,43 @@ def add_profile_parser(sub: Any) -> None:
     ):
         q = ps.add_parser(name, help=help_)
         q.add_argument("--json", action="store_true", help="JSON instead of a table / CSV")
-        q.add_argument("--path", help="the store (default $XDG_DATA_HOME/umbridge-balancer/profiles.sqlite)")
+        q.add_argument("--path", help="the store (default: the configuration's [profiles] path, else "
+                       "$XDG_DATA_HOME/umbridge-balancer/profiles.sqlite)")  # fmt: skip
+        q.add_argument("--config", help="only this configuration's specs (default: the running balancer's)")
+        q.add_argument("--all", action="store_true", help="every spec in the store, of every configuration")
         q.set_defaults(func=_run, action=name)
 
 
+def _current_config(args: argparse.Namespace) -> str | None:
+    """The configuration whose specs are shown: ``--config``, else the one running balancer's."""
+    if args.config:
+        return str(args.config)
+    configs = {e.config for e in registry.running() if e.config}
+    return configs.pop() if len(configs) == 1 else None
+
+
+def _scope(args: argparse.Namespace) -> tuple[Path, set[tuple[str, str]] | None, str]:
+    """(store path, the (spec, hash) pairs to show or None for all, what is shown in words)."""
+    # an explicit --path alone shows that store whole; the running balancer's specs otherwise
+    config = None if args.path and not args.config else _current_config(args)
+    cfg = read_config(config)[0] if config is not None else None
+    if args.path:
+        path = Path(args.path).expanduser()
+    else:
+        path = profiles_path(cfg.profiles) if cfg is not None else default_profiles_path()
+    if cfg is None or args.all:
+        alone = args.all or args.path
+        return path, None, "every spec" + ("" if alone else " (no --config and no single running balancer)")
+    keys = {(s.name, spec_hash(s)) for s in cfg.servers}
+    return path, keys, f"the specs of {Path(str(config)).resolve()} (--all for every spec)"
+
+
 def _run(args: argparse.Namespace) -> int:
-    path = Path(args.path).expanduser() if args.path else default_profiles_path()
+    try:
+        path, keys, shown = _scope(args)
+    except ConfigError as exc:
+        print(f"balancer: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if not path.is_file():
         print(f"balancer: error: no profile store at {path}", file=sys.stderr)
         return EXIT_USAGE
@@ -48,8 +89,16 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as exc:  # sqlite3.DatabaseError: not a store
         print(f"balancer: error: cannot read {path}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    total = len(recs)
+    if keys is not None:
+        recs = [r for r in recs if (r["spec"], r["spec_hash"]) in keys]
     if args.action == "show":
-        print(json.dumps(recs, indent=2) if args.json else format_profiles(recs))
+        if args.json:
+            print(json.dumps(recs, indent=2))
+        else:
+            head = f"store {path} (shared by your configurations); showing {shown}"
+            print(f"{head}: {len(recs)} of {total} rows")
+            print(format_profiles(recs))
     elif args.json:
         for r in recs:
             print(json.dumps(r, separators=(",", ":")))

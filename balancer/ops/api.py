@@ -18,7 +18,7 @@ import orjson
 
 from balancer.http.messages import Reply, Request, clip, error_reply, json_reply
 from balancer.observe.events import Ev, Event, EventBus
-from balancer.ops.views import server_view, spec_view, state_counts
+from balancer.ops.views import server_view, spec_view, state_counts, store_paths
 from balancer.policy.types import SpecLimits
 from balancer.pool.pool import Pool
 from balancer.pool.scaler import Scaler
@@ -134,8 +134,12 @@ class OperatorApi:
         }
 
     def status_extra(self) -> dict[str, Any]:
-        """What ``/api/status`` adds for ``balancer status``: specs with limits and counts, calls."""
-        return {"specs": self.specs_view(), "calls": self.stats.status()}
+        """What ``/api/status`` adds for ``balancer status``: specs with limits and counts, calls,
+        the stores' paths."""
+        extra: dict[str, Any] = {"specs": self.specs_view(), "calls": self.stats.status()}
+        if self.reloader is not None:
+            extra["stores"] = store_paths(self.reloader.cfg)
+        return extra
 
     async def servers(self, request: Request) -> Reply:
         """``GET /api/servers``: every live server with its job, host, calls and time left."""

@@ -5,7 +5,8 @@ tab is connected: with none, the per-call path pays nothing for the dashboard. W
 aggregates (answered calls and latencies per one-second bucket, failures, server state changes,
 scale decisions, capacity samples) and once a second sends ONE coalesced message, serialised once,
 to every tab, never one per call. A tab first gets a snapshot built from the pool, the scaler, the
-forecast and the recent rare events (``balancer/observe/recent.py``), then the ticks. A tab that
+forecast and the recent rare events (``balancer/observe/recent.py``), then the ticks; both carry
+the specs' badges and the cost so far (``views.cost``), computed here, not in the page. A tab that
 reads too slowly is closed once its backlog passes ``MAX_BACKLOG`` (EventSource reconnects and gets a
 fresh snapshot); a closed tab leaves nothing behind. Rows are made in ``balancer/ops/views.py``.
 """
@@ -25,7 +26,7 @@ from balancer.http.messages import Request, Stream, StreamOut
 from balancer.observe.events import Ev, EventBus
 from balancer.observe.histogram import bin_middle, log_bin, quantile_bins
 from balancer.observe.recent import RECENT_FAILURES, Recent
-from balancer.ops.views import dashboard_row, dashboard_spec, decision_line, decision_lines, strip
+from balancer.ops.views import cost, dashboard_row, dashboard_spec, decision_line, decision_lines, strip
 from balancer.pool.pool import Pool
 from balancer.profiling.gpus import server_gpus
 
@@ -297,6 +298,7 @@ class Feed:
             "totals": self._totals(),
             "queues": queues,
             "servers": self._servers(now),
+            "specs": self._specs(),
             "events": events,
         }
         if any(e["kind"] in ("forecast", "capacity") for e in events):
@@ -313,13 +315,21 @@ class Feed:
         return waiting
 
     def _totals(self) -> dict[str, Any]:
-        pool = self.pool
+        pool, recent = self.pool, self.recent
         return {
             "calls": pool.gone_calls + sum(s.calls for s in pool.servers.values()),
             "inflight": self.inflight(),
             "preempted": pool.preempted_total,
+            "failed_calls": recent.failed_calls,
+            "server_failures": recent.server_failures,
+            "cost": cost(pool, recent.gone_s, pool.clock()),
             "scaler": self.scaler.status() if self.scaler is not None else None,
         }
+
+    def _specs(self) -> dict[str, Any]:
+        """Each spec's badges and, where measured, its workload's key figures."""
+        wl = self.recent.workload
+        return {n: {**dashboard_spec(rt), "workload": wl.get(n)} for n, rt in self.pool.specs.items()}
 
     def _servers(self, now: float) -> list[dict[str, Any]]:
         m, backend, latest = self.pool.clock(), self.pool.backend, self.usage_latest
@@ -358,7 +368,7 @@ class Feed:
             "type": "snapshot",
             "t": now,
             "window_s": WINDOW_S,
-            "specs": {n: dashboard_spec(rt) for n, rt in pool.specs.items()},
+            "specs": self._specs(),
             "servers": self._servers(now),
             "timeline": list(recent.timeline),
             "decisions": decision_lines(recent.decisions),

@@ -10,16 +10,21 @@ the model server's URL, so only token-holders get it). The dashboard carries no 
 ``left_s`` = ``time_left_s`` in whole seconds, ``busy`` = ``outstanding``, ``slots`` = ``concurrency``;
 it adds ``util`` (busy time / (time ready x slots)) and has ``gpus`` only where a server has some.
 Spec keys: ``spec_view`` (the status's ``specs``); ``dashboard_spec`` (``held``, ``models``, and
-``max`` = the configured ``max_servers``); ``held_reasons`` (the status's ``held``).
+``max`` = the configured ``max_servers``, the badges' ``paused``/``held_reason``/``removed``);
+``held_reasons`` (the status's ``held``). ``cost``: server-hours and core-hours so far, per spec.
+Loopback host names become ``localhost`` on the page (a local server is ``localhost`` while it
+starts and ``127.0.0.1`` once its URL is known: one name per server).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from balancer.capacity.history import history_path
 from balancer.observe.events import Ev, Event
 from balancer.ops.reload import reload_decision
+from balancer.profiling.store import profiles_path
 
 if TYPE_CHECKING:
     from balancer.policy.types import SpecLimits
@@ -31,6 +36,14 @@ if TYPE_CHECKING:
 def _time_left(s: Server, now: float) -> float | None:
     """Seconds until the server's job reaches its time limit; None without a limit."""
     return s.deadline_wall - now if s.deadline_wall is not None else None
+
+
+LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def host_name(host: str | None) -> str | None:
+    """One name per machine: every loopback spelling is ``localhost``."""
+    return "localhost" if host in LOOPBACK else host
 
 
 def server_view(s: Server, now_m: float, now: float, gpus: list[dict[str, Any]] | None) -> dict[str, Any]:
@@ -64,7 +77,7 @@ def dashboard_row(s: Server, now_m: float, now: float, gpus: list[dict[str, Any]
         "spec": s.spec.name,
         "state": s.state.value,
         "job": s.job,
-        "host": s.host,
+        "host": host_name(s.host),
         "left_s": round(left) if left is not None else None,
         "calls": s.calls,
         "util": round(min(1.0, s.busy_s / life), 4) if life > 0 else None,
@@ -101,14 +114,52 @@ def spec_view(
         "held": rt.held,
         "held_reason": rt.held_reason or None,
         "models": sorted(rt.models),
+        "cwd": rt.spec.cwd,  # where its servers start (the config file's directory by default)
         "servers": counts,
         "workload": workload,
     }
 
 
 def dashboard_spec(rt: SpecRuntime) -> dict[str, Any]:
-    """A spec in the dashboard's snapshot."""
-    return {"held": rt.held, "models": sorted(rt.models), "max": rt.spec.max_servers}
+    """A spec in the dashboard's snapshot and ticks (its badges change with an operator's action)."""
+    return {
+        "held": rt.held,
+        "held_reason": rt.held_reason or None,
+        "paused": rt.paused,
+        "removed": bool(rt.removed),
+        "models": sorted(rt.models),
+        "max": rt.spec.max_servers,
+        "cpus": rt.spec.resources.cpus,
+    }
+
+
+def cost(pool: Pool, gone_s: Mapping[str, float], now_m: float) -> dict[str, Any]:
+    """Server-hours and core-hours so far, in total and per spec: each server from its job's start
+    to now (live) or to its end (``gone_s``: seconds of the servers gone, per spec, from
+    ``observe.recent``), times its spec's CPUs. What a cluster account is charged, roughly."""
+    run = dict(gone_s)
+    for s in pool.servers.values():
+        if s.started_m is not None:
+            run[s.spec.name] = run.get(s.spec.name, 0.0) + max(0.0, now_m - s.started_m)
+    specs: dict[str, dict[str, float]] = {}
+    server_s = core_s = 0.0
+    for name, sec in run.items():
+        rt = pool.specs.get(name)
+        cpus = rt.spec.resources.cpus if rt is not None else 1
+        specs[name] = {"server_h": round(sec / 3600, 4), "core_h": round(sec * cpus / 3600, 4)}
+        server_s += sec
+        core_s += sec * cpus
+    return {"server_h": round(server_s / 3600, 4), "core_h": round(core_s / 3600, 4), "specs": specs}
+
+
+def store_paths(cfg: Any) -> dict[str, Any]:
+    """``/api/status``'s ``stores``: where the profiles and the capacity history are, and that both
+    are shared by the user's configurations (on purpose: see each path's function)."""
+    return {
+        "profiles": str(profiles_path(cfg.profiles)),
+        "history": str(history_path(cfg.forecast)),
+        "shared": "one per user: profiles keyed by spec and command, history by cluster",
+    }
 
 
 def held_reasons(pool: Pool) -> dict[str, str | None]:

@@ -52,6 +52,13 @@ def default_profiles_path() -> Path:
     return Path(base) / "umbridge-balancer" / "profiles.sqlite"
 
 
+def profiles_path(settings: Any) -> Path:
+    """``[profiles] path``, or the default: one per user, shared by every configuration; a profile
+    is keyed by spec name and command hash, so projects never mix (``balancer profile show``
+    lists the current configuration's specs)."""
+    return Path(settings.path).expanduser() if settings.path else default_profiles_path()
+
+
 def spec_hash(spec: Any) -> str:
     """What a profile is a profile of: the command, or the job script's content. Another command
     under the same spec name is another model and starts a new profile."""

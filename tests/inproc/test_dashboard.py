@@ -15,6 +15,7 @@ from balancer.http.router import Router
 from balancer.http.server import FrontServer
 from balancer.observe.events import Ev
 from balancer.ops.feed import MAX_BACKLOG, Tab
+from balancer.ops.views import cost, host_name
 from tests.fakes import running, until
 
 SPEC = {"name": "t", "command": ["true"], "models": ["forward"]}
@@ -176,3 +177,54 @@ def test_a_tab_that_reads_too_slowly_is_closed() -> None:
     out.backlog = MAX_BACKLOG + 1
     tab.send(b"data: 2\n\n")
     assert out.closed and b"data: 2" not in out.data
+
+
+def test_the_page_counts_failed_calls_cost_and_badges_and_status_names_the_stores(tmp_path: Path) -> None:
+    """A tab's figures that the pool alone forgets: failed calls (not failure lines), the hours of
+    servers gone, each spec's badges; ``/api/status`` names the profile and history stores."""
+
+    async def main() -> None:
+        async with running(tmp_path, [SPEC]) as h:
+            bus, feed, pool = h.balancer.bus, h.balancer.dashboard.feed, h.balancer.pool
+            async with h.http.get(h.url + "/dashboard/events") as tab:
+                stream = _messages(tab)
+                snap = await stream.__anext__()
+                badges = {"held": False, "held_reason": None, "paused": False, "removed": False}
+                assert snap["specs"]["t"] == {
+                    **badges,
+                    "models": ["forward"],
+                    "max": 4,
+                    "cpus": 1,
+                    "workload": None,
+                }
+                assert snap["totals"]["failed_calls"] == 0 and snap["totals"]["cost"]["server_h"] == 0
+                for call in range(3):  # three failed calls in one second: one line, three calls
+                    bus.emit(Ev.CALL_RECEIVED, call=call, op="Evaluate", model="forward", bytes=10)
+                    bus.emit(Ev.CALL_FAILED, call=call, status=503, reason="ServiceUnavailable: test")
+                pool.specs["t"].paused = True
+                lines: list[Any] = []
+                while True:
+                    m = await asyncio.wait_for(stream.__anext__(), 5)
+                    lines += [e for e in m["events"] if e["kind"] == "failure"]
+                    if m["totals"]["failed_calls"] == 3 and lines:
+                        break
+                assert [f["what"] for f in lines] == ["3 call(s) failed"]
+                assert m["specs"]["t"]["paused"] is True
+            # Cost: the servers gone ran 2 h of spec t (1 CPU each); a live server adds its own time.
+            feed.recent.gone_s["t"] = 7200.0
+            assert cost(pool, feed.recent.gone_s, pool.clock()) == {
+                "server_h": 2.0,
+                "core_h": 2.0,
+                "specs": {"t": {"server_h": 2.0, "core_h": 2.0}},
+            }
+            stores = (await h.get("/api/status"))["stores"]
+            assert stores["profiles"].endswith("profiles.sqlite")
+            assert stores["history"].endswith("capacity.sqlite")
+
+    asyncio.run(main())
+
+
+def test_loopback_hosts_read_as_one_name() -> None:
+    assert [host_name(h) for h in ("localhost", "127.0.0.1", "::1", "node12", None)] == [
+        "localhost", "localhost", "localhost", "node12", None
+    ]  # fmt: skip

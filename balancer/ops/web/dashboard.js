@@ -13,12 +13,12 @@ const S = {
   series: [], // [t, answered, failed, p50 s, p90 s, service p50 s, waiting]
   servers: [],
   queues: {},
-  totals: { calls: 0, inflight: 0 },
+  totals: { calls: 0, inflight: 0, failed_calls: 0, server_failures: 0, cost: null },
+  specs: {},
   window: { p50: null, p90: null },
   timeline: new Map(), // server -> {spec, segs: [[t, state, failed]]}
   decisions: [],
   failures: [],
-  failureCount: 0,
   capacity: [],
   forecast: null,
 };
@@ -86,9 +86,58 @@ function makeChart(boxId, series, axes, scales) {
 const axisFont = "11px system-ui, sans-serif";
 const xAxis = { font: axisFont, size: 22, gap: 2, space: 70, values: (u, splits) => splits.map((t) => hms(t)) };
 const xAxisHM = { ...xAxis, values: (u, splits) => splits.map((t) => hm(t)) };
-function yAxis(label, scale, side) {
-  return { scale, label, labelSize: 16, labelFont: axisFont, font: axisFont, size: 42, side: side || 3,
-    grid: { show: side !== 1 } };
+// The axis is wide enough for its tick labels and the title sits outside them (labelGap), so the
+// title never overlaps a number.
+function yAxis(label, scale, side, extra) {
+  return { scale, label, labelSize: 14, labelGap: 2, labelFont: axisFont, font: axisFont, size: 46, gap: 3,
+    side: side || 3, grid: { show: side !== 1 }, ...extra };
+}
+// Latency on a log axis (a cold start's seconds next to steady milliseconds): labels at 1-2-5
+// steps in ms or s, one per decade when the range is wide.
+function msLabel(v) {
+  if (v === null || v === undefined) return "";  // a tick uPlot leaves unlabelled (too close)
+  if (v >= 1000) return `${+(v / 1000).toPrecision(3)} s`;
+  if (v >= 1) return `${+v.toPrecision(3)} ms`;
+  return `${+(v * 1000).toPrecision(3)} µs`;
+}
+// The ticks' labels are drawn on the canvas; the box keeps them (data-ticks) for a reader or a test.
+function latLabels(u, vs) {
+  const out = vs.map(msLabel);
+  $("c-lat").dataset.ticks = out.join("|");
+  return out;
+}
+// An axis as wide as its widest label (tick + gap + text + title), so the title never overlaps.
+let measure;
+function fitAxis(u, values) {
+  measure = measure || document.createElement("canvas").getContext("2d");
+  measure.font = axisFont;
+  const w = Math.max(0, ...(values || []).map((v) => measure.measureText(v).width));
+  return Math.ceil(w) + 10 + 4 + 2;
+}
+function logSplits(u, axisIdx, lo, hi) {
+  const out = [];
+  const decades = Math.log10(hi / lo);
+  const steps = decades > 3 ? [1] : decades > 1.5 ? [1, 3] : [1, 2, 5];
+  for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++) {
+    for (const m of steps) {
+      const v = m * 10 ** e;
+      if (v >= lo * 0.999 && v <= hi * 1.001) out.push(v);
+    }
+  }
+  return out;
+}
+
+function logRange(lo, hi) {
+  // whole 1-2-5 steps around the data; a decade at least, so one spike does not fill the chart
+  if (!(lo > 0) || !(hi > 0)) return [0.1, 100];
+  const step = (v, up) => {
+    const e = Math.floor(Math.log10(v)), m = v / 10 ** e;
+    const ms = up ? [1, 2, 5, 10].find((x) => x >= m * 0.999) : [5, 2, 1].find((x) => x <= m * 1.001);
+    return ms * 10 ** e;
+  };
+  let a = step(lo, false), b = step(hi * 1.05, true);
+  if (b / a < 10) { const mid = Math.sqrt(a * b); a = step(mid / 3.17, false); b = step(mid * 3.17, true); }
+  return [a, b];
 }
 
 let rateChart, latChart, capChart;
@@ -111,8 +160,8 @@ function initCharts() {
       { label: "p90", stroke: "#c05621", width: 1.5, scale: "ms", spanGaps: false },
       { label: "service p50", stroke: "#718096", width: 1, dash: [3, 3], scale: "ms", spanGaps: false },
     ],
-    [xAxis, yAxis("latency (ms)", "ms")],
-    { ms: { range: (u, lo, hi) => [0, Math.max(1, (hi || 1) * 1.1)] } },
+    [xAxis, yAxis("latency", "ms", 3, { size: fitAxis, splits: logSplits, values: latLabels })],
+    { ms: { distr: 3, log: 10, range: (u, lo, hi) => logRange(lo, hi) } },
   );
   capChart = makeChart(
     "c-cap",
@@ -136,7 +185,7 @@ function drawRateAndLatency(now) {
   const pts = S.series.filter((p) => p[0] > lo);
   const x = pts.map((p) => p[0]);
   rateChart.setData([x, pts.map((p) => p[1]), pts.map((p) => p[2]), pts.map((p) => p[6])]);
-  const toMs = (v) => (v === null || v === undefined ? null : v * 1000);
+  const toMs = (v) => (v === null || v === undefined || v <= 0 ? null : v * 1000);
   latChart.setData([x, pts.map((p) => toMs(p[3])), pts.map((p) => toMs(p[4])), pts.map((p) => toMs(p[5]))]);
 }
 
@@ -182,6 +231,13 @@ function drawCapacity(now) {
   }
   $("fc-status").textContent = text;
   $("fc-status").title = text;
+  // The panel only where it says something: a trained forecast. Cold, disabled or absent (a local
+  // run), it collapses to this one line in the header and the charts take its place.
+  const says = !!(f && (f.in_use || f.prediction));
+  const main = document.querySelector("main");
+  if (main.classList.contains("no-cap") === says) main.classList.toggle("no-cap", !says);
+  $("fc-line").textContent = says || !f ? "" : `forecast ${String(f.state).split(":")[0]}`;
+  $("fc-line").title = says ? "" : text;
 }
 
 // -- servers, queues, timeline ---------------------------------------------------------------
@@ -239,6 +295,60 @@ function drawServers() {
   const parts = Object.entries(counts).map(([k, v]) => `${v} ${k}`);
   if (S.totals.preempted) parts.push(`${S.totals.preempted} preempted so far`);
   $("servers-sum").textContent = parts.length ? "(" + parts.join(", ") + ")" : "";
+}
+
+function fixed(v) {
+  // hours: two significant digits below one (a short run's 0.0014 is not 0), then 0.1 steps
+  if (!v) return "0";
+  return v >= 100 ? v.toFixed(0) : v >= 1 ? v.toFixed(1) : String(+v.toPrecision(2));
+}
+function workloadText(w) {
+  if (!w) return "-";
+  const f = w.figures || {};
+  const parts = [w.cls ? `class ${w.cls}` : "not classified yet"];
+  if (f.cpu_per_slot !== undefined) parts.push(`${f.cpu_per_slot.toFixed(2)} CPU/slot`);
+  if (f.rss_peak_mb) parts.push(`peak ${f.rss_peak_mb.toFixed(0)} MiB`);
+  if (f.io_mb_s) parts.push(`${f.io_mb_s.toFixed(1)} MB/s I/O`);
+  return parts.join(", ");
+}
+function drawSpecs() {
+  const body = $("specs").tBodies[0];
+  body.replaceChildren();
+  const cost = (S.totals.cost && S.totals.cost.specs) || {};
+  const live = {};
+  for (const s of S.servers) live[s.spec] = (live[s.spec] || 0) + 1;
+  for (const name of Object.keys(S.specs).sort()) {
+    const sp = S.specs[name];
+    const tr = el("tr");
+    tr.dataset.spec = name;
+    const st = el("td");
+    const badges = [];
+    if (sp.removed) badges.push(["removed", "b-removed", "removed by a reload: its servers drain"]);
+    if (sp.held) badges.push(["held", "b-held", sp.held_reason || "held after failed starts"]);
+    if (sp.paused) badges.push(["paused", "b-paused", "paused by an operator: no new server"]);
+    if (!badges.length) badges.push(["active", "b-ok", "the scaler may start servers"]);
+    for (const [text, cls, why] of badges) {
+      const b = el("span", `badge ${cls}`, text);
+      b.title = why;
+      st.append(b);
+    }
+    st.title = badges.map((b) => `${b[0]}: ${b[2]}`).join("\n");
+    const c = cost[name] || {};
+    tr.append(el("td", "", name), st, el("td", "num", `${live[name] || 0} / ${sp.max}`));
+    tr.append(el("td", "num", fixed(c.server_h)), el("td", "num", fixed(c.core_h)));
+    body.append(tr);
+    // under the spec, each on its own line: why it is held (the model's own words), its workload
+    const sub = (cls, text) => {
+      const row = el("tr", `sub ${cls}`);
+      const td = el("td", "", text);
+      td.colSpan = 5;
+      td.title = text;
+      row.append(td);
+      body.append(row);
+    };
+    if (sp.held && sp.held_reason) sub("why", sp.held_reason);
+    if (sp.workload) sub("wl", `workload: ${workloadText(sp.workload)}`);
+  }
 }
 
 function drawQueues() {
@@ -395,8 +505,12 @@ function drawTiles() {
   $("t-p90").textContent = ms(S.window.p90);
   const ready = S.servers.filter((s) => s.state === "ready").length;
   $("t-servers").textContent = `${ready} / ${S.servers.length}`;
-  $("t-failures").textContent = String(S.failureCount);
-  $("t-failures").parentElement.classList.toggle("bad", S.failureCount > 0);
+  const failed = S.totals.failed_calls || 0;
+  $("t-failures").textContent = failed.toLocaleString("en-US");
+  $("t-failures").parentElement.classList.toggle("bad", failed > 0);
+  $("t-failures").parentElement.title = `${failed} failed calls; ${S.totals.server_failures || 0} failed servers`;
+  const c = S.totals.cost;
+  $("t-cost").textContent = c ? `${fixed(c.server_h)} / ${fixed(c.core_h)}` : "0 / 0";
 }
 
 // -- messages --------------------------------------------------------------------------------
@@ -413,7 +527,7 @@ function onSnapshot(m) {
   for (const r of m.timeline) addTransition(r);
   S.decisions = m.decisions;
   S.failures = m.failures;
-  S.failureCount = m.failures.length;
+  S.specs = m.specs || {};
   S.capacity = m.capacity;
   S.forecast = m.forecast;
   render(m.t, true);
@@ -425,11 +539,12 @@ function onTick(m) {
   S.queues = m.queues;
   S.totals = m.totals;
   S.window = m.window;
+  if (m.specs) S.specs = m.specs;
   let logs = false, cap = false;
   for (const e of m.events) {
     if (e.kind === "server") addTransition(e);
     else if (e.kind === "decision") { S.decisions.push(e); logs = true; }
-    else if (e.kind === "failure") { S.failures.push(e); S.failureCount += 1; logs = true; }
+    else if (e.kind === "failure") { S.failures.push(e); logs = true; }
     else if (e.kind === "capacity") { S.capacity.push(e); cap = true; }
     else if (e.kind === "balancer.stopping") {
       S.failures.push({ t: e.t, what: "balancer stopping", reason: e.reason });
@@ -447,26 +562,44 @@ function render(now, logs, cap) {
   drawTiles();
   drawRateAndLatency(now);
   drawServers();
+  drawSpecs();
   drawQueues();
   drawTimeline(now);
   if (logs !== false) drawLogs();
   if (cap !== false || logs === true) drawCapacity(now);
 }
 
+// After this many failed reconnects (2 s apart: the stream's retry) the balancer is taken as stopped.
+const STOPPED_AFTER = 2;
+let failedTries = 0, seen = false;
 function connect() {
   const es = new EventSource("/dashboard/events");
   const conn = $("conn");
   es.onopen = () => {
+    failedTries = 0;
     conn.textContent = "live";
     conn.className = "conn conn-live";
+    document.body.classList.remove("stopped");
   };
   es.onerror = () => {
-    // EventSource reconnects by itself (the stream's retry: 2 s); a snapshot follows.
-    conn.textContent = "reconnecting";
-    conn.className = "conn conn-wait";
+    // EventSource reconnects by itself (the stream's retry: 2 s); a snapshot follows. When the
+    // balancer does not answer a few times running, say so plainly, with the last update's time.
+    failedTries += 1;
+    if (failedTries > STOPPED_AFTER || es.readyState === EventSource.CLOSED) {
+      conn.textContent = "balancer stopped";
+      $("clock").textContent = seen ? `last update ${hms(S.now)}; no answer since` : "no answer";
+      conn.className = "conn conn-dead";
+      conn.title = `no answer from ${location.host} after ${failedTries} tries; the page reconnects when it is back`;
+      document.body.classList.add("stopped");
+      if (es.readyState === EventSource.CLOSED) { es.close(); setTimeout(connect, 5000); }
+    } else {
+      conn.textContent = "reconnecting";
+      conn.className = "conn conn-wait";
+    }
   };
   es.onmessage = (ev) => {
     const m = JSON.parse(ev.data);
+    seen = true;
     if (m.type === "snapshot") onSnapshot(m);
     else if (m.type === "tick") onTick(m);
   };
@@ -476,4 +609,6 @@ document.addEventListener("DOMContentLoaded", () => {
   initCharts();
   drawLogs();
   connect();
+  // the timeline is a plain canvas: redraw it at the new size at once, not on the next message
+  new ResizeObserver(() => drawTimeline(S.now)).observe($("timeline"));
 });
