@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean sysdeps neuralprophet
+.PHONY: demo docs test test-fast lint bench clean sysdeps neuralprophet
 
 # python3-venv is not part of a minimal Debian; install it (as root) only when missing.
 sysdeps:
@@ -12,14 +12,36 @@ sysdeps:
 	  echo "installing python3-venv (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv python3-pip >/dev/null; }
 
-$(STAMP): pyproject.toml | sysdeps
+# Three installs into one .venv, each with its own stamp: the demo needs the package and its core
+# dependencies only (no test tooling); the docs need MkDocs; the tests need everything. The full one
+# covers the others, so it stamps them too.
+DEMO_STAMP := $(VENV)/.installed-demo
+DOCS_STAMP := $(VENV)/.installed-docs
+PIP        := $(PY) -m pip install -q --disable-pip-version-check
+
+$(DEMO_STAMP): pyproject.toml | sysdeps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -U pip
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,analysis,hyperqueue,notify]"
+	$(PIP) -e .
 	touch $@
 
-demo: $(STAMP)
+$(DOCS_STAMP): pyproject.toml | sysdeps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -e ".[docs]"
+	touch $@
+
+$(STAMP): pyproject.toml | sysdeps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -U pip
+	$(PIP) -e ".[test,analysis,hyperqueue,notify,docs]"
+	touch $@ $(DEMO_STAMP) $(DOCS_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(PY) -m balancer.demo
+
+# The documentation site (mkdocs.yml, docs/) into site/, strict: a broken link or anchor fails. The
+# same strict build runs in `make test` (tests/unit/test_docs_build.py).
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 # ruff's lint (complexity rule included) and its formatter, and mypy on the package (pyproject.toml).
 lint: $(STAMP)
@@ -50,4 +72,4 @@ neuralprophet: | sysdeps
 	$(NP_VENV)/bin/python -m pytest -q tests/unit/test_forecast.py
 
 clean:
-	rm -rf .balancer-runs .pytest_cache demo-run
+	rm -rf .balancer-runs .pytest_cache demo-run site

@@ -97,14 +97,14 @@ def test_our_own_jobs_holding_the_node_are_capacity_not_a_full_cluster(start_bal
     )
     model = umbridge.HTTPModel(b.url, "forward")
     with ThreadPoolExecutor(8) as ex:
-        outs = list(ex.map(lambda i: model([[float(i)]]), range(60)))
-    assert outs == [[[2.0 * i]] for i in range(60)]
+        outs = list(ex.map(lambda i: model([[float(i)]]), range(24)))
+    assert outs == [[[2.0 * i]] for i in range(24)]
     wait_until(lambda: len(b.events("server.ready")) >= 2 or b._died(), 60, what="2 servers ready")
     wait_until(
         lambda: [st for _, st in _ours(slurm, set())] == ["RUNNING"] * 2, 20, what="our 2 jobs running"
     )
     seen = len(b.events("capacity.sample"))
-    wait_until(lambda: len(b.events("capacity.sample")) >= seen + 4 or b._died(), 30, what="4 more samples")
+    wait_until(lambda: len(b.events("capacity.sample")) >= seen + 3 or b._died(), 30, what="3 more samples")
     full = [e for e in b.events("capacity.sample") if e["ours_cpus"] == 2]
     assert full, "no sample was taken while our jobs held the node"
     assert all((e["idle_cpus"], e["capacity_cpus"], e["total_cpus"]) == (0, 2, 2) for e in full), full

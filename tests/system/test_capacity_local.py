@@ -71,14 +71,14 @@ def test_our_own_burst_does_not_shrink_the_pool(start_balancer, tmp_path):
                            idle_timeout_s=600, env={"TEST_DELAY": "200"})  # fmt: skip
     b = start_balancer([spec], tables={"forecast": forecast})
     model = umbridge.HTTPModel(b.url, "forward")
-    n = 20 * total
+    n = 10 * total
     with ThreadPoolExecutor(4 * total) as ex:
         outs = list(ex.map(lambda i: model([[float(i)]]), range(n)))
     assert outs == [[[2.0 * i]] for i in range(n)]
     wait_until(lambda: len(b.events("server.ready")) >= total or b._died(), 60, what=f"{total} servers ready")
     # The pool is full and idle: wait past polite_idle_s for a few more samples, then look.
     seen = len(b.events("capacity.sample"))
-    wait_until(lambda: len(b.events("capacity.sample")) >= seen + 6 or b._died(), 30, what="6 more samples")
+    wait_until(lambda: len(b.events("capacity.sample")) >= seen + 4 or b._died(), 30, what="4 more samples")
     status = _forecast_status(b)
     assert status["in_use"] and status["held_cpus"] == total
     assert status["next"]["idle"][0] >= status["held_cpus"]  # capacity counts our servers in
