@@ -161,6 +161,10 @@ def format_status(doc: dict[str, Any], url: str) -> str:
             f"config: {conf.get('path') or '(none)'}  hash {conf.get('hash') or '-'}  loaded "
             f"{_dur(conf.get('age_s'))} ago  ({conf.get('reloads', 0)} reloads{rej})"
         )
+    stores = doc.get("stores")
+    if stores:  # shared by the user's configurations on purpose: say so where they are named
+        where = f"profiles {stores.get('profiles')}, history {stores.get('history')}"
+        lines.append(f"stores: {where} ({stores.get('shared')})")
     queues = {m: n for m, n in doc.get("queues", {}).items() if n}
     waiting = ", ".join(f"{m} {n}" for m, n in queues.items()) if queues else "no call waits"
     lines += ["", f"waiting: {waiting}"]

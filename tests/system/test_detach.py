@@ -101,6 +101,8 @@ def test_the_demo_config_runs_from_another_directory(
         rc, out, err = cli(capsys, "status")
         assert rc == 0, err
         assert f"cwd: testmodel: {ROOT}" in out.splitlines()
+        stores = [line for line in out.splitlines() if line.startswith("stores: profiles ")]
+        assert stores and "one per user" in stores[0]  # which stores, and that they are shared
     finally:
         assert cli(capsys, "stop")[0] == 0
     assert not pid_alive(pid)
