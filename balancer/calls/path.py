@@ -325,14 +325,15 @@ class Calls:
         path = "/" + op
         attempt = 0
         charged = 0  # attempts that count toward max_attempts: a preempted server's do not
+        handed_stale = False  # the last hand-off's server drained before this call could use it
         while True:
-            attempt += 1
+            attempt += not handed_stale
             s = disp.try_acquire(model)
             if s is None:
                 if not self.pool.can_serve(model):
                     reason = self.pool.unservable_reason(model)
                     return self._reject(call, ProtocolError("ServiceUnavailable", reason, 503))
-                fut = disp.enqueue(model, front=attempt > 1)
+                fut = disp.enqueue(model, front=attempt > 1 or handed_stale)
                 if not fut.done():
                     emit(Ev.CALL_QUEUED, call=call, model=model, depth=disp.depth(model))
                     self.pool.wake.set()
@@ -347,6 +348,12 @@ class Calls:
                         disp.release(fut.result(), time.monotonic())
                     raise
             srv = cast(Server, s)  # the dispatcher's members are the pool's records
+            # A slot handed over while this task waited to run may belong to a server drained (or
+            # stopped) since: no new call goes there; wait again, first in line.
+            handed_stale = not srv.serving
+            if handed_stale:
+                disp.release(srv, time.monotonic())
+                continue
             emit(Ev.CALL_DISPATCHED, call=call, server=srv.id, attempt=attempt)
             t0 = time.monotonic()
             try:
