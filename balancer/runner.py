@@ -288,7 +288,7 @@ def _make_backend(cfg: BalancerConfig, run_dir: Path) -> Backend:
 
 async def _reload_on_signal(balancer: Balancer) -> None:
     """SIGHUP: the same reload as ``balancer reload``; its outcome is one line here and journaled."""
-    from balancer.ops.reload import describe_reload
+    from balancer.observe.console import describe_reload
 
     ok, out = await balancer.reloader.reload(trigger="signal")
     print(f"balancer: SIGHUP: {describe_reload(out) if ok else f'reload rejected: {out}'}", flush=True)

@@ -96,7 +96,7 @@ def _scale(args: argparse.Namespace, url: str, token: str) -> tuple[Any, str]:
 
 
 def _reload(args: argparse.Namespace, url: str, token: str) -> tuple[Any, str]:
-    from balancer.ops.reload import describe_reload
+    from balancer.observe.console import describe_reload
 
     body = {"path": str(Path(args.config).resolve())} if args.config else {}
     doc = call(url, token, "POST", "/api/reload", body)

@@ -133,7 +133,7 @@ class Console:
         if ev == Ev.SPEC_RESUMED:
             return f"spec {e.get('spec')} resumed: {e.get('reason')}"
         if ev == Ev.CONFIG_RELOADED:
-            return f"config reloaded ({e.get('path')}): {_reload_summary(e)}"
+            return f"config {describe_reload(e)}"
         if ev == Ev.CONFIG_REJECTED:
             return f"WARNING config reload refused, nothing changed: {_clip(e.get('reason'))}"
         if ev == Ev.BALANCER_ERROR:
@@ -206,14 +206,18 @@ class Console:
             self._q = None
 
 
-def _reload_summary(e: Event) -> str:
+def describe_reload(doc: Any) -> str:
+    """One line for an applied reload (the CLI, SIGHUP and the console say the same)."""
     parts = []
-    if e.get("added"):
-        parts.append("added " + ", ".join(e["added"]))
-    if e.get("removed"):
-        parts.append("removed " + ", ".join(e["removed"]) + " (draining)")
-    for name, keys in (e.get("changed") or {}).items():
-        parts.append(f"changed {name} ({', '.join(keys)})")
-    if e.get("settings"):
-        parts.append("settings " + ", ".join(e["settings"]))
-    return "; ".join(parts) or "no changes"
+    if doc.get("added"):
+        parts.append("added " + ", ".join(doc["added"]))
+    if doc.get("removed"):
+        parts.append("removed " + ", ".join(doc["removed"]) + " (draining)")
+    for name, keys in doc.get("changed", {}).items():
+        n = doc.get("replacing", {}).get(name)
+        more = f", replacing {n} server{'s' * (n != 1)} one by one" if n is not None else ""
+        parts.append(f"changed {name} ({', '.join(keys)}{more})")
+    if doc.get("settings"):
+        parts.append("settings " + ", ".join(doc["settings"]))
+    what = "; ".join(parts) or "no changes"
+    return f"reloaded {doc.get('path')} (hash {doc.get('hash')}): {what}"

@@ -354,20 +354,3 @@ async def read_off_loop(path: str, overrides: dict[str, Any]) -> tuple[BalancerC
         return await asyncio.wait_for(done, READ_TIMEOUT_S)
     except TimeoutError:
         raise ConfigError(path, f"cannot read: no answer within {READ_TIMEOUT_S:g} s") from None
-
-
-def describe_reload(doc: Any) -> str:
-    """One line for an applied reload (the CLI and SIGHUP say the same)."""
-    parts = []
-    if doc.get("added"):
-        parts.append("added " + ", ".join(doc["added"]))
-    if doc.get("removed"):
-        parts.append("removed " + ", ".join(doc["removed"]) + " (draining)")
-    for name, keys in doc.get("changed", {}).items():
-        n = doc.get("replacing", {}).get(name)
-        more = f", replacing {n} server{'s' * (n != 1)} one by one" if n is not None else ""
-        parts.append(f"changed {name} ({', '.join(keys)}{more})")
-    if doc.get("settings"):
-        parts.append("settings " + ", ".join(doc["settings"]))
-    what = "; ".join(parts) or "no changes"
-    return f"reloaded {doc.get('path')} (hash {doc.get('hash')}): {what}"
