@@ -15,10 +15,7 @@ alternating with this one, so a before/after comparison shares one run's noise.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,93 +25,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-BODY = b'{"name": "forward", "input": [[1.0]], "config": {}}'
-
-
-async def loadgen(url: str, inflight: int, seconds: float) -> dict:
-    import aiohttp
-
-    lat: list[float] = []
-    stop = time.monotonic() + seconds
-    conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn) as http:
-
-        async def worker() -> None:
-            while time.monotonic() < stop:
-                t = time.perf_counter()
-                async with http.post(url + "/Evaluate", data=BODY) as r:
-                    await r.read()
-                    assert r.status == 200, r.status
-                lat.append(time.perf_counter() - t)
-
-        # warm-up: open the connections
-        await asyncio.gather(*(http.post(url + "/Evaluate", data=BODY) for _ in range(inflight)))
-        t0 = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(inflight)))
-        wall = time.monotonic() - t0
-    lat.sort()
-    return {
-        "calls": len(lat),
-        "rate": len(lat) / wall,
-        "p50": lat[len(lat) // 2],
-        "p99": lat[int(len(lat) * 0.99)],
-    }
-
-
-def cpu_seconds(pid: int) -> float:
-    return sum(cpu_split(pid))
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tck = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tck, int(fields[12]) / tck
-
-
-def run_load(url: str, inflight: int, seconds: float) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--loadgen", url, "--inflight", str(inflight), "--seconds", str(seconds)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout)
+from _load import balancer, cpu_split, run_load  # noqa: E402  (next to this file)
 
 
 def measure(root: Path, args: argparse.Namespace) -> dict[int, tuple[dict, dict, float, float]]:
     """One balancer (the package under ``root``) in front of one trivial server: direct vs via."""
-    from balancer.observe.journal import read_journal
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
-    cfg = tmp / "bench.toml"
-    cfg.write_text(
-        f'[balancer]\nport = 0\nrun_dir = "{tmp}/run"\n'
-        f'[[servers]]\nname = "trivial"\ncommand = ["{sys.executable}", "{ROOT}/models/testmodel.py"]\n'
-        f'models = ["forward"]\nmin_servers = 1\nmax_servers = 1\nconcurrency = {args.concurrency}\n'
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "balancer.cli", "serve", "--config", str(cfg)],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        stdout=subprocess.DEVNULL,
-    )
-    journal = tmp / "run" / "journal.jsonl"
-    try:
-        deadline = time.monotonic() + 60
-        direct = via = None
-        while time.monotonic() < deadline and not (direct and via):
-            time.sleep(0.1)
-            if journal.exists():
-                for e in read_journal(journal):
-                    if e["ev"] == "balancer.started":
-                        via = e["url"]
-                    if e["ev"] == "server.registered":
-                        direct = e["url"]
-        if not (direct and via):
-            raise SystemExit("bench: balancer or server did not come up")
-        time.sleep(0.5)  # server.ready follows registration
+    with balancer(root, args.concurrency) as (proc, direct, via):
         if args.dashboard:  # a dashboard tab stays open through the runs: its feed is on the bus
             threading.Thread(target=_watch, args=(via,), daemon=True).start()
             time.sleep(1.5)
@@ -125,9 +43,6 @@ def measure(root: Path, args: argparse.Namespace) -> dict[int, tuple[dict, dict,
             b = run_load(via, inflight, args.seconds)
             u1, s1 = cpu_split(proc.pid)
             rows[inflight] = (d, b, (u1 - u0 + s1 - s0) / b["calls"], (s1 - s0) / b["calls"])
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(60)
     return rows
 
 
@@ -158,12 +73,7 @@ def main() -> int:
     ap.add_argument("--compare", metavar="REV", help="also run the balancer of git revision REV, alternating")
     ap.add_argument("--rounds", type=int, default=2, help="with --compare: alternating rounds of each")
     ap.add_argument("--dashboard", action="store_true", help="keep a dashboard tab's event stream open")
-    ap.add_argument("--loadgen")
-    ap.add_argument("--inflight", type=int, default=1)
     args = ap.parse_args()
-    if args.loadgen:
-        print(json.dumps(asyncio.run(loadgen(args.loadgen, args.inflight, args.seconds))))
-        return 0
     roots = {"now": ROOT}
     worktree = None
     git: list[str] = []
