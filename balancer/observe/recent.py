@@ -5,10 +5,10 @@ scale decisions with the operator's changes and config reloads (the decisions), 
 and failures. It subscribes to those events only (``EventBus.subscribe(only=...)``), so a call's
 events never reach it, and each list is a bounded ring: a long run holds no more than the newest.
 Decisions and samples are kept as the events themselves; ``balancer/ops/views.py`` makes the
-page's lines of them when a tab opens. It also keeps three running figures a late tab needs and
-the pool forgets: the failed calls (the failures tile counts calls, not lines), the seconds that
-servers gone ran per spec (the cost tiles), and each spec's latest workload verdict (its key
-figures). Failed calls are rare, so subscribing to ``call.failed`` costs the call path nothing.
+page's lines of them when a tab opens. It also keeps two running figures a late tab needs and the
+pool does not count: the failed calls (the failures tile counts calls, not lines) and each spec's
+latest workload verdict (its key figures). Failed calls are rare, so subscribing to
+``call.failed`` costs the call path nothing.
 """
 
 from __future__ import annotations
@@ -52,8 +52,6 @@ class Recent:
         self.capacity: deque[Event] = deque(maxlen=RECENT_SAMPLES)
         self.failures: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
         self._spec: dict[str, str] = {}  # live server -> its spec (most server events carry only the id)
-        self._started: dict[str, float] = {}  # live server -> when its job began to run (wall clock)
-        self.gone_s: dict[str, float] = {}  # spec -> seconds its servers now gone ran
         self.failed_calls = 0
         self.server_failures = 0
         self.workload: dict[str, dict[str, Any]] = {}  # spec -> {"cls", "figures"} as last classified
@@ -83,12 +81,6 @@ class Recent:
             self._spec[sid] = e.get("spec") or ""
         gone = ev == Ev.SERVER_STOPPED or ev == Ev.SERVER_FAILED
         spec = self._spec.pop(sid, None) if gone else self._spec.get(sid)
-        if ev == Ev.SERVER_STARTED or (ev == Ev.SERVER_REGISTERED and sid not in self._started):
-            self._started.setdefault(sid, e["t"])
-        elif gone:
-            t0 = self._started.pop(sid, None)
-            if t0 is not None and spec:
-                self.gone_s[spec] = self.gone_s.get(spec, 0.0) + max(0.0, e["t"] - t0)
         failed = ev == Ev.SERVER_FAILED
         self.server_failures += failed
         reason = "adopted after a restart" if ev == Ev.SERVER_ADOPTED else e.get("reason")

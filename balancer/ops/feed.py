@@ -322,7 +322,7 @@ class Feed:
             "preempted": pool.preempted_total,
             "failed_calls": recent.failed_calls,
             "server_failures": recent.server_failures,
-            "cost": cost(pool, recent.gone_s, pool.clock()),
+            "cost": cost(pool, pool.clock()),
             "scaler": self.scaler.status() if self.scaler is not None else None,
         }
 

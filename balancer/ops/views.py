@@ -18,7 +18,7 @@ starts and ``127.0.0.1`` once its URL is known: one name per server).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from balancer.capacity.history import history_path
@@ -133,11 +133,11 @@ def dashboard_spec(rt: SpecRuntime) -> dict[str, Any]:
     }
 
 
-def cost(pool: Pool, gone_s: Mapping[str, float], now_m: float) -> dict[str, Any]:
+def cost(pool: Pool, now_m: float) -> dict[str, Any]:
     """Server-hours and core-hours so far, in total and per spec: each server from its job's start
-    to now (live) or to its end (``gone_s``: seconds of the servers gone, per spec, from
-    ``observe.recent``), times its spec's CPUs. What a cluster account is charged, roughly."""
-    run = dict(gone_s)
+    to now (live) or to its end (``Pool.gone_s``), times its spec's CPUs. What a cluster account is
+    charged, roughly."""
+    run = dict(pool.gone_s)
     for s in pool.servers.values():
         if s.started_m is not None:
             run[s.spec.name] = run.get(s.spec.name, 0.0) + max(0.0, now_m - s.started_m)

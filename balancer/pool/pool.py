@@ -66,6 +66,7 @@ class Pool:
         self._ids = ServerIds(state_dir, clock())
         self._tasks: set[asyncio.Task[Any]] = set()
         self.gone_calls = 0  # calls answered by servers no longer in ``servers``
+        self.gone_s: dict[str, float] = {}  # spec -> seconds the jobs of its gone servers ran (cost)
         self.preempted_total = 0  # servers whose jobs the scheduler preempted (status, dashboard)
 
     # -- the state machine -----------------------------------------------------------------------
@@ -82,6 +83,9 @@ class Pool:
         if to is S.GONE:
             del self.servers[s.id]  # late reports about it find nothing and are dropped
             self.gone_calls += s.calls
+            if s.started_m is not None:
+                name = s.spec.name
+                self.gone_s[name] = self.gone_s.get(name, 0.0) + max(0.0, self.clock() - s.started_m)
             failed = was is not S.STOPPING and was is not S.PREEMPTED  # preempted: lost, not failed
             self.bus.emit(Ev.SERVER_FAILED if failed else Ev.SERVER_STOPPED, server=s.id, **fields)
             if s.upstream is not None:

@@ -185,7 +185,7 @@ def test_the_page_counts_failed_calls_cost_and_badges_and_status_names_the_store
 
     async def main() -> None:
         async with running(tmp_path, [SPEC]) as h:
-            bus, feed, pool = h.balancer.bus, h.balancer.dashboard.feed, h.balancer.pool
+            bus, pool = h.balancer.bus, h.balancer.pool
             async with h.http.get(h.url + "/dashboard/events") as tab:
                 stream = _messages(tab)
                 snap = await stream.__anext__()
@@ -211,8 +211,8 @@ def test_the_page_counts_failed_calls_cost_and_badges_and_status_names_the_store
                 assert [f["what"] for f in lines] == ["3 call(s) failed"]
                 assert m["specs"]["t"]["paused"] is True
             # Cost: the servers gone ran 2 h of spec t (1 CPU each); a live server adds its own time.
-            feed.recent.gone_s["t"] = 7200.0
-            assert cost(pool, feed.recent.gone_s, pool.clock()) == {
+            pool.gone_s["t"] = 7200.0
+            assert cost(pool, pool.clock()) == {
                 "server_h": 2.0,
                 "core_h": 2.0,
                 "specs": {"t": {"server_h": 2.0, "core_h": 2.0}},
