@@ -17,13 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import ipaddress
 import json
 import os
-import re
 import signal
-import socket
 import sys
 import time
 from collections import deque
@@ -34,17 +30,14 @@ from urllib.parse import urlparse
 from balancer.launcher.client import request
 from balancer.launcher.contract import (
     ALIVE,
-    ENV_JOB_ID,
     ENV_LEASE,
     ENV_MONITOR,
     ENV_PREEMPTIBLE,
     ENV_PROBE,
     ENV_REGISTRATION_DIR,
-    ENV_SERVER_ID,
     ENV_SOCKET,
     ENV_SPEC,
     ENV_STARTUP,
-    ENV_TASK_INDEX,
     ENV_TOKEN,
     ENV_URL,
     MODEL_SOCKET,
@@ -54,59 +47,16 @@ from balancer.launcher.contract import (
     unix_url,
     write_atomic,
 )
+from balancer.launcher.place import advertised_host, free_port, job_id, own_log, server_id
 from balancer.launcher.ports import listening_ports
-from balancer.launcher.procgroup import GRACE_S, end_child
+from balancer.launcher.procgroup import GRACE_S, die_with_parent, end_child
 from balancer.launcher.usage import UsageSampler
 
-_PR_SET_PDEATHSIG = 1
 USAGE_KEEP = 100  # unsent usage samples kept while the balancer is away (the oldest go first)
-TAIL_LINES = 3  # the model's last stderr lines sent with a failed start's report
-TAIL_BYTES = 4096
-OWN_LINE = re.compile(r"\[(launch|usage) \d\d:\d\d:\d\d\] ")  # the launcher's lines, not the model's
 
 
 def log(msg: str) -> None:
     print(f"[launch {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def own_log() -> tuple[str | None, list[str]]:
-    """This launcher's log file (its stderr, shared with the model's, as every backend sets it up)
-    and the model's last lines in it: a failed start's report names both, so the user sees the
-    model's own error and where the rest is. (None, []) where stderr is no regular file."""
-    try:
-        if not os.path.isfile(f"/proc/self/fd/{sys.stderr.fileno()}"):
-            return None, []
-        path = os.readlink(f"/proc/self/fd/{sys.stderr.fileno()}")
-        with open(f"/proc/self/fd/{sys.stderr.fileno()}", "rb") as f:
-            start = max(0, os.fstat(f.fileno()).st_size - TAIL_BYTES)
-            f.seek(start)
-            text = f.read(TAIL_BYTES).decode(errors="replace")
-    except (OSError, ValueError):
-        return None, []
-    lines = text.splitlines()[1 if start else 0 :]  # a cut first line is no line
-    lines = [ln.rstrip() for ln in lines if ln.strip() and not OWN_LINE.match(ln)]
-    return path, [ln[:300] for ln in lines[-TAIL_LINES:]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
-
-
-def job_id() -> str:
-    """The job's id as its scheduler writes it (``7_0``, ``7``, ``12.0``), exported by the backend's
-    job script; this process's pid where no backend set one (the local backend's job id)."""
-    return os.environ.get(ENV_JOB_ID) or str(os.getpid())
-
-
-def server_id() -> str:
-    """One id, or a comma list (job arrays, several servers per job) indexed by the task index the
-    backend's job script exports."""
-    ids = [x for x in os.environ.get(ENV_SERVER_ID, "").split(",") if x]
-    if len(ids) <= 1:
-        return ids[0] if ids else ""
-    return ids[int(os.environ.get(ENV_TASK_INDEX) or 0)]
 
 
 def _stop_and_mtime(stop: Path, alive: Path) -> tuple[bool, float | None]:
@@ -130,24 +80,6 @@ def _offer_usage(path: Path, batch: list[dict[str, Any]]) -> bool:
         return False
     write_atomic(path, json.dumps({"usage": batch}))
     return True
-
-
-def advertised_host(balancer_url: str) -> str:
-    """The address the balancer should use: loopback for a local balancer, else our host name."""
-    if os.environ.get("UMBRIDGE_BALANCER_ADVERTISE_HOST"):
-        return os.environ["UMBRIDGE_BALANCER_ADVERTISE_HOST"]
-    host = urlparse(balancer_url).hostname or ""
-    with contextlib.suppress(ValueError):
-        if host == "localhost" or ipaddress.ip_address(host).is_loopback:
-            return "127.0.0.1"
-    return socket.getfqdn()
-
-
-def _die_with_parent() -> None:
-    """Runs in the server's child before exec: a SIGTERM reaches it if the launcher dies."""
-    os.setsid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Launcher:
@@ -224,7 +156,7 @@ class Launcher:
         if host == "127.0.0.1":  # the balancer is on this machine: the model need not be reachable
             env.setdefault("UMBRIDGE_HOST", "127.0.0.1")  # from elsewhere (models/serving.py)
         self.proc = await asyncio.create_subprocess_exec(
-            *self.command, env=env, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent
+            *self.command, env=env, stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent
         )
         where = f"socket {sock}" if sock else f"port {port}"
         log(f"server pid {self.proc.pid} on {where}: {' '.join(self.command)}")

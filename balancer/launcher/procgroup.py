@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import time
 
 GRACE_S = 10.0
 OUTER_GRACE_S = GRACE_S + 2.0
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Runs in the server's child before exec: a SIGTERM reaches it if the launcher dies."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stat(pid: int) -> tuple[str, int, int] | None:
