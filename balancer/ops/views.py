@@ -21,10 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from balancer.capacity.history import history_path
 from balancer.observe.events import Ev, Event
 from balancer.ops.reload import reload_decision
-from balancer.profiling.store import profiles_path
 
 if TYPE_CHECKING:
     from balancer.policy.types import SpecLimits
@@ -154,7 +152,11 @@ def cost(pool: Pool, now_m: float) -> dict[str, Any]:
 
 def store_paths(cfg: Any) -> dict[str, Any]:
     """``/api/status``'s ``stores``: where the profiles and the capacity history are, and that both
-    are shared by the user's configurations (on purpose: see each path's function)."""
+    are shared by the user's configurations (on purpose: see each path's function). Imported
+    here, when asked: the history's module brings numpy, which the balancer's start need not load."""
+    from balancer.capacity.history import history_path
+    from balancer.profiling.store import profiles_path
+
     return {
         "profiles": str(profiles_path(cfg.profiles)),
         "history": str(history_path(cfg.forecast)),
