@@ -35,6 +35,7 @@ def client_router(b: Balancer) -> Router:
     r.add("GET", "/Info", calls.info)
     for op in protocol.EVAL_OPS:
         r.add("POST", f"/{op}", _bind(calls.evaluate, op))
+        r.add_fast("POST", f"/{op}", _bind_fast(calls.evaluate_fast, op))
         r.add("POST", f"/{op}ShMem", shmem_unsupported)
     for op in protocol.META_OPS:
         r.add("POST", f"/{op}", _bind(calls.metadata, op))
@@ -60,6 +61,13 @@ async def root(request: Request) -> Reply:
     if b"text/html" in request.headers.get(b"accept", b""):
         return 303, b"Location: /dashboard\r\nContent-Type: text/plain\r\n", b"see /dashboard\n"
     return error_reply("NotFound", "no route GET /", 404)
+
+
+def _bind_fast(fn: Any, op: str) -> Any:
+    def fast(request: Request, done: Any) -> bool:
+        return bool(fn(request, op, done))
+
+    return fast
 
 
 def _bind(fn: Any, op: str) -> Any:

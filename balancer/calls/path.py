@@ -1,24 +1,31 @@
-"""The UM-Bridge call path: Info, the metadata cache, and Evaluate/Gradient/ApplyJacobian/ApplyHessian
+"""The UM-Bridge call path: Info, metadata, and Evaluate/Gradient/ApplyJacobian/ApplyHessian
 forwarded to a pool server with retries.
 
-Metadata (``/Info``, ``/InputSizes``, ``/OutputSizes``, ``/ModelInfo``) is asked of one ready server
-once per (operation, model, config) and then answered from the cache. A call that finds no server
-waits in the dispatcher's queue and counts as demand for the scaler. A call whose server vanished
-is retried on another server (up to ``max_attempts``); a model's own error answer is passed on as
-it is, byte for byte.
+Metadata is answered through ``calls.metadata`` (asked of one ready server once, then cached). A
+call that finds no server waits in the dispatcher's queue and counts as demand for the scaler. A
+call whose server vanished is retried on another server (up to ``max_attempts``); a model's own
+error answer is passed on as it is, byte for byte.
+
+Two ways through, one behaviour: ``evaluate`` is the coroutine that can wait for anything (model
+discovery, the first metadata, a slot, a connection). ``evaluate_fast`` runs first for every call
+and takes it whenever no wait is needed before it goes out: the checks against cached flags and
+sizes, a free slot, a kept-alive connection; the answer then comes back by callback (``_Call``),
+with no task per call and two event-loop passes instead of four. A fast call that must wait after
+all (no free slot, no open connection, a lost attempt) continues in a task from where it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 import orjson
 
 from balancer.calls import protocol
-from balancer.calls.dispatcher import Dispatcher
+from balancer.calls.dispatcher import Dispatcher, Slot
+from balancer.calls.metadata import Metadata, pass_headers
 from balancer.calls.protocol import ProtocolError
 from balancer.control.probe import Probe
 from balancer.http.messages import JSON_CT, Reply, Request, clip, error_reply, json_reply
@@ -29,42 +36,59 @@ from balancer.pool.pool import Pool
 from balancer.pool.servers import Server
 from balancer.pool.states import ServerState
 
-# Per-connection headers of a model server's answer; the frontend frames its own answer.
-_DROP_RAW = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length"})
+Headers = list[tuple[bytes, bytes]]
+Done = Callable[[Reply], None]
 
 
-CACHE_ENTRIES = 4096  # per cache: each distinct config a client sends adds an entry
+class _Call:
+    """One client call: what its events say besides their own fields (the operation, the model,
+    when it arrived and how long it waited), and for a fast call on its way, what its answer's
+    callback needs."""
 
+    __slots__ = ("body", "calls", "done", "id", "m0", "model", "op", "queue_s", "srv", "t0", "target")
 
-K = TypeVar("K")
-V = TypeVar("V")
+    def __init__(self, calls: Calls, op: str, model: str | None = None) -> None:
+        self.calls = calls
+        self.id = next(calls._call_ids)
+        self.op = op
+        self.model = model  # cut to ``ECHO_MAX`` (the client's name, of any length) for the events
+        self.m0 = time.monotonic()
+        self.queue_s: float | None = None  # received to first dispatch, once dispatched
+        self.body = b""
+        self.done: Done | None = None
+        self.srv: Server | None = None
+        self.target = ""  # the model's name as the client sent it: what a fast call is routed by
+        self.t0 = 0.0
 
+    def handed(self, slot: Slot | None, exc: Exception | None) -> None:
+        """The dispatcher's callback for a fast call that waited: a slot, or why none will come."""
+        calls, done = self.calls, self.done
+        assert done is not None
+        if slot is None:
+            calls._call_ended()
+            done(calls._reject(self, ProtocolError("ServiceUnavailable", str(exc), 503)))
+            return
+        s = cast(Server, slot)  # the dispatcher's members are the pool's records
+        if not s.serving:  # drained (or stopped) since the slot was handed: wait again, first in line
+            calls.disp.release(s, time.monotonic())
+            calls.disp.enqueue_cb(self.target, self.handed, front=True)
+            return
+        calls._send(self, s)
 
-class LRU(OrderedDict[K, V]):
-    """A dict that forgets its least recently used entries beyond ``size``: clients choose the
-    configs, so the metadata and sizes caches must not grow with them (~4.6 KB each)."""
-
-    def __init__(self, size: int = CACHE_ENTRIES) -> None:
-        super().__init__()
-        self.size = size
-
-    def get(self, key: K, default: Any = None) -> Any:
+    def answered(self, status: int, raw: Headers, data: bytes, exc: Exception | None) -> None:
+        """The fast path's upstream callback: the answer (or the attempt's loss) arrived."""
+        calls, done, srv = self.calls, self.done, self.srv
+        assert done is not None and srv is not None
+        if exc is not None:
+            calls._spawn(calls._resume(self, srv, exc))
+            return
         try:
-            self.move_to_end(key)
-        except KeyError:
-            return default
-        return self[key]
-
-    def __setitem__(self, key: K, value: V) -> None:
-        super().__setitem__(key, value)
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
-
-
-def _pass_headers(raw: list[tuple[bytes, bytes]]) -> bytes:
-    """A model server's headers, as it sent them, minus the per-connection ones."""
-    return b"".join(b"%s: %s\r\n" % (k, v) for k, v in raw if k.lower() not in _DROP_RAW)
+            reply = calls._answered(self, srv, status, raw, data)
+        except Exception as err:  # a bug: still one journaled, readable answer
+            reply = calls._reject(self, ProtocolError("InternalError", f"{type(err).__name__}: {err}", 500))
+        finally:
+            calls._call_ended()
+        done(reply)
 
 
 class Calls:
@@ -78,30 +102,22 @@ class Calls:
         self.max_body_mb = max_body_mb
         self.inflight = 0
         self._call_ids = iter(range(1, 1 << 62))
-        self._meta: dict[tuple[str, str, bytes], Reply] = LRU()
-        self._meta_inflight: dict[tuple[str, str, bytes], asyncio.Future[Reply]] = {}
-        self._in_sizes: dict[tuple[str, bytes], list[int]] = LRU()
-        self._out_sizes: dict[tuple[str, bytes], list[int]] = LRU()
+        self.meta = Metadata(pool, dispatcher, self._server_lost, self._wait_as_demand)
         self._attempts: dict[str, int] = {}
-        self._reloads = 0
-        self._support: dict[str, dict[str, Any]] = {}  # model -> ModelInfo's "support" flags
+        self._tasks: set[asyncio.Task[None]] = set()  # the fast path's calls that wait
 
     def reconfigure(self, max_body_mb: float, stale: set[str]) -> None:
         """After a reload: the body limit, retry limits looked up again; the ``stale`` models (their
         servers' command changed) have their cached metadata and sizes asked again of the new servers."""
         self.max_body_mb = max_body_mb
         self._attempts.clear()
-        self._reloads += 1
-        caches: tuple[dict[Any, Any], ...] = (self._meta, self._in_sizes, self._out_sizes)
-        for cache in caches:
-            for key in [k for k in cache if k[-2] in stale]:
-                del cache[key]
+        self.meta.reconfigure(stale)
 
     # -- waiting for servers ---------------------------------------------------------------------
     def _max_startup(self) -> float:
         return max(rt.spec.startup_timeout_s for rt in self.pool.specs.values())
 
-    async def _wait_as_demand(self, model: str, pred: Any) -> None:
+    async def _wait_as_demand(self, model: str, pred: Callable[[], bool]) -> None:
         """Wait (up to the start-up timeout) for ``pred``, counting as demand for ``model`` meanwhile
         ("" = a model no discovered spec has), so the scaler starts a server rather than one per call."""
         await self.pool.wait_as_demand(model, pred, self._max_startup())
@@ -127,10 +143,39 @@ class Calls:
             return
         self.pool.fail(s, f"lost: {reason}")
 
+    # -- the events of a call --------------------------------------------------------------------
+    def _received(self, c: _Call, nbytes: int | None) -> None:
+        self.bus.emit(Ev.CALL_RECEIVED, call=c.id, op=c.op, model=c.model, bytes=nbytes)
+
+    def _reject(self, c: _Call, exc: ProtocolError) -> Reply:
+        self.bus.emit(
+            Ev.CALL_FAILED,
+            call=c.id,
+            status=exc.status,
+            reason=f"{exc.kind}: {exc.message}",
+            op=c.op,
+            model=c.model,
+            makespan_s=time.monotonic() - c.m0,
+        )
+        return error_reply(exc.kind, exc.message, exc.status)
+
+    def _completed(self, c: _Call, server: str | None, status: int, nbytes: int, **more: Any) -> None:
+        self.bus.emit(
+            Ev.CALL_COMPLETED,
+            call=c.id,
+            server=server,
+            status=status,
+            bytes=nbytes,
+            op=c.op,
+            model=c.model,
+            makespan_s=time.monotonic() - c.m0,
+            **more,
+        )
+
     # -- handlers --------------------------------------------------------------------------------
     async def info(self, request: Request) -> Reply:
-        call = next(self._call_ids)
-        self.bus.emit(Ev.CALL_RECEIVED, call=call, op="Info", model=None, bytes=0)
+        c = _Call(self, "Info")
+        self._received(c, 0)
         if not self.pool.all_discovered():
             await self._wait_as_demand("", self.pool.all_discovered)
         models = self.pool.known_models()
@@ -140,10 +185,10 @@ class Calls:
             # only ``models`` (and then says "Supported models are: [...]"), so the reason is there too.
             doc = {"error": {"type": "ServiceUnavailable", "message": why}, "models": [why]}
             body = orjson.dumps({"protocolVersion": protocol.PROTOCOL_VERSION, **doc})
-            self.bus.emit(Ev.CALL_FAILED, call=call, status=503, reason=f"ServiceUnavailable: {why}")
+            self._reject(c, ProtocolError("ServiceUnavailable", why, 503))
             return 503, JSON_CT, body
         body = orjson.dumps({"protocolVersion": protocol.PROTOCOL_VERSION, "models": models})
-        self.bus.emit(Ev.CALL_COMPLETED, call=call, server=None, status=200, bytes=len(body), cached=True)
+        self._completed(c, None, 200, len(body), cached=True)
         return 200, JSON_CT, body
 
     def _none_servable(self, models: list[str]) -> str:
@@ -155,11 +200,11 @@ class Calls:
         held = [rt.held_reason for rt in pool.specs.values() if rt.held]
         return f"no model can be served: {'; '.join(held)}" if held else ""
 
-    def _read(self, call: int, request: Request, op: str) -> dict[str, Any]:
+    def _read(self, c: _Call, request: Request) -> dict[str, Any]:
         """The request's JSON object (journaled as received either way)."""
         body = request.body
         if request.too_large:
-            self.bus.emit(Ev.CALL_RECEIVED, call=call, op=op, model=None, bytes=None)
+            self._received(c, None)
             raise ProtocolError(
                 "InvalidInput",
                 f"request body exceeds the balancer's limit of {self.max_body_mb:g} MiB (max_body_mb)",
@@ -168,32 +213,27 @@ class Calls:
         try:
             doc = protocol.parse_body(body)
         except ProtocolError:
-            self.bus.emit(Ev.CALL_RECEIVED, call=call, op=op, model=None, bytes=len(body))
+            self._received(c, len(body))
             raise
         # Journal, dashboard and notifications see the name cut: it is the client's, of any length.
-        self.bus.emit(Ev.CALL_RECEIVED, call=call, op=op, model=clip(doc["name"]), bytes=len(body))
+        c.model = clip(doc["name"])
+        self._received(c, len(body))
         return doc
 
-    def _reject(self, call: int, exc: ProtocolError) -> Reply:
-        self.bus.emit(Ev.CALL_FAILED, call=call, status=exc.status, reason=f"{exc.kind}: {exc.message}")
-        return error_reply(exc.kind, exc.message, exc.status)
-
     async def metadata(self, request: Request, op: str) -> Reply:
-        call = next(self._call_ids)
+        c = _Call(self, op)
         try:
-            doc = self._read(call, request, op)
+            doc = self._read(c, request)
             await self._check_model(doc["name"])
             req = protocol.check_fields(op, doc)
-            ans, cached = await self._metadata(op, req.model, req.config_key, request.body)
+            ans, cached = await self.meta.get(op, req.model, req.config_key, request.body)
         except ProtocolError as exc:
-            return self._reject(call, exc)
+            return self._reject(c, exc)
         except NoServerError as exc:
-            return self._reject(call, ProtocolError("ServiceUnavailable", str(exc), 503))
+            return self._reject(c, ProtocolError("ServiceUnavailable", str(exc), 503))
         except Exception as exc:  # a bug: still one journaled, readable answer
-            return self._reject(call, ProtocolError("InternalError", f"{type(exc).__name__}: {exc}", 500))
-        self.bus.emit(
-            Ev.CALL_COMPLETED, call=call, server=None, status=ans[0], bytes=len(ans[2]), cached=cached
-        )
+            return self._reject(c, ProtocolError("InternalError", f"{type(exc).__name__}: {exc}", 500))
+        self._completed(c, None, ans[0], len(ans[2]), cached=cached)
         return ans
 
     async def evaluate(self, request: Request, op: str) -> Reply:
@@ -201,146 +241,72 @@ class Calls:
         (model, support, fields, sizes), then queue, forward, retry on loss."""
         self.inflight += 1
         try:
-            call = next(self._call_ids)
+            c = _Call(self, op)
             doc: dict[str, Any] | None
             req: protocol.ParsedRequest | None
             try:
-                doc = self._read(call, request, op)
+                doc = self._read(c, request)
                 model = doc["name"]
                 await self._check_model(model)
-                support = self._support.get(model)  # no coroutine once the flags are known
+                support = self.meta.support.get(model)  # no coroutine once the flags are known
                 if support is None:
-                    support = await self._load_support(model)
+                    support = await self.meta.load_support(model)
                 if support.get(op) is False:
                     raise ProtocolError("UnsupportedFeature", f"{op} not supported by model!")
                 req = protocol.check_fields(op, doc)
-                ins, outs = await self._sizes(model, req.config, req.config_key, op)
+                ins, outs = await self.meta.sizes(model, req.config, req.config_key, op)
                 if ins is not None:
                     protocol.check_sizes(op, doc, ins, outs)
             except ProtocolError as exc:
-                return self._reject(call, exc)
+                return self._reject(c, exc)
             except NoServerError as exc:
-                return self._reject(call, ProtocolError("ServiceUnavailable", str(exc), 503))
+                return self._reject(c, ProtocolError("ServiceUnavailable", str(exc), 503))
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 pass  # a server with odd size answers: leave the checks to it
             except Exception as exc:  # a bug: still one journaled, readable answer
-                return self._reject(call, ProtocolError("InternalError", f"{type(exc).__name__}: {exc}", 500))
+                return self._reject(c, ProtocolError("InternalError", f"{type(exc).__name__}: {exc}", 500))
             doc = req = None  # the parsed input is not needed while the call waits (~0.4 KB each)
-            return await self._forward(call, op, model, request.body)
+            return await self._forward(c, model, request.body)
         finally:
-            self.inflight -= 1
-            if self.inflight == 0 and self.pool.closing:
-                self.pool.changed()
-
-    async def _load_support(self, model: str) -> dict[str, Any]:
-        """The model's ModelInfo support flags (asked once, through the metadata cache); empty,
-        and asked again next time, when there is no usable answer: the server checks then."""
-        ans, _ = await self._metadata("ModelInfo", model, b"{}", orjson.dumps({"name": model}))
-        try:
-            support = orjson.loads(ans[2])["support"] if ans[0] == 200 else None
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            support = None
-        if not isinstance(support, dict):
-            return {}
-        self._support[model] = support
-        return support
-
-    # -- metadata --------------------------------------------------------------------------------
-    async def _metadata(self, op: str, model: str, ckey: bytes, body: bytes) -> tuple[Reply, bool]:
-        """Ask one ready server once per (op, model, config); everyone else gets the cached answer."""
-        key = (op, model, ckey)
-        ans = self._meta.get(key)
-        if ans is not None:
-            return ans, True
-        fut = self._meta_inflight.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut), True
-        fut = asyncio.get_running_loop().create_future()
-        self._meta_inflight[key] = fut
-        try:
-            reloads = self._reloads
-            ans = await self._fetch_metadata(op, model, body)
-            if ans[0] == 200 and reloads == self._reloads:  # not an old server's, asked before a reload
-                self._meta[key] = ans
-            fut.set_result(ans)
-            return ans, False
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: followers may not exist
-            raise
-        finally:
-            del self._meta_inflight[key]
-
-    async def _fetch_metadata(self, op: str, model: str, body: bytes) -> Reply:
-        for _ in range(3):
-            s = await self._any_ready(model)
-            try:
-                assert s.upstream is not None  # set before a server becomes ready
-                status, raw, data = await s.upstream.post("/" + op, body)
-                return status, _pass_headers(raw), data
-            except (OSError, UpstreamError) as exc:
-                await self._server_lost(s, f"{op}: {type(exc).__name__}: {exc}")
-        raise NoServerError(f"no server answered {op} for model '{model}'")
-
-    async def _any_ready(self, model: str) -> Server:
-        """A ready server of ``model`` (no slot taken: metadata is cheap), waiting for one if needed."""
-        disp, pool = self.disp, self.pool
-        if not disp.by_model.get(model):
-            await self._wait_as_demand(
-                model, lambda: bool(disp.by_model.get(model)) or not pool.can_serve(model)
-            )
-        s = disp.least_loaded(model)
-        if s is None:
-            raise NoServerError(pool.unservable_reason(model))
-        return cast(Server, s)  # the dispatcher's members are the pool's records
-
-    async def _sizes(
-        self, model: str, config: Any, ckey: bytes, op: str
-    ) -> tuple[list[int] | None, list[int] | None]:
-        """The model's input (and, for derivatives, output) sizes for this config, parsed once."""
-        key = (model, ckey)
-        ins = self._in_sizes.get(key)
-        body = b""
-        if ins is None:
-            body = orjson.dumps({"name": model, "config": config})
-            ans, _ = await self._metadata("InputSizes", model, ckey, body)
-            if ans[0] != 200:
-                return None, None
-            ins = self._in_sizes[key] = orjson.loads(ans[2])["inputSizes"]
-        if op == "Evaluate":
-            return ins, None
-        outs = self._out_sizes.get(key)
-        if outs is None:
-            body = body or orjson.dumps({"name": model, "config": config})
-            ans, _ = await self._metadata("OutputSizes", model, ckey, body)
-            if ans[0] == 200:
-                outs = self._out_sizes[key] = orjson.loads(ans[2])["outputSizes"]
-        return ins, outs
+            self._call_ended()
 
     # -- forwarding ------------------------------------------------------------------------------
-    async def _forward(self, call: int, op: str, model: str, body: bytes) -> Reply:
+    async def _forward(
+        self,
+        c: _Call,
+        model: str,
+        body: bytes,
+        first: Server | None = None,
+        attempt: int = 0,
+        charged: int = 0,
+    ) -> Reply:
+        """Queue for a slot (``first``: one already taken), send, retry elsewhere on a loss.
+        ``attempt``, ``charged``: attempts made already, and those of them that count toward
+        ``max_attempts`` (a fast call comes here after its first attempt's loss)."""
         disp = self.disp
         emit = self.bus.emit
         max_attempts = self._max_attempts(model)
-        path = "/" + op
-        attempt = 0
-        charged = 0  # attempts that count toward max_attempts: a preempted server's do not
+        path = "/" + c.op
         handed_stale = False  # the last hand-off's server drained before this call could use it
         while True:
             attempt += not handed_stale
-            s = disp.try_acquire(model)
+            s: Slot | None
+            if first is not None:
+                s, first = first, None
+            else:
+                s = disp.try_acquire(model)
             if s is None:
                 if not self.pool.can_serve(model):
                     reason = self.pool.unservable_reason(model)
-                    return self._reject(call, ProtocolError("ServiceUnavailable", reason, 503))
+                    return self._reject(c, ProtocolError("ServiceUnavailable", reason, 503))
                 fut = disp.enqueue(model, front=attempt > 1 or handed_stale)
                 if not fut.done():
-                    emit(Ev.CALL_QUEUED, call=call, model=model, depth=disp.depth(model))
+                    emit(Ev.CALL_QUEUED, call=c.id, model=model, depth=disp.depth(model))
                     self.pool.wake.set()
                 try:
                     s = await fut
                 except NoServerError as exc:
-                    return self._reject(call, ProtocolError("ServiceUnavailable", str(exc), 503))
+                    return self._reject(c, ProtocolError("ServiceUnavailable", str(exc), 503))
                 except asyncio.CancelledError:
                     if fut.cancelled():
                         disp.gave_up(model)
@@ -354,30 +320,55 @@ class Calls:
             if handed_stale:
                 disp.release(srv, time.monotonic())
                 continue
-            emit(Ev.CALL_DISPATCHED, call=call, server=srv.id, attempt=attempt)
-            t0 = time.monotonic()
+            self._dispatched(c, srv, attempt)
             try:
                 assert srv.upstream is not None  # set before a server becomes ready
                 status, raw, data = await srv.upstream.post(path, body)
             except (OSError, UpstreamError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-                await self._server_lost(srv, reason)  # holding the slot meanwhile
-                disp.release(srv, time.monotonic())
-                charged += not srv.preempted  # the scheduler took it back: not the call's fault
-                if charged >= max_attempts:
-                    why = f"call failed on {attempt} server(s); last: {reason}"
-                    return self._reject(call, ProtocolError("ServiceUnavailable", why, 503))
-                emit(Ev.CALL_REQUEUED, call=call, server=srv.id, attempt=attempt, reason=reason)
+                charged, reply = await self._attempt_lost(c, srv, exc, attempt, charged, max_attempts)
+                if reply is not None:
+                    return reply
                 continue
             except BaseException:
                 disp.release(srv, time.monotonic())
                 raise
-            t1 = time.monotonic()
-            disp.release(srv, t1)
-            took = t1 - t0
-            self.pool.count_call(srv, took)
-            emit(Ev.CALL_COMPLETED, call=call, server=srv.id, status=status, bytes=len(data), service_s=took)
-            return status, _pass_headers(raw), data
+            return self._answered(c, srv, status, raw, data)
+
+    def _dispatched(self, c: _Call, srv: Server, attempt: int) -> None:
+        c.t0 = now = time.monotonic()
+        if c.queue_s is None:
+            c.queue_s = now - c.m0
+        self.bus.emit(Ev.CALL_DISPATCHED, call=c.id, server=srv.id, attempt=attempt)
+
+    async def _attempt_lost(
+        self, c: _Call, srv: Server, exc: Exception, attempt: int, charged: int, max_attempts: int
+    ) -> tuple[int, Reply | None]:
+        """An attempt on ``srv`` broke: is the server gone (probed, holding the slot meanwhile)?
+        Returns the attempts charged so far and, when they are used up, the call's 503."""
+        reason = f"{type(exc).__name__}: {exc}"
+        await self._server_lost(srv, reason)
+        charged += not srv.preempted  # the scheduler took it back: not the call's fault
+        # The call's line comes before the slot is released: a waiter handed the slot is
+        # dispatched (and journaled) in that very release.
+        reply = None
+        if charged >= max_attempts:
+            why = f"call failed on {attempt} server(s); last: {reason}"
+            reply = self._reject(c, ProtocolError("ServiceUnavailable", why, 503))
+        else:
+            self.bus.emit(
+                Ev.CALL_REQUEUED, call=c.id, server=srv.id, attempt=attempt, reason=reason, model=c.model
+            )
+        self.disp.release(srv, time.monotonic())
+        return charged, reply
+
+    def _answered(self, c: _Call, srv: Server, status: int, raw: Headers, data: bytes) -> Reply:
+        t1 = time.monotonic()
+        took = t1 - c.t0
+        self.pool.count_call(srv, took)
+        # Journaled before the slot is released: the waiter it is handed to goes out in the release.
+        self._completed(c, srv.id, status, len(data), service_s=took, queue_s=c.queue_s)
+        self.disp.release(srv, t1)
+        return status, pass_headers(raw), data
 
     def _max_attempts(self, model: str) -> int:
         n = self._attempts.get(model)
@@ -387,6 +378,101 @@ class Calls:
             if self.pool.all_discovered():
                 self._attempts[model] = n
         return n
+
+    def _call_ended(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self.pool.closing:
+            self.pool.changed()
+
+    # -- the fast path: no task while nothing waits ----------------------------------------------
+    def evaluate_fast(self, request: Request, op: str, done: Done) -> bool:
+        """``evaluate`` without a task where no wait comes before the call goes out (module
+        docstring). False (nothing done, nothing journaled) when a check needs a server's answer
+        first: then ``evaluate`` runs as a coroutine."""
+        if request.too_large:
+            return False
+        body = request.body
+        try:
+            doc = protocol.parse_body(body)
+        except ProtocolError:
+            return False
+        model = doc["name"]
+        support = self.meta.support.get(model)
+        if support is None or not self.pool.serves(model):
+            return False
+        try:
+            if support.get(op) is False:
+                raise ProtocolError("UnsupportedFeature", f"{op} not supported by model!")
+            req = protocol.check_fields(op, doc)
+            sizes = self.meta.known_sizes(model, req.config_key, op)
+            if sizes is None:
+                return False  # asked of a server first (or its answer was unusable): the coroutine
+            protocol.check_sizes(op, doc, *sizes)
+        except ProtocolError as exc:
+            c = _Call(self, op, clip(model))
+            self._received(c, len(body))
+            done(self._reject(c, exc))
+            return True
+        except (KeyError, TypeError):
+            pass  # a server with odd size answers: leave the checks to it
+        c = _Call(self, op, clip(model))
+        self._received(c, len(body))
+        self.inflight += 1
+        c.target, c.body, c.done = model, body, done
+        s = cast("Server | None", self.disp.try_acquire(model))
+        if s is not None:
+            self._send(c, s)
+            return True
+        if not self.pool.can_serve(model):
+            self._call_ended()
+            why = self.pool.unservable_reason(model)
+            done(self._reject(c, ProtocolError("ServiceUnavailable", why, 503)))
+            return True
+        self.disp.enqueue_cb(model, c.handed)
+        if c.srv is None:  # waits (not handed a slot at once)
+            self.bus.emit(Ev.CALL_QUEUED, call=c.id, model=model, depth=self.disp.depth(model))
+            self.pool.wake.set()
+        return True
+
+    def _send(self, c: _Call, s: Server) -> None:
+        """A fast call's first attempt on ``s`` (its slot taken): out now on a kept-alive
+        connection, or from a task that connects."""
+        c.srv = s
+        if s.upstream is not None and s.upstream.post_nowait("/" + c.op, c.body, c.answered):
+            self._dispatched(c, s, 1)
+        else:
+            assert c.done is not None
+            self._spawn(self._forward_then(c, c.target, c.body, s, c.done))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)  # a task nobody references may be collected mid-call
+        task.add_done_callback(self._tasks.discard)
+
+    async def _forward_then(
+        self, c: _Call, model: str, body: bytes, first: Server | None, done: Done
+    ) -> None:
+        """A fast call that waits: for a slot or a connection."""
+        try:
+            reply = await self._forward(c, model, body, first)
+        except Exception as exc:  # a bug: still one journaled, readable answer
+            reply = self._reject(c, ProtocolError("InternalError", f"{type(exc).__name__}: {exc}", 500))
+        finally:
+            self._call_ended()
+        done(reply)
+
+    async def _resume(self, c: _Call, srv: Server, exc: Exception) -> None:
+        """A fast call's first attempt broke: what ``_forward`` does after a loss, then on."""
+        assert c.done is not None
+        try:
+            charged, reply = await self._attempt_lost(c, srv, exc, 1, 0, self._max_attempts(c.target))
+            if reply is None:
+                reply = await self._forward(c, c.target, c.body, None, 1, charged)
+        except Exception as err:  # a bug: still one journaled, readable answer
+            reply = self._reject(c, ProtocolError("InternalError", f"{type(err).__name__}: {err}", 500))
+        finally:
+            self._call_ended()
+        c.done(reply)
 
 
 async def shmem_unsupported(request: Request) -> Reply:

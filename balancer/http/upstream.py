@@ -10,6 +10,7 @@ server owns its idle connections; the concurrency cap bounds how many it ever ha
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -24,23 +25,29 @@ class UpstreamError(ConnectionError):
 
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, raw headers, body
+# ``post_nowait``'s callback: (status, raw headers, body, None) on an answer, (0, [], b"", error) on a loss.
+AnswerCallback = Callable[[int, list[tuple[bytes, bytes]], bytes, "Exception | None"], None]
 
 
 class _Conn(SharedBufferProtocol):
     __slots__ = (
         "_body",
+        "_callback",
         "_headers",
         "_parser",
         "_waiter",
         "closed",
         "keep_alive",
+        "owner",
         "transport",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, owner: Upstream | None = None) -> None:
         self.transport: asyncio.Transport | None = None
+        self.owner = owner  # where a callback request's connection goes back to (``post_nowait``)
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Answer] | None = None
+        self._callback: AnswerCallback | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self.closed = False
@@ -69,6 +76,9 @@ class _Conn(SharedBufferProtocol):
             w.set_exception(exc)
         if self.transport is not None:
             self.transport.close()
+        cb, self._callback = self._callback, None
+        if cb is not None:
+            cb(0, [], b"", exc)
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -78,35 +88,54 @@ class _Conn(SharedBufferProtocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self.keep_alive = self._parser.should_keep_alive()
+        self.keep_alive = keep = self._parser.should_keep_alive()
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        cb = self._callback
+        if cb is not None:
+            self._callback = None
+            # Back to the idle list before the callback runs: the next call may reuse it at once.
+            if keep and not self.closed and self.owner is not None:
+                self.owner._idle.append(self)
+            elif self.transport is not None:
+                self.transport.close()
+            cb(self._parser.get_status_code(), self._headers, body, None)
+            return
         w = self._waiter
         if w is not None and not w.done():
-            body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
             w.set_result((self._parser.get_status_code(), self._headers, body))
 
-    def request(self, head: bytes, body: bytes) -> asyncio.Future[Answer]:
+    def _send(self, head: bytes, body: bytes) -> None:
         assert self.transport is not None
         self._headers = []
         self._body = []
-        self._waiter = fut = asyncio.get_running_loop().create_future()
         if len(body) < _SMALL:
             self.transport.write(head + body)
         else:
             self.transport.write(head)
             self.transport.write(body)
+
+    def request(self, head: bytes, body: bytes) -> asyncio.Future[Answer]:
+        self._waiter = fut = asyncio.get_running_loop().create_future()
+        self._send(head, body)
         return fut
+
+    def request_nowait(self, head: bytes, body: bytes, callback: AnswerCallback) -> None:
+        self._waiter = None
+        self._callback = callback
+        self._send(head, body)
 
 
 class Upstream:
     """The connections to one model server: reused while the server keeps them alive."""
 
-    __slots__ = ("_heads", "_idle", "host", "port", "unix")
+    __slots__ = ("_conns", "_heads", "_idle", "host", "port", "unix")
 
     def __init__(self, host: str, port: int, unix: str | None = None) -> None:
         self.host = host
         self.port = port
         self.unix = unix  # a Unix socket path (isolate = "socket"): connect there, not to host:port
         self._idle: list[_Conn] = []
+        self._conns: set[_Conn] = set()  # every connection made (closed ones pruned at the next connect)
         self._heads: dict[tuple[str, int], bytes] = {}
 
     def _head(self, path: str, length: int) -> bytes:
@@ -121,6 +150,17 @@ class Upstream:
                 self._heads[key] = h
         return h
 
+    def post_nowait(self, path: str, body: bytes, callback: AnswerCallback) -> bool:
+        """POST ``body`` on an idle kept-alive connection and return True; ``callback`` gets the
+        answer (or the loss) from the connection's own read: no task, no future. False when no
+        idle connection is open (nothing sent): then ``post`` connects."""
+        while self._idle:
+            c = self._idle.pop()
+            if not c.closed:
+                c.request_nowait(self._head(path, len(body)), body, callback)
+                return True
+        return False
+
     async def post(self, path: str, body: bytes) -> Answer:
         """POST ``body``; returns (status, raw headers, body). Raises OSError/UpstreamError on loss."""
         conn = None
@@ -132,9 +172,11 @@ class Upstream:
         if conn is None:
             loop = asyncio.get_running_loop()
             if self.unix is None:
-                _, conn = await loop.create_connection(_Conn, self.host, self.port)
+                _, conn = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
             else:
-                _, conn = await loop.create_unix_connection(_Conn, self.unix)
+                _, conn = await loop.create_unix_connection(lambda: _Conn(self), self.unix)
+            self._conns = {c for c in self._conns if not c.closed}
+            self._conns.add(conn)
         try:
             result = await conn.request(self._head(path, len(body)), body)
         except BaseException:
@@ -148,7 +190,14 @@ class Upstream:
         return result
 
     def close(self) -> None:
+        """Close the idle connections and abort the busy ones: a server given up (lost, its lease
+        expired, its node off the network) answers none of its calls in flight, which then fail at
+        once and are retried elsewhere instead of waiting forever on a peer that went silent."""
         for c in self._idle:
             if c.transport is not None:
                 c.transport.close()
         self._idle.clear()
+        for c in self._conns:
+            if not c.closed and c.transport is not None:
+                c.transport.abort()
+        self._conns.clear()

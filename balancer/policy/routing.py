@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Protocol, TypeVar
 
 
@@ -14,7 +14,7 @@ class Routable(Protocol):
 R = TypeVar("R", bound=Routable)  # generic, so the caller gets back its own server type
 
 
-def pick_server(candidates: Sequence[R], free_slot: bool = True) -> R | None:
+def pick_server(candidates: Iterable[R], free_slot: bool = True) -> R | None:
     """Least outstanding calls; with ``free_slot`` only among servers below their concurrency.
 
     Metadata calls pass ``free_slot=False``: they are cheap, take no slot and must not wait for

@@ -7,7 +7,7 @@ membership in step through ``Members`` (given to it at construction) and ends wa
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 
@@ -19,7 +19,7 @@ class Members(Protocol):
     """The routing table of READY servers and the calls waiting for them."""
 
     @property
-    def by_model(self) -> Mapping[str, Sequence[Any]]: ...  # model -> member servers
+    def by_model(self) -> Mapping[str, Collection[Any]]: ...  # model -> member servers
 
     @property
     def queues(self) -> Mapping[str, Any]: ...  # model -> its waiting calls

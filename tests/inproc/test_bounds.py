@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from balancer.calls.path import LRU
+from balancer.calls.metadata import LRU
 from tests.fakes import model_server, running, until
 
 
@@ -26,11 +26,11 @@ def test_distinct_configs_do_not_grow_the_caches(tmp_path: Path):
             sid = (await until(lambda: h.backend.submitted))[0].server_id
             await h.register(sid, m)
             calls = h.balancer.calls
-            for cache in (calls._meta, calls._in_sizes, calls._out_sizes):
+            for cache in (calls.meta.answers, calls.meta.in_sizes, calls.meta.out_sizes):
                 cache.size = 5
             for i in range(30):
                 doc = {"name": "forward", "input": [[float(i)]], "config": {"k": i}}
                 assert await h.post("/Evaluate", doc, token=None) == (200, {"output": [[2.0 * i]]})
-            assert len(calls._meta) <= 5 and len(calls._in_sizes) <= 5
+            assert len(calls.meta.answers) <= 5 and len(calls.meta.in_sizes) <= 5
 
     asyncio.run(main())

@@ -54,9 +54,9 @@ def test_transitions_follow_the_table_and_keep_the_dispatcher_in_step(tmp_path: 
         assert s.state is S.REGISTERED and s.url == "http://127.0.0.1:1"
         assert not pool.register(s, "http://127.0.0.1:2", {})  # only once
         assert pool.make_ready(s, ["forward"])
-        assert s.serving and pool.dispatcher.by_model["forward"] == [s]
+        assert s.serving and list(pool.dispatcher.by_model["forward"]) == [s]
         assert pool.transition(s, S.DRAINING, "time limit ahead")
-        assert not s.serving and pool.dispatcher.by_model["forward"] == []
+        assert not s.serving and not pool.dispatcher.by_model["forward"]
         pool.job_ended(s.id, "job 7 COMPLETED", False)
         assert s.id not in pool.servers and events[-1]["ev"] == "server.failed"
         n = len(events)
