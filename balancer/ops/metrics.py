@@ -69,7 +69,6 @@ class Metrics(Collector):
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self._known: frozenset[str] = frozenset(m for rt in pool.specs.values() for m in rt.models)
-        self._calls: dict[int, tuple[Any, str, float]] = {}  # call -> (model, op, received m); in flight
         self._call_counts: dict[tuple[str, str, str], int] = {}
         self._retries: dict[str, int] = {}
         self._makespan: dict[tuple[str, str], _Hist] = {}
@@ -82,8 +81,6 @@ class Metrics(Collector):
         self._held: dict[str, int] = {}
         self._sample: dict[str, Any] = {}
         self._handlers: dict[str, Callable[[Event], None]] = {
-            Ev.CALL_RECEIVED: self._received,
-            Ev.CALL_DISPATCHED: self._dispatched,
             Ev.CALL_COMPLETED: self._completed,
             Ev.CALL_FAILED: self._failed,
             Ev.CALL_REQUEUED: self._requeued,
@@ -104,45 +101,39 @@ class Metrics(Collector):
         if h is not None:
             h(e)
 
-    def _received(self, e: Event) -> None:
-        self._calls[e["call"]] = (e["model"], e["op"], e["m"])
+    @property
+    def events(self) -> frozenset[str]:
+        """The events it reads: the bus calls it for no other (a call's first two events among them)."""
+        return frozenset(self._handlers)
 
     def _label(self, model: str | None) -> str:
         if model is None:
             return NONE
         return model if model in self._known else UNKNOWN
 
-    def _dispatched(self, e: Event) -> None:
-        c = self._calls.get(e["call"])
-        if c is not None and e["attempt"] == 1:
-            _observe(self._queue_wait, (self._label(c[0]), c[1]), e["m"] - c[2])
-
+    # A call's model, operation, makespan and queue wait come with its last event (``call.completed``
+    # or ``call.failed``), so the per-call path calls this subscriber once per call, not three times.
     def _completed(self, e: Event) -> None:
-        c = self._calls.pop(e["call"], None)
-        if c is None:
-            return
-        key = (self._label(c[0]), c[1])
+        key = (self._label(e.get("model")), e.get("op") or "?")
         outcome = "ok" if e["status"] < 400 else "model_error"
         ck = (*key, outcome)
         counts = self._call_counts
         counts[ck] = counts.get(ck, 0) + 1
-        _observe(self._makespan, key, e["m"] - c[2])
+        _observe(self._makespan, key, e.get("makespan_s") or 0.0)
+        queued = e.get("queue_s")
+        if queued is not None:
+            _observe(self._queue_wait, key, queued)
         service = e.get("service_s")
         if service is not None:
             _observe(self._service, key, service)
 
     def _failed(self, e: Event) -> None:
-        c = self._calls.pop(e["call"], None)
-        if c is None:
-            return
-        ck = (self._label(c[0]), c[1], "failed")
+        ck = (self._label(e.get("model")), e.get("op") or "?", "failed")
         self._call_counts[ck] = self._call_counts.get(ck, 0) + 1
 
     def _requeued(self, e: Event) -> None:
-        c = self._calls.get(e["call"])
-        if c is not None:
-            m = self._label(c[0])
-            self._retries[m] = self._retries.get(m, 0) + 1
+        m = self._label(e.get("model"))
+        self._retries[m] = self._retries.get(m, 0) + 1
 
     # -- servers and specs ----------------------------------------------------------------------
     def _requested(self, e: Event) -> None:

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 EVAL_OPS = frozenset({"Evaluate", "Gradient", "ApplyJacobian", "ApplyHessian"})
 # The events the profiler reads: it subscribes to these only (``Profiler._handlers``).
 EVENTS = frozenset({
-    Ev.CALL_RECEIVED, Ev.CALL_DISPATCHED, Ev.CALL_COMPLETED, Ev.CALL_REQUEUED, Ev.CALL_FAILED,
+    Ev.CALL_DISPATCHED, Ev.CALL_COMPLETED, Ev.CALL_REQUEUED, Ev.CALL_FAILED,
     Ev.SERVER_USAGE, Ev.SERVER_REQUESTED, Ev.SERVER_ADOPTED, Ev.SERVER_READY, Ev.WORKLOAD_CLASSIFIED,
     Ev.SERVER_STOPPED, Ev.SERVER_FAILED,
 })  # fmt: skip
@@ -81,7 +81,7 @@ class Profiler:
         # version a reload replaced while its servers still run (``reconfigure``): key -> name.
         self.names: dict[str, str] = {}
         self.servers: dict[str, _Server] = {}
-        self.calls: dict[str, list[Any]] = {}  # call -> [op, model, server]
+        self.calls: dict[Any, str] = {}  # call -> the server it is on now (dispatched, not ended)
         self.spec_figs: dict[str, dict[str, Any]] = {}
         self.model_figs: dict[tuple[str, str], dict[str, Any]] = {}
         self._op_figs: dict[tuple[str, str, str], tuple[dict[str, Any], ...]] = {}
@@ -146,7 +146,6 @@ class Profiler:
     def _handlers(self) -> dict[str, Callable[[Event], None]]:
         """One handler per event the profiler reads (``EVENTS``), so the bus calls it for no other."""
         return {
-            Ev.CALL_RECEIVED: self._received,
             Ev.CALL_DISPATCHED: self._dispatched,
             Ev.CALL_COMPLETED: self._call_completed,
             Ev.CALL_REQUEUED: self._call_ended,
@@ -160,29 +159,24 @@ class Profiler:
             Ev.SERVER_FAILED: self._server_ended,
         }
 
-    def _received(self, e: Event) -> None:
-        if e.get("op") in EVAL_OPS:
-            self.calls[e["call"]] = [e["op"], e.get("model"), None]
-
+    # A call's operation and model come with its ``call.completed`` (issue 23: the profiler no
+    # longer reads every ``call.received``); only the model calls (dispatched to a server) count.
     def _dispatched(self, e: Event) -> None:
-        c = self.calls.get(e["call"])
         s = self.servers.get(e["server"])
-        if c is not None and s is not None:
-            c[2] = e["server"]
+        if s is not None:
+            self.calls[e["call"]] = e["server"]
             s.open[e["call"]] = e["t"]
 
     def _call_completed(self, e: Event) -> None:
-        c = self.calls.pop(e["call"], None)
-        if c is not None:
-            self._completed(c, e)
+        server = self.calls.pop(e["call"], None)
+        if server is not None and e.get("op") in EVAL_OPS:
+            self._completed(server, e)
 
     def _call_ended(self, e: Event) -> None:
         """A requeued call leaves its server (and comes back dispatched); a failed one is over."""
-        requeued = e["ev"] == Ev.CALL_REQUEUED
-        c = self.calls.get(e["call"]) if requeued else self.calls.pop(e["call"], None)
-        if c is not None and c[2] in self.servers:
-            self._span(self.servers[c[2]], e, done=False)
-            c[2] = None
+        server = self.calls.pop(e["call"], None)
+        if server is not None and server in self.servers:
+            self._span(self.servers[server], e, done=False)
 
     def _requested(self, e: Event) -> None:
         if e.get("spec") in self.specs:
@@ -229,13 +223,13 @@ class Profiler:
             f["startup_hist"][b] = f["startup_hist"].get(b, 0) + 1
             f["startup_max"] = max(f.get("startup_max", 0.0), took)
 
-    def _completed(self, c: list[Any], e: Event) -> None:
-        s = self.servers.get(c[2]) if c[2] else None
+    def _completed(self, server: str, e: Event) -> None:
+        s = self.servers.get(server)
         service = e.get("service_s")
         if s is None or service is None:
             return
         self._span(s, e, done=True)
-        key = (s.spec, c[1] or "?", c[0])
+        key = (s.spec, e.get("model") or "?", e["op"])
         figs = self._op_figs.get(key)
         if figs is None:
             figs = self._op_figs[key] = self._new_op(*key)

@@ -265,6 +265,9 @@ class UsageAggregator:
             "why": v.why if v is not None else None,
         }
 
+    # The events it reads (subscribe with ``only=EVENTS``): no call's events reach it.
+    EVENTS = frozenset({Ev.SERVER_USAGE, Ev.SERVER_STOPPED, Ev.SERVER_FAILED})
+
     def __call__(self, e: dict[str, Any]) -> None:
         ev = e["ev"]
         if ev == Ev.SERVER_USAGE:

@@ -209,7 +209,8 @@ def calls(bus: EventBus, server: str, first: int, n: int) -> None:
     for i in range(first, first + n):
         bus.emit("call.received", call=f"c{i}", op="Evaluate", model="m", bytes=1)
         bus.emit("call.dispatched", call=f"c{i}", server=server, attempt=1)
-        bus.emit("call.completed", call=f"c{i}", server=server, status=200, bytes=1, service_s=0.01)
+        bus.emit("call.completed", call=f"c{i}", server=server, status=200, bytes=1, service_s=0.01,
+                 op="Evaluate", model="m")  # fmt: skip
 
 
 def test_profiler_keeps_the_old_and_the_new_hash_apart(tmp_path: Path) -> None:

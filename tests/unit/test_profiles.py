@@ -48,7 +48,8 @@ def fake_run(store: ProfileStore, cfg: Any, calls: int, cpu_per_call: float, uti
             bus.emit("call.received", call=str(i), op="Evaluate", model="m", bytes=10)
             bus.emit("call.dispatched", call=str(i), server="s1", attempt=1)
             service = 0.1 * (1 + i % 5)
-            bus.emit("call.completed", call=str(i), server="s1", status=200, bytes=10, service_s=service)
+            bus.emit("call.completed", call=str(i), server="s1", status=200, bytes=10, service_s=service,
+                     op="Evaluate", model="m")  # fmt: skip
             cpu += cpu_per_call
             rss += MIB
         bus.emit("server.usage", server="s1", spec="w", cpu_s=cpu, cpu_util=util, rss_bytes=rss,
@@ -149,7 +150,8 @@ def test_periodic_flushes_add_up_to_one_run(tmp_path: Path) -> None:
         for i in range(6):
             bus.emit("call.received", call=str(i), op="Evaluate", model="m", bytes=1)
             bus.emit("call.dispatched", call=str(i), server="s1", attempt=1)
-            bus.emit("call.completed", call=str(i), server="s1", status=200, bytes=1, service_s=0.01)
+            bus.emit("call.completed", call=str(i), server="s1", status=200, bytes=1, service_s=0.01,
+                     op="Evaluate", model="m")  # fmt: skip
             await prof.flush()
         await prof.close()
 
@@ -286,6 +288,8 @@ def test_the_profiler_subscribes_to_exactly_the_events_it_handles(tmp_path: Path
     bus = EventBus()
     prof = open_profiler(cfg, bus)
     assert prof is not None and set(prof._on) == EVENTS
-    bus.emit("call.received", call="c1", op="Evaluate", model="m")  # an event it reads reaches it
-    assert prof.calls == {"c1": ["Evaluate", "m", None]}
+    bus.emit("server.requested", server="s1", spec="w", reason="demand")
+    bus.emit("call.received", call="c0", op="Evaluate", model="m")  # one it does not read: no trace
+    bus.emit("call.dispatched", call="c1", server="s1", attempt=1)  # an event it reads reaches it
+    assert prof.calls == {"c1": "s1"}
     asyncio.run(prof.close())
