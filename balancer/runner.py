@@ -183,7 +183,8 @@ class Runner:
         return b
 
     async def start(self) -> None:
-        """The components' start (backend, first forecast, scaler); journals ``balancer.started``.
+        """The components' start (backend, scaler; the first forecast before the scaler where the
+        policy reads it, else beside the first jobs' wait); journals ``balancer.started``.
         A ConfigError of the backend's start closes the listeners and raises StartError."""
         b, cfg = self.app, self.cfg
         try:
@@ -196,6 +197,7 @@ class Runner:
             Ev.BALANCER_STARTED, url=self.url, host=cfg.host, port=self.port, control_url=self.control_url,
             scheduler=cfg.scheduler, pid=os.getpid(), config=b.reloader.path, run_dir=str(b.run_dir),
             specs=[s.name for s in cfg.servers],
+            loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],  # uvloop or asyncio
         )  # fmt: skip
 
     async def stop(self, reason: str) -> None:

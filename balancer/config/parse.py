@@ -24,6 +24,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 from balancer.backends.options import parse_options
 from balancer.backends.registry import SCHEDULERS, backend_class
 from balancer.config.schema import (
+    LOOPS,
     BalancerConfig,
     ConfigError,
     Resources,
@@ -237,6 +238,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
         ),
         scale_interval_s=float(positive("balancer.scale_interval_s", values.get("scale_interval_s", 0.25))),
         delay_ms=positive("balancer.delay_ms", delay, allow_zero=True, integer=True),
+        loop=_choice("balancer.loop", values.get("loop", "auto"), LOOPS),
         advertise_url=values.get("advertise_url"),
         registration=registration,
         registration_dir=values.get("registration_dir"),
@@ -255,6 +257,12 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, **overrides:
         notify=parse_notify(raw.get("notify", {})),
         profiles=parse_profiles(raw.get("profiles", {})),
     )
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(key, f"expected one of {', '.join(choices)}, got {value!r}")
+    return str(value)
 
 
 def _allowed(values: dict[str, Any]) -> tuple[tuple[int, ...], tuple[str, ...]]:

@@ -4,6 +4,7 @@ analysed (every endpoint, errors, bad input and HTTP edge cases in-process: inpr
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sys
@@ -33,8 +34,9 @@ def _check_concurrency_from_journal(events: list[dict], limit: int) -> dict[str,
     return dict(peak)
 
 
-@pytest.mark.parametrize("concurrency", [1, 2])
-def test_64_concurrent_calls_over_4_servers(start_balancer, concurrency):
+@pytest.mark.parametrize(("concurrency", "loop"), [(1, "auto"), (2, "auto"), (1, "asyncio")])
+def test_64_concurrent_calls_over_4_servers(start_balancer, concurrency, loop):
+    """On the default loop (uvloop where installed) and on asyncio's own (``loop = "asyncio"``)."""
     b = start_balancer(
         [
             test_model_spec(
@@ -44,9 +46,12 @@ def test_64_concurrent_calls_over_4_servers(start_balancer, concurrency):
                 concurrency=concurrency,
                 env={"TEST_DELAY": "20"},
             )
-        ]
+        ],
+        loop=loop,
     )
     wait_until(lambda: len(b.events("server.ready")) == 4, 60, what="4 servers ready")
+    uvloop = loop == "auto" and importlib.util.find_spec("uvloop") is not None
+    assert b.events("balancer.started")[0]["loop"] == ("uvloop" if uvloop else "asyncio")
     model = umbridge.HTTPModel(b.url, "forward")
     with ThreadPoolExecutor(64) as ex:
         outs = list(ex.map(lambda i: model([[float(i)]]), range(64)))
