@@ -177,7 +177,10 @@ class Scaler:
                 last_idle_stop_m=memory.last_idle_stop_m,
                 last_demand_start_m=memory.last_demand_start_m,
             )
-        return Observed(specs, forecast=self.forecast(), adopting=self.clock() < pool.adopt_until)
+        # The demand policy never reads the forecast: its view (which counts the CPUs every running
+        # server holds, O(servers)) is not built on each pass for nothing.
+        forecast = self.forecast() if self.limits.rules.policy != "demand" else None
+        return Observed(specs, forecast=forecast, adopting=self.clock() < pool.adopt_until)
 
     # -- actions ---------------------------------------------------------------------------------
     def apply(self, a: Action) -> None:

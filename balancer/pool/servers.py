@@ -1,7 +1,7 @@
 """Server records: what the pool knows of one server, with its marks for the policy in one table.
 
 The marks (``Mark``) are what the policy reads besides the state: set by the pool as reports and
-actions arrive, read through the record's properties (``policy.types.ServerView``).
+actions arrive (``Server.mark``), read as the record's plain fields (``policy.types.ServerView``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,12 @@ class Server:
     models: tuple[str, ...] = ()
     deadline_wall: float | None = None  # Unix time its job will be killed
     deadline_m: float | None = None  # the same on the monotonic clock, for the policy
-    marks: Mark = Mark.NONE
+    # The marks (``Mark``) as plain flags: the policy reads them for every server on every pass,
+    # and an enum.Flag's ``in`` is a Python-level call (10,000 servers: ~2 ms a pass).
+    replaced: bool = False
+    outdated: bool = False
+    successor: bool = False
+    deferred: bool = False
     drain_reason: str | None = None  # why the operator drained it (the policy's drains leave it None)
     lease_waiter: asyncio.Future[None] | None = None
     upstream: Upstream | None = None  # keep-alive connections, set when the server is ready
@@ -58,20 +63,14 @@ class Server:
         return PHASE[self.state]
 
     def mark(self, m: Mark, on: bool = True) -> None:
-        self.marks = self.marks | m if on else self.marks & ~m
+        for flag, name in _FIELD.items():
+            if flag & m:
+                setattr(self, name, on)
 
-    @property
-    def replaced(self) -> bool:
-        return Mark.REPLACED in self.marks
 
-    @property
-    def outdated(self) -> bool:
-        return Mark.OUTDATED in self.marks
-
-    @property
-    def successor(self) -> bool:
-        return Mark.SUCCESSOR in self.marks
-
-    @property
-    def deferred(self) -> bool:
-        return Mark.DEFERRED in self.marks
+_FIELD = {
+    Mark.REPLACED: "replaced",
+    Mark.OUTDATED: "outdated",
+    Mark.SUCCESSOR: "successor",
+    Mark.DEFERRED: "deferred",
+}

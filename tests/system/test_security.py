@@ -11,7 +11,7 @@ from pathlib import Path
 
 import umbridge
 
-from balancer.control.probe import exposed_addresses
+from balancer.control.exposure import exposed_addresses
 from tests.helpers import BalancerProc, reap, test_model_spec, wait_until
 
 ALL_INTERFACES = """
