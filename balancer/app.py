@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 STOP_WAIT_S = 5.0  # after the stop of every server, how long to wait for their jobs to end
 FIRST_FORECAST_S = 10.0  # at start, how long the first scaling pass waits for a first forecast
+FIRST_SAMPLE_AFTER_S = 0.05  # the demand policy: the first jobs' submissions fork before the sample's
 
 
 class Balancer:
@@ -115,10 +116,10 @@ class Balancer:
         self.gate = PeerGate(bus, (*cfg.allow_uids, *users), cfg.allow_remote, connections=self._client_conns)
         self.control_gate = ControlGate(bus, token)  # the control listener's: owner or token, bounded
         self.metrics = Metrics(self.pool, lambda: self.calls.inflight, self.forecast)
-        bus.subscribe(self.metrics)
+        bus.subscribe(self.metrics, only=self.metrics.events)
         # Workload class per spec from server.usage (workload.py); the local backend pins CPU-bound.
         self.workload = UsageAggregator(bus, self._busy, self._models_of)
-        bus.subscribe(self.workload)
+        bus.subscribe(self.workload, only=UsageAggregator.EVENTS)
         backend.use_workload(self.workload.current)
         self.profiler: Profiler | None = None  # model profiles (profiling/recorder.py), [profiles] on
         if cfg.profiles.enabled:
@@ -219,10 +220,14 @@ class Balancer:
         launch = LaunchSettings(
             url, self.token, self.cfg.lease_s, self.run_dir / "logs", reg_dir, self.cfg.monitor_interval_s
         )
-        if self.monitor is not None:
-            # A first sample and a first training before the first scaling pass, so a balancer that
-            # starts on a full cluster with a trained history never floods the queue in its first
-            # second; bounded, the rest goes on in the background.
+        # A policy that reads the forecast gets a first sample and a first training before the first
+        # scaling pass, so a balancer that starts on a full cluster with a trained history never
+        # floods the queue in its first second (bounded; the rest goes on in the background). The
+        # demand policy never reads it: its first jobs are submitted first, and the first forecast
+        # (the scheduler's commands, numpy's import, the training: ~0.1-0.2 s of CPU) runs while
+        # they wait in the scheduler's queue, where the balancer has nothing else to do.
+        first_forecast = self.monitor is not None and self.cfg.rules.policy != "demand"
+        if first_forecast:
             self._first = asyncio.ensure_future(self._first_forecast())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._first), FIRST_FORECAST_S)
@@ -230,6 +235,8 @@ class Balancer:
         await journal_priors(self.cfg.servers, self.bus, self.workload, store)
         self.workload.start(self.cfg.monitor_interval_s, self.cfg.lease_s)
         self.scaler.start(launch)
+        if self.monitor is not None and not first_forecast:
+            self._first = asyncio.ensure_future(self._first_forecast(FIRST_SAMPLE_AFTER_S))
         if self.profiler is not None:
             self.profiler.start()
 
@@ -268,8 +275,10 @@ class Balancer:
         await self.notify.close()  # pending notices and the run summary, bounded wait
         self.bus.emit(Ev.BALANCER_STOPPED)
 
-    async def _first_forecast(self) -> None:
+    async def _first_forecast(self, after_s: float = 0.0) -> None:
         assert self.monitor is not None
+        if after_s:
+            await asyncio.sleep(after_s)
         await self.monitor.sample_once()
         await self.forecast.train_once()
         self.monitor.start(first_done=True)

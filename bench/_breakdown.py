@@ -345,11 +345,12 @@ def analyse(
     }
 
 
-def report(clients: int, runs: list[dict[str, Any]]) -> str:
+def report(clients: int, runs: list[dict[str, Any]], name: str = "") -> str:
     """Per-server table (median [min-max] over every server of every run, ms), the critical path
-    (median [min-max] over runs, ms) and the whole run."""
+    (median [min-max] over runs, ms) and the whole run; ``name``: the version (``--compare``)."""
     n = len(runs)
-    lines = [f"== breakdown, {clients} clients, {n} cold run(s), ms: median [min-max] =="]
+    of = f"{name}: " if name else ""
+    lines = [f"== breakdown, {of}{clients} clients, {n} cold run(s), ms: median [min-max] =="]
     lines.append("")
     lines.append(f"per server (every server of every run, {sum(len(r['marks']) for r in runs)} in all):")
     w = max(len(label) for label, _, _ in PHASES)
@@ -422,18 +423,21 @@ def summary(by_clients: dict[int, list[dict[str, Any]]]) -> str:
     )
 
 
-def import_times(module: str, top: int = 10) -> str:
-    """``python -X importtime -c 'import MODULE'``, 3 times: the total and the top imports by
-    cumulative time (median of the 3)."""
+def import_times(module: str, top: int = 10, root: Path | None = None, code: str | None = None) -> str:
+    """``python -X importtime -c 'import MODULE'`` (or ``code``) in the checkout ``root``, 3 times:
+    the total and the top imports by cumulative time (median of the 3)."""
+    root = root or Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
     runs: list[dict[str, int]] = []
     totals = []
     for _ in range(3):
         t = time.perf_counter()
         res = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+            [sys.executable, "-X", "importtime", "-c", code or f"import {module}"],
             capture_output=True,
             text=True,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=root,
+            env=env,
         )
         totals.append(time.perf_counter() - t)
         cum: dict[str, int] = {}
@@ -444,13 +448,36 @@ def import_times(module: str, top: int = 10) -> str:
         runs.append(cum)
     names = set().union(*runs)
     med = {n: statistics.median([r.get(n, 0) for r in runs]) for n in names}
+    what = f"'import {module}'" if code is None else module
     lines = [
-        f"python -X importtime -c 'import {module}': whole interpreter run "
+        f"python -X importtime -c {what}: whole interpreter run "
         f"{_mmm(totals)} ms; {len(names)} modules; top {top} by cumulative import time (median of 3, ms):"
     ]
     for n, us in sorted(med.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"  {us / 1000:8.1f}  {n}")
     return "\n".join(lines)
+
+
+_SERVE_IMPORTS = """
+import sys
+from balancer.cli.main import main
+try:
+    main(["serve", "--help"])  # the command line's own imports: the parsers it builds
+except SystemExit:
+    pass
+import balancer.runner, balancer.app, balancer.backends.registry, balancer.backends.batch.slurm
+import balancer.capacity.history, balancer.capacity.monitor, balancer.capacity.collectors
+import balancer.profiling.autosize, balancer.ops.reload
+"""
+
+
+def serve_imports(root: Path, top: int = 12) -> str:
+    """What ``balancer serve`` with a SLURM config imports before its first submission: the
+    command line (``serve --help``: its parsers), the runner and app, the SLURM backend, the
+    capacity collection (on by default)."""
+    return import_times(
+        "'balancer serve' (its parser, runner, app, slurm backend, capacity)", top, root, _SERVE_IMPORTS
+    )
 
 
 # -- the same steps measured alone, on a quiet pool (no other start-up competing for the CPUs) ------
@@ -459,21 +486,22 @@ import asyncio, sys, time
 t = time.perf_counter()
 from balancer.control.probe import Probe
 t_mod = time.perf_counter()
-import aiohttp
-t_aio = time.perf_counter()
+async def check(p, url):
+    if hasattr(p, "ready_check"):  # /Info and the sizes together
+        await p.ready_check(url, ["posterior"])
+    else:  # /Info, then the sizes, one after the other
+        await p.models(url)
+        await p.sizes(url, "posterior")
 async def main():
     p = Probe()
     url = sys.argv[1]
     a = time.perf_counter()
-    await p.models(url)
+    await check(p, url)  # the first: lazy imports included
     b = time.perf_counter()
-    await p.sizes(url, "posterior")
+    await check(p, url)
     c = time.perf_counter()
-    await p.models(url)
-    await p.sizes(url, "posterior")
-    d = time.perf_counter()
     await p.close()
-    print(t_mod - t, t_aio - t_mod, b - a, c - b, d - c)
+    print(t_mod - t, b - a, c - b)
 asyncio.run(main())
 """
 
@@ -523,6 +551,7 @@ def _model_alone(root: Path) -> tuple[float, float, list[float]]:
             capture_output=True,
             text=True,
             cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
         )
         probe = [float(x) for x in res.stdout.split()] if res.returncode == 0 else []
         return (t_listen or t0) - t0, (t_info or t0) - t0, probe
@@ -531,18 +560,16 @@ def _model_alone(root: Path) -> tuple[float, float, list[float]]:
         proc.wait(10)
 
 
-def standalone(root: Path, n: int = 3) -> str:
+def standalone(root: Path, label: str = "", n: int = 3) -> str:
     rows = [_model_alone(root) for _ in range(n)]
-    lines = [f"measured alone, {n} times, ms: median [min-max]:"]
+    lines = [f"measured alone{label}, {n} times, ms: median [min-max]:"]
     lines.append(f"  eigen.py spawned -> port listening          {_mmm([r[0] for r in rows])}")
     lines.append(f"  eigen.py spawned -> /Info answers           {_mmm([r[1] for r in rows])}")
-    probes = [r[2] for r in rows if len(r[2]) == 5]
+    probes = [r[2] for r in rows if len(r[2]) == 3]
     labels = [
         "ready check: import balancer.control.probe",
-        "ready check: + import aiohttp (lazy, 1st check)",
-        "ready check: GET /Info (1st, new connection)",
-        "ready check: POST InputSizes, OutputSizes (seq.)",
-        "ready check: all three again (warm session)",
+        "ready check: /Info + sizes, 1st (lazy imports)",
+        "ready check: /Info + sizes, again",
     ]
     for i, label in enumerate(labels):
         lines.append(f"  {label.ljust(48)}  {_mmm([p[i] for p in probes])}")

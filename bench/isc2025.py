@@ -13,6 +13,20 @@ more clients than servers it grows with the queue; overhead = lag - queue wait (
 itself adds). Targets: whole run (cold) <= 2.5 s; warm-pool median lag < 5 ms.
 
     python bench/isc2025.py [--backend slurm] [--clients 10 2] [--calls 100] [--servers 2] [--keep DIR]
+    python bench/isc2025.py --breakdown --runs 3 --compare HEAD   # before (a git rev or a checkout) and after
+
+``--compare`` runs the same cases with another version of the balancer (a directory holding a
+checkout, or a git revision, checked out into a temporary worktree) on the same cluster, the two
+alternating run by run (each first in turn), and prints both side by side. Each cold run starts at a
+random offset (``--jitter``, up to 1 s): SLURM starts a submitted batch job on its next scheduling
+pass (its background loop's 1 s tick, or backfill's), so runs of a fixed length would otherwise hit
+the same phase of that tick every time and one version could be lucky throughout.
+
+Python's bytecode cache: an installed balancer compiles its modules once (``__pycache__``); an
+environment with ``PYTHONDONTWRITEBYTECODE=1`` (some sandboxes set it) compiles all ~270 of them at
+every start, ~0.1 s of the balancer's and some of each launcher's. ``--bytecode cached`` (the
+default) lets every process of the run share a cache (``PYTHONPYCACHEPREFIX`` in the work directory,
+filled by one discarded warm-up run per version); ``--bytecode env`` keeps the environment as it is.
 
 A backend is one function in ``BACKENDS``: a context manager that prepares the scheduler and yields
 the balancer's ``scheduler``, ``[backend]`` table and environment.
@@ -25,6 +39,7 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -135,10 +150,21 @@ def workload(url: str, clients: int, calls: int, n: int) -> tuple[list[float], l
 
 
 def run_case(
-    setup: Setup, clients: int, calls: int, n: int, servers: int, d: Path, breakdown: bool = False
+    setup: Setup,
+    clients: int,
+    calls: int,
+    n: int,
+    servers: int,
+    d: Path,
+    breakdown: bool = False,
+    tree: Path = ROOT,
 ) -> dict[str, Any]:
+    """One cold run (then the same workload on the warm pool) of the balancer in ``tree`` (a
+    checkout: its package goes first on the balancer's and, through the job environment, the
+    launchers' PYTHONPATH)."""
     d.mkdir(parents=True, exist_ok=True)
     env = dict(setup.env)
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])
     shim_log = bd.install_shims(d / "shims", env) if breakdown else None
     watcher = bd.PortWatcher() if breakdown else None
     journal = d / "run" / "journal.jsonl"
@@ -148,7 +174,7 @@ def run_case(
         "servers": [
             {
                 "name": "eigen",
-                "command": [sys.executable, str(ROOT / "models" / "eigen.py")],
+                "command": [sys.executable, str(tree / "models" / "eigen.py")],
                 "models": ["posterior"],
                 "min_servers": servers,
                 "max_servers": servers,
@@ -168,7 +194,7 @@ def run_case(
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "balancer.cli", "serve", "--config", str(d / "balancer.toml")],
-        cwd=ROOT,
+        cwd=tree,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -359,7 +385,104 @@ def table(results: list[dict[str, Any]], pub: dict[int, dict[str, Any]], setup: 
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+@contextlib.contextmanager
+def checkout(spec: str) -> Iterator[Path]:
+    """``spec`` as a source tree: a directory as it is, else a git revision checked out (detached)
+    into a temporary worktree, removed afterwards."""
+    if Path(spec).is_dir():
+        yield Path(spec).resolve()
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="isc2025-base-"))
+    tree = tmp / "tree"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(tree), spec], cwd=ROOT, check=True, capture_output=True
+    )
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
+def spread(values: list[float]) -> str:
+    """median [min-max] in seconds."""
+    return f"{statistics.median(values):.2f} s [{min(values):.2f}-{max(values):.2f}]"
+
+
+def compare_table(runs: dict[tuple[str, int], list[dict[str, Any]]], names: list[str]) -> str:
+    """Both versions side by side per client count: median [range] of the cold run's figures."""
+    clients = sorted({c for _, c in runs}, reverse=True)
+    rows = [("whole run, cold start incl.", lambda r: r["whole_cold_s"])]
+    rows.append(("  from first client call", lambda r: r["whole_cold_from_url_s"]))
+
+    def less_slurm(r: dict[str, Any]) -> float | None:
+        b = r.get("breakdown")
+        if not b:
+            return None
+        wait = next((v for label, v in b["path"] if "submitted -> allocated" in label), None)
+        return None if wait is None else r["whole_cold_s"] - wait
+
+    def slurm_wait(r: dict[str, Any]) -> float | None:
+        b = r.get("breakdown")
+        return next((v for label, v in b["path"] if "submitted -> allocated" in label), None) if b else None
+
+    rows.append(("  less SLURM's wait for its pass", less_slurm))
+    rows.append(("  SLURM's wait for its pass", slurm_wait))
+    rows.append(("whole run, warm pool", lambda r: r["whole_warm_s"]))
+    head = ["metric"] + [f"{n}, {c} clients" for c in clients for n in names]
+    lines = []
+    for label, get in rows:
+        cells = [label]
+        for c in clients:
+            for n in names:
+                vals = [v for r in runs.get((n, c), []) if (v := get(r)) is not None]
+                cells.append(spread(vals) if vals else "-")
+        lines.append(cells)
+    widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"]
+    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    out += ["| " + " | ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)) + " |" for r in lines]
+    n_runs = max(len(v) for v in runs.values())
+    out.append(f"\nmedian [min-max] over {n_runs} cold runs each, the versions alternating run by run.")
+    return "\n".join(out)
+
+
+def print_breakdowns(breakdowns: dict[tuple[str, int], list[dict[str, Any]]], trees: dict[str, Path]) -> None:
+    """Each version's breakdown per client count, its import times, its steps measured alone."""
+    for (name, clients), runs in breakdowns.items():
+        print()
+        print(bd.report(clients, runs, name))
+    for name, root in trees.items():
+        label = f" [{name}]" if name else ""
+        print()
+        print(bd.import_times("balancer.launcher.main", root=root) + label)
+        print()
+        print(bd.import_times("balancer.cli, balancer.app", top=10, root=root) + label)
+        print()
+        print(bd.serve_imports(root) + label)
+    print()
+    print(bd.import_times("numpy, umbridge, aiohttp.web", top=5))
+    for name, root in trees.items():
+        print()
+        print(bd.standalone(root, f" [{name}]" if name else ""))
+    for name in trees:
+        print()
+        mine = {c: runs for (n, c), runs in breakdowns.items() if n == name}
+        print((f"[{name}] " if name else "") + bd.summary(mine))
+
+
+def use_bytecode_cache(mode: str, workdir: Path) -> None:
+    """``cached``: every process of the run (balancers, launchers, models: they inherit this
+    environment through the cluster's) shares one bytecode cache in ``workdir``. Call it before the
+    cluster starts."""
+    if mode == "cached":
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        os.environ["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
+    unset = " (PYTHONDONTWRITEBYTECODE set)" if os.environ.get("PYTHONDONTWRITEBYTECODE") else ""
+    print(f"bytecode: {mode}{unset}", file=sys.stderr)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backend", choices=sorted(BACKENDS), default="slurm")
     p.add_argument("--clients", type=int, nargs="+", default=[10, 2])
@@ -374,51 +497,88 @@ def main(argv: list[str] | None = None) -> int:
         help="print where each cold run's time goes (journal, SLURM's logs, process start times)",
     )
     p.add_argument("--runs", type=int, default=1, help="cold runs per client count (table: the median one)")
-    args = p.parse_args(argv)
-    breakdowns: dict[int, list[dict[str, Any]]] = {}
+    p.add_argument(
+        "--compare",
+        metavar="REV_OR_DIR",
+        help="also run this version (a git revision or a checkout) and print both side by side",
+    )
+    p.add_argument(
+        "--jitter",
+        type=float,
+        default=1.0,
+        help="wait a random 0..JITTER s before each cold run (SLURM's 1 s tick; 0: none)",
+    )
+    p.add_argument("--seed", type=int, default=23, help="of the jitter")
+    p.add_argument(
+        "--bytecode",
+        choices=("cached", "env"),
+        default="cached",
+        help="cached: a shared bytecode cache, as an installation has (default); env: as the environment is",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rng = random.Random(args.seed)
+    breakdowns: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    every: dict[tuple[str, int], list[dict[str, Any]]] = {}
     with contextlib.ExitStack() as stack:
         workdir = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="isc2025-")))
         workdir.mkdir(parents=True, exist_ok=True)
+        use_bytecode_cache(args.bytecode, workdir)
+        trees: dict[str, Path] = {}
+        if args.compare:
+            trees["before"] = stack.enter_context(checkout(args.compare))
+            trees["after"] = ROOT
+        else:
+            trees[""] = ROOT
+        names = list(trees)
         results = []
         with BACKENDS[args.backend](workdir) as setup:
+            for name in names if args.bytecode == "cached" else []:  # fills the cache; not counted
+                d = workdir / f"warmup-{name or 'this'}"
+                run_case(setup, args.clients[0], args.calls, args.n, args.servers, d, False, trees[name])
             for clients in args.clients:
-                mine = []
                 for i in range(args.runs):
-                    d = workdir / (f"c{clients}" if args.runs == 1 else f"c{clients}-{i + 1}")
-                    r = run_case(setup, clients, args.calls, args.n, args.servers, d, args.breakdown)
-                    print(
-                        f"{clients} clients, run {i + 1}: whole run {r['whole_cold_s']:.2f} s cold, "
-                        f"warm lag p50 {r['warm_lag_p50_s'] * 1000:.2f} ms",
-                        file=sys.stderr,
-                    )
-                    mine.append(r)
-                    if r["breakdown"] is not None:
-                        breakdowns.setdefault(clients, []).append(r["breakdown"])
-                mine.sort(key=lambda r: r["whole_cold_s"])
-                results.append(mine[len(mine) // 2])
-                if args.runs > 1:
-                    cold = [r["whole_cold_s"] for r in mine]
-                    print(
-                        f"{clients} clients: whole run (cold) over {len(cold)} runs: median "
-                        f"{statistics.median(cold):.2f} s, range {min(cold):.2f}-{max(cold):.2f} s"
-                    )
+                    order = names if i % 2 == 0 else names[::-1]  # each version first in turn
+                    for name in order:
+                        tag = f"{name}-" if name else ""
+                        d = workdir / (f"{tag}c{clients}" if args.runs == 1 else f"{tag}c{clients}-{i + 1}")
+                        if args.jitter > 0:
+                            time.sleep(rng.uniform(0, args.jitter))
+                        r = run_case(
+                            setup, clients, args.calls, args.n, args.servers, d, args.breakdown, trees[name]
+                        )
+                        lag_ms = r["warm_lag_p50_s"] * 1000
+                        print(
+                            f"{name + ': ' if name else ''}{clients} clients, run {i + 1}: whole run "
+                            f"{r['whole_cold_s']:.2f} s cold, warm lag p50 {lag_ms:.2f} ms",
+                            file=sys.stderr,
+                        )
+                        every.setdefault((name, clients), []).append(r)
+                        if r["breakdown"] is not None:
+                            breakdowns.setdefault((name, clients), []).append(r["breakdown"])
+                for name in names:
+                    mine = sorted(every[(name, clients)], key=lambda r: r["whole_cold_s"])
+                    if name == names[-1]:
+                        results.append(mine[len(mine) // 2])
+                    if args.runs > 1:
+                        cold = [r["whole_cold_s"] for r in mine]
+                        print(
+                            f"{name + ': ' if name else ''}{clients} clients: whole run (cold) over "
+                            f"{len(cold)} runs: median {statistics.median(cold):.2f} s, "
+                            f"range {min(cold):.2f}-{max(cold):.2f} s"
+                        )
         direct = direct_baseline(args.calls, args.n)
-    pub = published()
-    print(table(results, pub, setup, direct))
-    if breakdowns:
-        for clients, runs in breakdowns.items():
+        pub = published()
+        print(table(results, pub, setup, direct))
+        if args.compare:
             print()
-            print(bd.report(clients, runs))
-        print()
-        print(bd.import_times("balancer.launcher.main"))
-        print()
-        print(bd.import_times("balancer.cli, balancer.app", top=10))
-        print()
-        print(bd.import_times("numpy, umbridge, aiohttp.web", top=5))
-        print()
-        print(bd.standalone(ROOT))
-        print()
-        print(bd.summary(breakdowns))
+            print(f"== before ({args.compare}) and after (this checkout), same cluster ==")
+            print(compare_table(every, names))
+        if breakdowns:
+            print_breakdowns(breakdowns, trees)
     ok_cold = all(r["whole_cold_s"] <= 2.5 for r in results)
     print(f"\ntarget whole run (cold) <= 2.5 s: {'met' if ok_cold else 'MISSED'}")
     for r in results:
@@ -433,7 +593,12 @@ def main(argv: list[str] | None = None) -> int:
             f"balancer overhead {over:.2f} ms"
         )
     if args.json:
-        doc = {"results": results, "published": pub, "direct_s": direct}
+        doc = {
+            "results": results,
+            "runs": {f"{n or 'this'}/{c}": v for (n, c), v in every.items()},
+            "published": pub,
+            "direct_s": direct,
+        }
         args.json.write_text(json.dumps(doc, indent=1, default=str))
     return 0
 

@@ -31,8 +31,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from balancer.capacity.sample import CapacitySample
 from balancer.capacity.series import Series
 
@@ -91,6 +89,8 @@ class History:
 
         Rows of the same ``source``/``partition`` in the series' span are replaced, so importing a
         trace twice does not count it twice."""
+        import numpy as np  # here, not at the top: every balancer that collects opens the history
+
         vals = np.asarray(series.values, dtype=np.float64)
         mids = series.start + (np.arange(len(vals)) + 0.5) * series.step_s
         ok = np.isfinite(vals)
@@ -177,6 +177,8 @@ class History:
                 f"SELECT MAX(t) FROM samples WHERE {where}) GROUP BY source",
                 [*args, *args],
             ).fetchall()
+        import numpy as np  # as in import_series: numpy loads when a series is built, not at start
+
         n = max(int(r[0]) for r in rows) + 1  # SQLite's own slot arithmetic decides the last slot
         by_source: dict[str, np.ndarray] = {}
         for slot, src, _part, idle in rows:

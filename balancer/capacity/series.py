@@ -7,9 +7,10 @@ and the simulator speak only these two types, so a forecaster is one small class
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
+if TYPE_CHECKING:  # numpy only in annotations here: importing the types costs a balancer's start nothing
+    import numpy as np
 
 DAY_S = 86400.0
 WEEK_S = 7 * DAY_S

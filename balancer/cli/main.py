@@ -6,7 +6,6 @@ Every user error ends with one line on stderr and exit code 2; no tracebacks.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import sys
@@ -63,7 +62,7 @@ def _serve_main(args: argparse.Namespace) -> int:
 
         return detach(args.argv, cfg.run_dir)
     level = 1 + getattr(args, "verbose", 0) - getattr(args, "quiet", 0)  # observe/console.py's levels
-    return asyncio.run(serve(cfg, os.path.abspath(args.config), digest, overrides, level))
+    return _run(serve(cfg, os.path.abspath(args.config), digest, overrides, level), cfg.loop, "balancer")
 
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -97,23 +96,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-q", "--quiet", action="count", default=0, help="stderr: warnings and errors only")
     p.add_argument("-v", "--verbose", action="count", default=0, help="stderr: scaling and failed calls too")
     p.set_defaults(func=_serve_main)
+    argv = sys.argv[1:] if argv is None else argv
+    # ``serve`` is the command whose start the user waits for (its jobs are submitted after it):
+    # it parses without the other commands' parsers, which import numpy, the simulator and the
+    # forecasters (~0.2 s). Completion and every other command get the whole tree.
+    if argv[:1] != ["serve"] or "_ARGCOMPLETE" in os.environ:
+        _add_other_commands(sub)
+    from balancer.cli.helptext import polish
+
+    polish(parser)
+    with contextlib.suppress(ImportError):  # shell completion: the optional "completion" extra
+        if "_ARGCOMPLETE" in os.environ:
+            import argcomplete
+
+            argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
+    args.argv = argv  # ``serve --detach`` starts the same command line in the background
+    return int(args.func(args))
+
+
+def _add_other_commands(sub: Any) -> None:
+    """Every subcommand but ``serve``."""
     from balancer.analysis.cli import add_subcommands  # part of the package; pandas loads only when used
 
     add_subcommands(sub)
     _add_cluster_commands(sub)
     from balancer.cli.daemon import add_ls_parser
-    from balancer.cli.helptext import polish
 
     add_ls_parser(sub)
-    polish(parser)
-    with contextlib.suppress(ImportError):  # shell completion: the optional "completion" extra
-        import argcomplete
-
-        argcomplete.autocomplete(parser)
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    args.argv = argv  # ``serve --detach`` starts the same command line in the background
-    return int(args.func(args))
 
 
 def _add_cluster_commands(sub: Any) -> None:
@@ -186,4 +196,15 @@ def load_balancer_main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"load-balancer: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(cfg))
+    return _run(serve(cfg), cfg.loop, "load-balancer")
+
+
+def _run(coro: Any, loop: str, prog: str) -> int:
+    """Run ``serve`` on the configured event loop; an unusable choice is one readable line."""
+    from balancer.cli.eventloop import LoopUnavailable, run
+
+    try:
+        return int(run(coro, loop))
+    except LoopUnavailable as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from balancer.control.probe import Probe, exposed_addresses
+from balancer.control.exposure import ExposureScan
+from balancer.control.probe import Probe, Sizes
 from balancer.http.messages import Reply, Request, clip, error_reply, json_reply
 from balancer.launcher.usage import clean_samples, journal_fields
 from balancer.observe.events import Ev, EventBus, Throttled
@@ -30,6 +31,8 @@ from balancer.pool.servers import Server
 from balancer.pool.states import ServerState
 
 _UNAUTHORIZED = ("Unauthorized", "missing or wrong balancer token", 401)
+# States in which a server's launcher holds a lease the balancer watches (heard, or given up).
+_LEASED = frozenset({ServerState.REGISTERED, ServerState.READY, ServerState.DRAINING})
 AUTH_LOG_S = 5.0
 STDERR_CLIP = 240  # characters of the model's last stderr lines in a failure's reason
 
@@ -68,12 +71,15 @@ class Control:
         self.pool = pool
         self.bus = bus
         self.probe = probe
+        self._exposure = ExposureScan()  # one /proc scan for every registration waiting on it
         self.lease_s = lease_s
         self._bearer = f"Bearer {token}".encode()
         self._refusals = Throttled(bus, Ev.AUTH_REFUSED, AUTH_LOG_S)
         self._status_extra = status_extra
         self._gpus_of = gpus_of
         self.usage_dropped = 0  # malformed usage samples from launchers (shown in the status)
+        self._heard: dict[str, float] = {}  # server -> when its launcher last spoke over HTTP (monotonic)
+        self._watching = False
 
     def reconfigure(self, lease_s: float) -> None:
         """A reloaded ``lease_s``: told to launchers from their next lease on."""
@@ -105,6 +111,33 @@ class Control:
             return error_reply(*_UNAUTHORIZED)
         return await self.register_doc(self._json(request))
 
+    def heard(self, sid: str) -> None:
+        """The launcher of ``sid`` polled its lease: the lease runs from now (watched from the first
+        poll, which follows registration at once). The first one starts the watch that gives up
+        servers whose launchers fell silent."""
+        self._heard[sid] = time.monotonic()
+        if not self._watching:
+            self._watching = True
+            self.pool.spawn(self._expire_leases())
+
+    async def _expire_leases(self) -> None:
+        """The balancer's side of the lease: a server whose launcher has not been heard for
+        ``lease_s`` (its node died, or dropped off the network with its processes alive: no lease
+        poll, no exit report, maybe no job state for minutes) is given up. Its launcher stops it by
+        the same lease on its side; its calls in flight break and are retried elsewhere
+        (``Upstream.close``); a late registration or lease poll of it is told to stop. Servers
+        registered through files are not watched here (their launchers write no heartbeat)."""
+        while True:
+            await asyncio.sleep(max(0.05, self.lease_s / 4))
+            now = time.monotonic()
+            for sid, t in list(self._heard.items()):
+                s = self.pool.servers.get(sid)
+                if s is None or s.state not in _LEASED:
+                    self._heard.pop(sid, None)
+                elif now - t > self.lease_s:
+                    self._heard.pop(sid, None)
+                    self.pool.fail(s, f"lease expired: its launcher was not heard for {now - t:.1f} s")
+
     async def register_doc(self, doc: dict[str, Any]) -> Reply:
         """A launcher's registration (over HTTP, or from a file in the registration directory)."""
         if not isinstance(doc.get("server"), (str, int)) or not isinstance(doc.get("url"), str):
@@ -129,10 +162,11 @@ class Control:
         return s
 
     async def _check_ready(self, s: Server) -> None:
-        """Ask the registered server's /Info ourselves, then let it take calls."""
+        """Ask the registered server's /Info and its models' sizes ourselves (together: one round
+        trip), then let it take calls."""
         assert s.url is not None
         try:
-            models = await self.probe.models(s.url)
+            models, sizes = await self.probe.ready_check(s.url, s.spec.models)
         except Exception as exc:  # any failure here means the server is unusable
             self.pool.fail(s, f"balancer cannot use {s.url}/Info: {type(exc).__name__}: {exc}")
             return
@@ -143,7 +177,7 @@ class Control:
                 self.pool.fail(s, f"server does not serve configured model(s) {missing}; it has {models}")
                 return
             models = list(wanted)
-        if not await self._same_sizes(s, models):
+        if not self._same_sizes(s, models, sizes):
             return
         self.pool.make_ready(s, models)
         await self._warn_if_exposed(s)
@@ -154,20 +188,19 @@ class Control:
         u = urlsplit(s.url or "")
         with contextlib.suppress(ValueError):
             if u.port and ipaddress.ip_address(u.hostname or "").is_loopback:
-                exposed = await asyncio.to_thread(exposed_addresses, u.port)
+                exposed = await self._exposure.exposed(u.port)
                 if exposed:
                     self.bus.emit(Ev.SERVER_EXPOSED, server=s.id, port=u.port, addresses=exposed)
 
-    async def _same_sizes(self, s: Server, models: list[str]) -> bool:
+    def _same_sizes(self, s: Server, models: list[str], asked: dict[str, Sizes | Exception]) -> bool:
         """A model's sizes are what the first ready server said; a server (of any spec) that says
         otherwise never takes its calls: clients were answered those sizes. Its spec is held
         with a reason naming both specs, shown in the journal and the status."""
         known = self.pool.model_sizes
         for m in models:
-            try:
-                sizes = await self.probe.sizes(s.url or "", m)
-            except Exception as exc:  # a model without sizes for {}: leave the checks to it
-                why = f"{type(exc).__name__}: {exc}"
+            sizes = asked.get(m, KeyError(m))
+            if isinstance(sizes, Exception):  # a model without sizes for {}: leave the checks to it
+                why = f"{type(sizes).__name__}: {sizes}"
                 self.bus.emit(Ev.SERVER_SIZES_UNKNOWN, server=s.id, model=m, reason=why)
                 continue
             ref = known.setdefault(m, (sizes[0], sizes[1], s.spec.name))
@@ -200,11 +233,13 @@ class Control:
         s = self.pool.servers.get(sid)
         if s is None and self.pool.adoptable(sid):
             return json_reply({"stop": False, "register": True})  # we restarted: register again
+        if s is not None:
+            self.heard(sid)
         doc = self._json(request)
         if s is not None and "usage" in doc:
             self.usage(s, doc["usage"])
         if s is None or s.state in (ServerState.GONE, ServerState.STOPPING):
-            return json_reply({"stop": True})
+            return json_reply(_stop_doc(s))
         try:
             wait = float(doc.get("wait", 0))
         except (TypeError, ValueError):
@@ -215,7 +250,11 @@ class Control:
                 s.lease_waiter = asyncio.get_running_loop().create_future()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(s.lease_waiter), wait)
-        return json_reply({"stop": s.state in (ServerState.GONE, ServerState.STOPPING)})
+            if s.state in _LEASED:
+                self.heard(sid)  # the poll lasted until now: the lease runs from its answer
+        if s.state in (ServerState.GONE, ServerState.STOPPING):
+            return json_reply(_stop_doc(s))
+        return json_reply({"stop": False})
 
     def usage(self, s: Server, raw: Any) -> None:
         """A launcher's usage samples (balancer/launcher/usage.py): one ``server.usage`` event each; a
@@ -271,3 +310,9 @@ class Control:
                 **self._status_extra(),
             }
         )
+
+
+def _stop_doc(s: Server | None) -> dict[str, Any]:
+    """A lease's stop answer. ``now``: a preempted server's calls went elsewhere, so its launcher
+    ends the model at once instead of waiting for a graceful shutdown: the preempting job waits."""
+    return {"stop": True, "now": True} if s is not None and s.preempted else {"stop": True}

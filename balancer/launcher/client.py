@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -52,7 +51,11 @@ async def _request(
         raise HttpError(f"not an http(s) URL: {url!r}")
     else:
         port = u.port or (443 if u.scheme == "https" else 80)
-        ctx = ssl.create_default_context() if u.scheme == "https" else None
+        ctx = None
+        if u.scheme == "https":  # imported here: the launcher's start and most balancers need no TLS
+            import ssl
+
+            ctx = ssl.create_default_context()
         connect = asyncio.open_connection(u.hostname, port, ssl=ctx)
     reader, writer = await asyncio.wait_for(connect, CONNECT_TIMEOUT_S)
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 import sys
 from pathlib import Path
@@ -78,6 +77,8 @@ def write_atomic(path: Path, data: str) -> None:
     """Readers never see half a file: write a temporary one, then rename it. The temporary file is
     created 0600 from its first byte (it may hold the token), with a fresh name and ``O_EXCL |
     O_NOFOLLOW``: a file or symlink planted under its name is never written through."""
+    import secrets  # here: the launcher's first imports (child.py) start the model, and need none
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:

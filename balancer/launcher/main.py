@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections import deque
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from balancer.launcher.child import Started
+from balancer.launcher.child import start as start_model
 from balancer.launcher.client import request
 from balancer.launcher.contract import (
     ALIVE,
@@ -40,17 +43,15 @@ from balancer.launcher.contract import (
     ENV_STARTUP,
     ENV_TOKEN,
     ENV_URL,
-    MODEL_SOCKET,
     dir_problem,
     ours,
     probe_time,
-    unix_url,
     write_atomic,
 )
-from balancer.launcher.place import advertised_host, free_port, job_id, own_log, server_id
-from balancer.launcher.ports import listening_ports
-from balancer.launcher.procgroup import GRACE_S, die_with_parent, end_child
-from balancer.launcher.usage import UsageSampler
+from balancer.launcher.place import job_id, own_log, server_id
+from balancer.launcher.procgroup import GRACE_S, end_child
+
+PREEMPTED_GRACE_S = 0.5  # a preempted server's model: SIGTERM, then SIGKILL after this
 
 USAGE_KEEP = 100  # unsent usage samples kept while the balancer is away (the oldest go first)
 
@@ -74,6 +75,14 @@ def _stop_and_mtime(stop: Path, alive: Path) -> tuple[bool, float | None]:
     return told, mtime
 
 
+def _sampler(pid: int) -> Any:
+    """A ``UsageSampler`` of ``pid``, built on a worker thread: psutil (and NVML) load there, beside
+    the model's start, not before it."""
+    from balancer.launcher.usage import UsageSampler
+
+    return UsageSampler(pid)
+
+
 def _offer_usage(path: Path, batch: list[dict[str, Any]]) -> bool:
     """Write a usage batch for file registration, unless the balancer has not taken the last one."""
     if path.exists():
@@ -82,9 +91,27 @@ def _offer_usage(path: Path, batch: list[dict[str, Any]]) -> bool:
     return True
 
 
+class _Child:
+    """asyncio's view of the started model's process (a ``Popen``: started before asyncio was
+    imported): ``pid``, ``returncode``, ``await wait()``; ``waitpid`` blocks a worker thread."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self._done = asyncio.get_running_loop().run_in_executor(None, popen.wait)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode if self._done.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._done)  # a caller's timeout does not end the wait
+
+
 class Launcher:
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], started: Started | None = None) -> None:
         self.command = command
+        self.started = started  # the model, when ``python -m balancer.launcher`` started it first
         self.balancer = os.environ.get(ENV_URL, "").rstrip("/")
         self.token = os.environ.get(ENV_TOKEN, "")
         self.sid = server_id()
@@ -96,8 +123,9 @@ class Launcher:
         self.probe_set = bool(os.environ.get(ENV_PROBE))  # the spec asked to fail at the probe time
         self.port: int | None = None
         self.ready = False  # /Info answered: a later exit is no failed start
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: _Child | None = None
         self.stop_reason: str | None = None
+        self.stop_now = False  # the balancer said: end the model at once (preempted, calls moved)
         self.balancer_said_stop = False  # then the balancer knows; otherwise we report the exit
         self.stopped = asyncio.Event()
         try:
@@ -145,26 +173,11 @@ class Launcher:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "signal SIGINT")
-        port = self.port = free_port()
-        host = advertised_host(self.balancer) if self.balancer else "127.0.0.1"
-        env = dict(os.environ, PORT=str(port))
-        sock = os.environ.get(ENV_SOCKET)  # isolate = "socket": no port for other users to reach
-        if sock:
-            env[MODEL_SOCKET] = sock
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(sock)  # a stale socket of an earlier server would look ready
-        if host == "127.0.0.1":  # the balancer is on this machine: the model need not be reachable
-            env.setdefault("UMBRIDGE_HOST", "127.0.0.1")  # from elsewhere (models/serving.py)
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.command, env=env, stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent
-        )
-        where = f"socket {sock}" if sock else f"port {port}"
-        log(f"server pid {self.proc.pid} on {where}: {' '.join(self.command)}")
-        if sock:
-            url = probe = unix_url(sock)
-        else:
-            url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"  # IPv6 in brackets
-            probe = f"http://127.0.0.1:{port}"
+        child = self.started or start_model(self.command)  # child.py: port, environment, process
+        port, sock, url, probe = child.port, child.sock, child.url, child.probe
+        self.port = port
+        self.proc = _Child(child.popen)
+        log(f"server pid {self.proc.pid} on {child.where}: {' '.join(self.command)}")
         monitor = None
         if self.monitor_s > 0 and (self.balancer or self.reg_dir is not None):
             monitor = asyncio.create_task(self._monitor(self.proc.pid), name="usage-monitor")
@@ -206,7 +219,10 @@ class Launcher:
         probe_at = start + self.probe_s
         deadline = start + (self.probe_s if self.probe_set else self.startup_s)
         probed = False
-        delay = 0.02
+        # A model is up a few hundred ms after its start: polls at 5 ms, slowly spaced out to 50 ms,
+        # notice it within a few ms (a refused connection costs ~0.1 ms; 1.5x steps up to 250 ms
+        # took ~0.1 s on average to notice it).
+        delay = 0.005
         while time.monotonic() < deadline and not self.stopped.is_set():
             if exited.done():
                 self.stop_reason = f"model server exited with code {exited.result()} before it answered /Info"
@@ -221,7 +237,7 @@ class Launcher:
                 if self._wrong_port():
                     return False
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
+            delay = min(delay * 1.25, 0.05)
         if not self.stopped.is_set() and not probed and self._wrong_port():
             return False
         if not self.stopped.is_set():
@@ -239,6 +255,8 @@ class Launcher:
 
     def _wrong_port(self) -> bool:
         """At the probe time: stop at once if the model listens, but not where it was told to."""
+        from balancer.launcher.ports import listening_ports  # psutil: only at the probe time
+
         ports = listening_ports(self.proc.pid) if self.proc is not None else None
         if not self.port or os.environ.get(ENV_SOCKET) or ports is None or self.port in ports:
             log(f"nothing answers /Info on {self._where()} after {self.probe_s:g} s yet; still waiting")
@@ -337,9 +355,15 @@ class Launcher:
                         lease = self._post(f"/api/servers/{self.sid}/lease", ask, wait + 10)
                         req = asyncio.ensure_future(lease)
                     waits: list[asyncio.Future[Any]] = [req, exited, stop_wait]
-                    done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    # A request that hangs (the link went silent: no answer, no reset) ends with the
+                    # lease, not with its own longer timeout: the loop's top then stops the server.
+                    left = last_ok + self.lease_s - time.monotonic() + 0.01
+                    done, _ = await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
                     if req not in done:
                         req.cancel()
+                        if not done:
+                            self._keep_usage(batch)
+                            continue
                         return
                     status, body = req.result()
                 except (asyncio.TimeoutError, OSError) as exc:
@@ -354,6 +378,7 @@ class Launcher:
                     continue
                 if status >= 400 or body.get("stop"):
                     self.balancer_said_stop = True
+                    self.stop_now = bool(body.get("now"))
                     refused = status == 401
                     self.request_stop(
                         "balancer refused our token (401)"
@@ -372,7 +397,7 @@ class Launcher:
         the samples wait in ``self.usage`` for the next lease poll. A sample that fails for a
         reason the sampler does not expect is logged once and skipped: monitoring never stops the
         server."""
-        sampler = await asyncio.to_thread(UsageSampler, pid)
+        sampler = await asyncio.to_thread(_sampler, pid)
         warned = False
         try:
             while True:
@@ -398,7 +423,12 @@ class Launcher:
 
     async def _stop_server(self, exited: asyncio.Future[int]) -> int:
         assert self.proc is not None
-        code = await end_child(self.proc, GRACE_S)
+        # Preempted: the balancer re-queues the calls in flight elsewhere, so nothing is owed to
+        # them; the CPUs go back at once rather than after a model's graceful shutdown (an
+        # umbridge server waits for its running calls), which held them up to GRACE_S (measured:
+        # 0.3-9.8 s after the notice, bench/live_replay.py) while the preempting job waited.
+        grace = PREEMPTED_GRACE_S if self.stop_now or self.preempt_notice is not None else GRACE_S
+        code = await end_child(self.proc, grace)
         return 128 - code if code < 0 else code
 
     async def _exit_doc(self, code: int) -> dict[str, Any]:
@@ -413,7 +443,9 @@ class Launcher:
             await self._post(f"/api/servers/{self.sid}/exited", await self._exit_doc(code), 5)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, started: Started | OSError | None = None) -> int:
+    """``started``: the model as ``__main__`` started it before importing this module (or why it
+    could not); None: it is started here."""
     p = argparse.ArgumentParser(prog="python -m balancer.launcher", description=__doc__.split("\n")[0])
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the model server command")
     args = p.parse_args(argv)
@@ -421,9 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     if not cmd:
         print("launch: error: give the model server command after --", file=sys.stderr)
         return 2
-    launcher = Launcher(cmd)
     try:
-        return asyncio.run(launcher.run())
+        if isinstance(started, OSError):
+            raise started
+        return asyncio.run(Launcher(cmd, started).run())
     except FileNotFoundError as exc:
         print(f"launch: error: cannot start {cmd[0]!r}: {exc.strerror}", file=sys.stderr)
         return 127

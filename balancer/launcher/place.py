@@ -60,11 +60,49 @@ def server_id() -> str:
 
 
 def advertised_host(balancer_url: str) -> str:
-    """The address the balancer should use: loopback for a local balancer, else our host name."""
+    """The address the balancer should use: loopback for a balancer on this machine, else this
+    node's address on the route to the balancer (the source address the kernel would pick for it),
+    which the balancer can route back to. Not the host name: a node's name often resolves to
+    127.0.1.1, to another interface than the cluster network's, or (in a container or a network
+    namespace sharing the host's name) to another machine's address. The name only where no route
+    is known."""
     if os.environ.get("UMBRIDGE_BALANCER_ADVERTISE_HOST"):
         return os.environ["UMBRIDGE_BALANCER_ADVERTISE_HOST"]
-    host = urlparse(balancer_url).hostname or ""
+    u = urlparse(balancer_url)
+    host = u.hostname or ""
     with contextlib.suppress(ValueError):
         if host == "localhost" or ipaddress.ip_address(host).is_loopback:
             return "127.0.0.1"
-    return socket.getfqdn()
+    return route_source(host, u.port or 80) or socket.getfqdn()
+
+
+def route_source(host: str, port: int) -> str | None:
+    """This machine's address on the route to ``host``: a UDP socket's ``connect`` picks the route
+    and source address and sends nothing. None when ``host`` does not resolve or has no route."""
+    try:
+        family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            return str(s.getsockname()[0]).partition("%")[0]
+    except (OSError, IndexError, UnicodeError):
+        return None
+
+
+def bind_address(host: str) -> str | None:
+    """``host`` when it is an IP address of this machine (a model server can listen there and
+    nowhere wider), else None (a name, or an address another machine or a NAT holds)."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+    except (ValueError, OSError):
+        return None
+    return host
+
+
+def probe_host(bind: str | None) -> str:
+    """Where the launcher asks its model's ``/Info``: the address it listens on (``UMBRIDGE_HOST``),
+    loopback when that is unset or every interface; in URL form (IPv6 in brackets)."""
+    if not bind or bind in ("0.0.0.0", "::", "*"):
+        return "127.0.0.1"
+    return f"[{bind}]" if ":" in bind else bind

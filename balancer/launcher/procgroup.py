@@ -1,6 +1,6 @@
 """Ending process groups: SIGTERM, then SIGKILL after one grace period, everywhere.
 
-A model server runs in its own process group (the launcher starts it with ``setsid``), and so does
+A model server runs in its own process group (``child.die_with_parent``: ``setsid``), and so does
 each launcher (local backend, HyperQueue task). Whoever ends one sends SIGTERM to the whole group
 and SIGKILL to what is left after the grace. There is ONE grace setting, ``GRACE_S``: the time a
 model server gets to finish its call and exit. Whoever ends a launcher must outlast the launcher's
@@ -12,21 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import time
+from typing import Protocol
 
 GRACE_S = 10.0
 OUTER_GRACE_S = GRACE_S + 2.0
-_PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """Runs in the server's child before exec: a SIGTERM reaches it if the launcher dies."""
-    os.setsid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+class Child(Protocol):
+    """A child process as asyncio's ``Process`` shows it (the launcher's model: ``main._Child``)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
 
 
 def _stat(pid: int) -> tuple[str, int, int] | None:
@@ -116,7 +120,7 @@ def group_env_has(pgid: int, entry: str) -> bool | None:
     return None if unreadable else False
 
 
-async def end_child(proc: asyncio.subprocess.Process, grace_s: float = GRACE_S) -> int:
+async def end_child(proc: Child, grace_s: float = GRACE_S) -> int:
     """End the process group led by our child ``proc`` (SIGTERM, SIGKILL after ``grace_s``) and
     whatever it left behind in that group; returns its exit code."""
     if proc.returncode is None:

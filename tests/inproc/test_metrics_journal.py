@@ -62,6 +62,8 @@ def test_metrics_agree_with_journal(tmp_path: Path) -> None:
         r = requests.post(b.url + "/Evaluate", json={"name": "fail", "input": [[1.0]]}, timeout=10)
         assert r.status_code == 500  # the model's own error answer, passed on
 
+        # The demand policy takes its first capacity sample after its first scaling pass, not before.
+        wait_until(lambda: b.events("capacity.sample"), 30, what="the first capacity sample")
         m = scrape(b.url, token)
         events = b.events()
         received = {e["call"]: e for e in events if e["ev"] == "call.received"}
@@ -118,8 +120,7 @@ def test_metrics_agree_with_journal(tmp_path: Path) -> None:
         assert by_labels(m[P + "server_failures_total"], "spec") == {("testmodel",): 0}
         assert by_labels(m[P + "queue_depth"], "model") == {("fail",): 0, ("forward",): 0, ("nan",): 0}
         assert m[P + "calls_in_flight"][0].value == 0
-        # Capacity and forecast figures: the last capacity sample's (the local collector samples once
-        # before the first scaling pass), and the forecast service's switches.
+        # Capacity and forecast figures: the last capacity sample's, and the forecast service's switches.
         sample = [e for e in events if e["ev"] == "capacity.sample"][-1]
         assert m[P + "cluster_idle_cpus"][0].value == sample["idle_cpus"]
         assert m[P + "cluster_total_cpus"][0].value == sample["total_cpus"]

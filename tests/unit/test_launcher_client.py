@@ -112,3 +112,35 @@ def test_sigterm_stops_a_launcher_that_is_not_preemptible(monkeypatch: pytest.Mo
     launcher.on_sigterm()
     assert launcher.stopped.is_set() and launcher.stop_reason == "signal SIGTERM"
     assert launcher.preempt_notice is None
+
+
+@pytest.mark.parametrize(
+    ("preempted", "now", "grace"),
+    [(False, False, "GRACE_S"), (True, False, "PREEMPTED_GRACE_S"), (False, True, "PREEMPTED_GRACE_S")],
+)
+def test_a_preempted_server_is_ended_without_the_graceful_wait(
+    monkeypatch: pytest.MonkeyPatch, preempted: bool, now: bool, grace: str
+) -> None:
+    """Preempted (its own notice, or the balancer's ``now``): the calls in flight went elsewhere, so
+    the model gets SIGKILL after PREEMPTED_GRACE_S, not the graceful GRACE_S the CPUs would wait."""
+    from balancer.launcher import main as launcher_main
+
+    asked: list[float] = []
+
+    async def end_child(proc: Any, grace_s: float) -> int:
+        asked.append(grace_s)
+        return 0
+
+    monkeypatch.setattr(launcher_main, "end_child", end_child)
+    launcher = _launcher(monkeypatch, "http://127.0.0.1:9", True)
+    launcher.proc = object()
+    launcher.stop_now = now
+
+    async def main() -> None:
+        if preempted:
+            launcher.preempt_notice = asyncio.get_running_loop().create_future()
+        await launcher._stop_server(asyncio.get_running_loop().create_future())
+
+    asyncio.run(main())
+    assert asked == [getattr(launcher_main, grace)]
+    assert launcher_main.PREEMPTED_GRACE_S < launcher_main.GRACE_S

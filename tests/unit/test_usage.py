@@ -32,7 +32,7 @@ def test_launcher_monitor_survives_a_failing_sample(monkeypatch):
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(launch, "UsageSampler", Flaky)
+    monkeypatch.setattr(usage, "UsageSampler", Flaky)  # the launcher imports it when monitoring starts
     monkeypatch.setenv("UMBRIDGE_BALANCER_MONITOR_S", "0.01")
     lch = launch.Launcher(["true"])
 
