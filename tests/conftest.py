@@ -12,7 +12,7 @@ from tests.helpers import BalancerProc, pid_alive
 
 # One marker per tier, named as its folder (registered in pyproject.toml, --strict-markers). A test
 # whose file sits in a lower tier's folder but needs more carries its tier's marker itself.
-TIERS = ("unit", "inproc", "system", "cluster", "browser")
+TIERS = ("unit", "inproc", "system", "cluster", "browser", "multinode")
 
 # The capacity history outlives a run (by default in ~/.local/share): every balancer the tests start,
 # in-process or as a subprocess, keeps it in this session's own directory instead.
