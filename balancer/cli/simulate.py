@@ -99,6 +99,25 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
         " live launcher), finishes its call within the grace time (hold), or ends once idle (idle)",
     )
     p.add_argument("--floor", type=int, help="hybrid: normal-priority servers (default: max_servers // 4)")
+    # A compressed slice (bench/live_replay.py writes one as SWF) runs at the live balancer's pace:
+    p.add_argument("--idle-timeout-s", type=float, default=60.0, help="the spec's idle timeout (default 60)")
+    p.add_argument(
+        "--tick-s", type=float, default=30.0, help="seconds between scaling passes (default 30; live: 0.25)"
+    )
+    p.add_argument("--slot-s", type=float, default=900.0, help="the capacity series' time slot (default 900)")
+    p.add_argument(
+        "--cold-view",
+        default="observe",
+        choices=("observe", "none"),
+        help="what harvest and hybrid see before a forecast is trained: the current observation"
+        " (observe, the default) or nothing, as the live balancer (none)",
+    )
+    p.add_argument(
+        "--one-node",
+        action="store_true",
+        help="the machine is one node: SLURM's backfill reserves it whole for the queue's head"
+        " (the live replay's test cluster)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", metavar="PATH.png", help="write the plots here")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -151,6 +170,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise UsageError("--grace-s and --floor must be >= 0")
     if args.arrival_rate is not None and not args.arrival_rate > 0:
         raise UsageError("--arrival-rate must be > 0")
+    if not (args.idle_timeout_s > 0 and args.tick_s > 0 and args.slot_s > 0):
+        raise UsageError("--idle-timeout-s, --tick-s and --slot-s must be > 0")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -192,6 +213,10 @@ def _run(args: argparse.Namespace) -> int:
         forecaster=forecaster,
         floor=args.floor,
         on_notice=args.on_notice,
+        idle_timeout_s=args.idle_timeout_s,
+        tick_s=args.tick_s,
+        step_s=args.slot_s,
+        observe_cold=args.cold_view == "observe",
     )
     t_wall = time.perf_counter()
     replay = Replay(
@@ -201,6 +226,7 @@ def _run(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         preempt_grace_s=args.grace_s,
         overrun=args.overrun,
+        one_node=args.one_node,
     )
     results = [simulate(replay, start, c, p, cfg) for p in policies]
     wall = time.perf_counter() - t_wall

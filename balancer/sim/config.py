@@ -40,6 +40,10 @@ class SimConfig:
     # the CPUs go to the preempting job without waiting out the grace), "hold" (its call finishes
     # if it ends in time, its job ends with the grace) or "idle" (its job ends once it has no call).
     on_notice: str = "now"
+    # What harvest and hybrid are told while the forecaster is cold: the current observation alone
+    # (True, the default) or nothing, as the live balancer does (``CapacityService.view`` is None
+    # until a forecast is trained: every policy then scales by demand within the backlog).
+    observe_cold: bool = True
 
     def limits(self, policy: str = "forecast") -> Limits:
         # The start-up timeout counts from the job's start (issue 20); the simulated start-up is a

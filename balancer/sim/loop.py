@@ -272,7 +272,9 @@ class Loop:
             return None
         view = source.view(self.c, t)
         if view is None:
-            return None if self.policy == "forecast" else observed_view(self.c, self.cfg.step_s)
+            if self.policy == "forecast" or not self.cfg.observe_cold:
+                return None
+            return observed_view(self.c, self.cfg.step_s)
         if self.policy == "forecast" and self.cfg.scheduler_estimate:
             # Live, the collector asks the scheduler (``sbatch --test-only``) for a job of ours.
             wait = self.c.expected_wait(self.cfg.cpus, self.cfg.time_limit_s)

@@ -24,8 +24,9 @@ class Replay:
         scheduler: str = "easy",
         preempt_grace_s: float = 60.0,
         overrun: str = "cap",
+        one_node: bool = False,
     ) -> None:
-        c = Cluster.from_trace(trace, step_s, scheduler, preempt_grace_s, overrun)
+        c = Cluster.from_trace(trace, step_s, scheduler, preempt_grace_s, overrun, one_node)
         self.trace = trace
         self.step_s = step_s
         self.scheduler = scheduler

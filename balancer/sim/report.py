@@ -17,6 +17,7 @@ from balancer.sim.yardsticks import figures
 # (key, label, format) in table order.
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("makespan_h", "campaign makespan (h)", "{:.2f}"),
+    ("makespan_s", "  in seconds (a compressed slice's scale)", "{:.1f}"),
     ("makespan_D", "  makespan / D (dedicated bound)", "{:.3f}"),
     ("makespan_H", "  makespan / H (idle-harvest bound)", "{:.3f}"),
     ("harm_cpu_h", "others' extra CPU-weighted wait (CPU-h)", "{:.1f}"),

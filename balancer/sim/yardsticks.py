@@ -16,11 +16,21 @@
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import numpy as np
 
-from balancer.sim.replay import Replay
 from balancer.sim.run import Result
+
+
+class Replay(Protocol):
+    """What the yardsticks read of the run without us (``replay.Replay``, or a live run's
+    ``live.Baseline``): the trace jobs' submits and starts; the idle series and the grace time are
+    read as attributes where present (``idle`` or ``others_idle``, ``preempt_grace_s``)."""
+
+    submit: np.ndarray
+    start: np.ndarray
+
 
 BSLD_THRESHOLD_S = 10.0  # bounded slowdown: runs shorter than this count as this long
 DELAYED_S = 1.0  # a job started more than this later than without us was delayed
@@ -29,7 +39,7 @@ DELAYED_S = 1.0  # a job started more than this later than without us was delaye
 def replay_idle(replay: Replay) -> np.ndarray:
     """Mean idle CPUs per grid slot of the replay without us."""
     idle = getattr(replay, "idle", None)
-    return np.asarray(replay.others_idle if idle is None else idle, dtype=np.float64)
+    return np.asarray(getattr(replay, "others_idle", None) if idle is None else idle, dtype=np.float64)
 
 
 def dedicated_bound_s(r: Result) -> float:
@@ -123,6 +133,7 @@ def figures(r: Result, replay: Replay) -> dict[str, float]:
     campaign_cpu_h = r.work_s * r.cpus / 3600.0
     out = {
         "makespan_h": r.makespan_s / 3600.0,
+        "makespan_s": r.makespan_s,
         "D_h": d / 3600.0,
         "H_h": h / 3600.0,
         "makespan_D": r.makespan_s / d,
