@@ -80,12 +80,17 @@ def run_load(url: str, inflight: int, seconds: float) -> dict:
 
 @contextmanager
 def balancer(
-    root: Path, concurrency: int, python: list[str] | None = None, prefix: str = "bench-overhead-"
+    root: Path,
+    concurrency: int,
+    python: list[str] | None = None,
+    prefix: str = "bench-overhead-",
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[subprocess.Popen, str, str]]:
     """``balancer serve`` (the package under ``root``) with one trivial test-model server (min = max = 1,
     ``concurrency`` calls at a time); yields (balancer process, the server's URL, the balancer's URL).
     ``python`` replaces ``[sys.executable, "-m", "balancer.cli"]`` (e.g. to run it on another loop).
-    On leaving, SIGINT (the balancer stops its server), then SIGKILL to whatever of it is left."""
+    ``env``: more environment (e.g. ``UMBRIDGE_BALANCER_LOOP``). On leaving, SIGINT (the balancer
+    stops its server), then SIGKILL to whatever of it is left."""
     from balancer.observe.journal import read_journal
 
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
@@ -98,7 +103,7 @@ def balancer(
     proc = subprocess.Popen(
         [*(python or [sys.executable, "-m", "balancer.cli"]), "serve", "--config", str(cfg)],
         cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
+        env={**os.environ, "PYTHONPATH": str(root), **(env or {})},
         stdout=subprocess.DEVNULL,
         start_new_session=True,  # a Ctrl-C reaches this process, which then stops the balancer in order
     )

@@ -5,8 +5,9 @@ One balancer starts one trivial UM-Bridge test-model server (``models/testmodel.
 ``bench/overhead.py``); that server is the "direct" column and HAProxy's only backend. HAProxy is
 Debian's ``haproxy`` (installed with apt-get when missing), run as a subprocess with a generated config:
 ``nbthread 1``, ``mode http``, ``balance leastconn``, ``http-reuse always``, no logging, on a free
-loopback port. When ``uvloop`` is importable, a second balancer (with its own server of the same model)
-runs on uvloop for one more column; it is never installed here.
+loopback port. The balancer runs on its default loop (uvloop where installed: a default dependency);
+a second balancer (with its own server of the same model) runs on asyncio's own loop
+(``UMBRIDGE_BALANCER_LOOP=asyncio``) for one more column.
 
 Per column and calls in flight: the proxy's CPU per call (its process's user+sys CPU seconds over the
 phase, from /proc, / calls), p50 latency, p50 added to direct's in the same round, calls/s, and the
@@ -14,7 +15,10 @@ ratios balancer / HAProxy (for added p50: the difference), each as the range ove
 order of the columns alternates between rounds). Targets (issue 23): CPU per call at most 1.5x
 HAProxy's at 64 in flight and 2x at 1; added p50 at 1 in flight at most HAProxy's + 0.1 ms.
 
-    python bench/haproxy.py [--seconds 3] [--rounds 3] [--inflight 1,64] [--concurrency 64]
+``--compare REV`` adds a column for the balancer of an earlier git revision (a temporary worktree, on
+the loop that revision chose), in the same rounds: before and after beside HAProxy in one run.
+
+    python bench/haproxy.py [--seconds 3] [--rounds 3] [--inflight 1,64] [--concurrency 64] [--compare REV]
 """
 
 from __future__ import annotations
@@ -60,15 +64,8 @@ backend model
     server model {host}:{server_port} maxconn {concurrency}
 """
 
-# A balancer on uvloop: the loop policy set before ``balancer.cli`` runs (its ``asyncio.run`` takes it).
-UVLOOP_CLI = [
-    sys.executable,
-    "-c",
-    "import asyncio, runpy, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
-    "runpy.run_module('balancer.cli', run_name='__main__', alter_sys=True)",
-]
-
-DIRECT, HAPROXY, BALANCER, UVLOOP = "direct", "HAProxy", "balancer", "balancer on uvloop"
+ENV_LOOP = "UMBRIDGE_BALANCER_LOOP"  # balancer/cli/eventloop.py
+DIRECT, HAPROXY, BALANCER, ASYNCIO = "direct", "HAProxy", "balancer", "balancer on asyncio's loop"
 
 
 def haproxy_exe() -> str:
@@ -237,6 +234,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="rounds, column order alternating (default 3)")
     ap.add_argument("--inflight", default="1,64", help="calls in flight, comma-separated (default 1,64)")
     ap.add_argument("--concurrency", type=int, default=64, help="the server's and the proxies' cap (64)")
+    ap.add_argument("--compare", metavar="REV", help="a column for the balancer of git revision REV")
     args = ap.parse_args()
     args.inflight = [int(x) for x in args.inflight.split(",") if x.strip()]
 
@@ -254,10 +252,18 @@ def main() -> int:
             (BALANCER, via, bal.pid),
         ]
         if uvloop:
-            uv, _, uv_via = stack.enter_context(
-                balancer(ROOT, args.concurrency, python=UVLOOP_CLI, prefix="bench-haproxy-uv-")
+            plain, _, plain_via = stack.enter_context(
+                balancer(ROOT, args.concurrency, prefix="bench-haproxy-aio-", env={ENV_LOOP: "asyncio"})
             )
-            columns.append((UVLOOP, uv_via, uv.pid))
+            columns.append((ASYNCIO, plain_via, plain.pid))
+        if args.compare:
+            tree = tmp / "before"
+            git = ["git", "-C", str(ROOT), "worktree"]
+            subprocess.run([*git, "add", "-q", "--detach", str(tree), args.compare], check=True)
+            stack.callback(subprocess.run, [*git, "remove", "--force", str(tree)], check=False)
+            before = balancer(tree, args.concurrency, prefix="bench-haproxy-old-")
+            old, _, old_via = stack.enter_context(before)
+            columns.append((f"balancer at {args.compare[:8]}", old_via, old.pid))
         res = measure(columns, args)
     names = [c[0] for c in columns]
     print(
@@ -268,7 +274,8 @@ def main() -> int:
         f"{args.seconds:g} s per phase, {args.rounds} round{'s' * (args.rounds != 1)} (column order "
         f"alternating), {os.cpu_count()} CPUs, load generator: bench/_load.py (its own process, aiohttp "
         "keep-alive); "
-        f"uvloop: {'a column' if uvloop else 'not importable, no column'}; figures: range over rounds"
+        f"balancer's loop: {'uvloop (asyncio its own column)' if uvloop else 'asyncio (no uvloop)'}; "
+        "figures: range over rounds"
     )
     print()
     print("\n".join(table(res, names, args.inflight)))
