@@ -122,7 +122,8 @@ def test_the_launchers_preempted_report(tmp_path: Path):
             assert e["spec"] == "t" and "SIGTERM" in e["reason"]
             # ``now``: its calls went elsewhere, so the launcher ends the model at once, no graceful
             # wait for calls in flight while the preempting job waits for the CPUs.
-            assert await h.post(f"/api/servers/{sid}/lease", {"wait": 0}) == (200, {"stop": True, "now": True})
+            lease = await h.post(f"/api/servers/{sid}/lease", {"wait": 0})
+            assert lease == (200, {"stop": True, "now": True})
             assert (await h.get("/api/status"))["preempted"] == 1
             await h.post(f"/api/servers/{sid}/exited", {"code": 0, "why": "preempted"})
             assert (await h.event("server.stopped", server=sid))["reason"].startswith("model server exited")
