@@ -20,7 +20,6 @@ import ipaddress
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.fixture import ClusterUnavailable, SlurmCluster, _free_ports
+from tests.slurm.fixture import ClusterUnavailable, SlurmCluster, _free_ports, session_cluster
 
 NETNS_SH = Path(__file__).resolve().with_name("netns.sh")
 BASH = shutil.which("bash") or "/bin/bash"
@@ -203,21 +202,9 @@ class MultiNodeCluster(SlurmCluster):
 
 @pytest.fixture(scope="session")
 def multinode_cluster() -> Iterator[MultiNodeCluster]:
-    """One multi-node cluster for the session: 3 nodes of 2 CPUs. Its directory is world-readable
-    (not under pytest's 0700 temporary root), as a shared filesystem's run directory would be."""
-    directory = Path(tempfile.mkdtemp(prefix="ub-mn-"))
-    directory.chmod(0o755)
-    try:
-        try:
-            cluster = MultiNodeCluster.start(directory)
-        except ClusterUnavailable as exc:
-            pytest.skip(f"no multi-node test cluster: {exc}")
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    """One multi-node cluster for the session: 3 nodes of 2 CPUs, in a world-readable directory as
+    a shared filesystem's run directory would be (``tests.slurm.fixture.session_cluster``)."""
+    yield from session_cluster(MultiNodeCluster.start, "ub-mn-", "multi-node test cluster")
 
 
 @pytest.fixture

@@ -17,9 +17,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -44,6 +45,9 @@ FINISHED = frozenset(
         "PREEMPTED",
     }
 )
+
+
+C = TypeVar("C")
 
 
 class ClusterUnavailable(RuntimeError):
@@ -207,26 +211,31 @@ class SlurmCluster:
         return ""
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster() -> Iterator[SlurmCluster]:
-    """One real SLURM cluster for the whole test session (2 CPUs here: two 1-CPU jobs at once).
-
-    Its directory is not under pytest's owner-only temporary root (which every pytest session resets
-    to 0700): slurmd runs a job script from its spool directory as the job's user, and another
-    user's job (cluster/test_preempt_slurm) must be able to reach it."""
-    directory = Path(tempfile.mkdtemp(prefix="ub-slurm-"))
+def session_cluster(start: Callable[[Path], C], prefix: str, what: str) -> Iterator[C]:
+    """Start a cluster once for the session in a fresh directory, skip (with the reason) where none
+    can run, stop it and remove the directory after. The directory is not under pytest's owner-only
+    temporary root (which every pytest session resets to 0700): slurmd runs a job script from its
+    spool directory as the job's user, and another user's job (cluster/test_preempt_slurm) must be
+    able to reach it, as on a shared filesystem."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
     directory.chmod(0o755)
     try:
         try:
-            cluster = SlurmCluster.start(directory)
+            cluster = start(directory)
         except ClusterUnavailable as exc:
-            pytest.skip(f"no SLURM test cluster: {exc}")
+            pytest.skip(f"no {what}: {exc}")
         try:
             yield cluster
         finally:
-            cluster.stop()
+            cluster.stop()  # type: ignore[attr-defined]
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """One real SLURM cluster for the whole test session (2 CPUs here: two 1-CPU jobs at once)."""
+    yield from session_cluster(SlurmCluster.start, "ub-slurm-", "SLURM test cluster")
 
 
 @pytest.fixture
