@@ -35,11 +35,17 @@ from balancer.policy.types import (
 )
 
 
+def reads_forecast(rules: ForecastRules) -> bool:
+    """Whether the policy looks at the forecast at all: the demand policy scales as if there were
+    none (so the scaler need not even build the view, and journals none with its decisions)."""
+    return rules.policy != "demand"
+
+
 def decide(limits: Limits, observed: Observed, now: float) -> Decision:
     """All actions for this tick, spec by spec, in the order they are to be applied, and the rules'
     memory for the next tick."""
     # The demand policy ignores the forecast entirely, as if there were none.
-    fv = None if limits.rules.policy == "demand" else observed.forecast
+    fv = observed.forecast if reads_forecast(limits.rules) else None
     # Admission shares the CPUs it admits among the specs, less what their queued starts will take
     # (a start whose job runs holds its CPUs already: ``held_cpus``); ``budget`` is what is left as
     # the specs are decided in order.

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from balancer.observe.events import Ev, EventBus
-from balancer.policy.decide import decide
+from balancer.policy.decide import decide, reads_forecast
 from balancer.policy.rules import admission_cpus
 from balancer.policy.types import (
     Action,
@@ -177,9 +177,9 @@ class Scaler:
                 last_idle_stop_m=memory.last_idle_stop_m,
                 last_demand_start_m=memory.last_demand_start_m,
             )
-        # The demand policy never reads the forecast: its view (which counts the CPUs every running
-        # server holds, O(servers)) is not built on each pass for nothing.
-        forecast = self.forecast() if self.limits.rules.policy != "demand" else None
+        # A policy that never reads the forecast does not have its view (which counts the CPUs every
+        # running server holds, O(servers)) built on each pass for nothing.
+        forecast = self.forecast() if reads_forecast(self.limits.rules) else None
         return Observed(specs, forecast=forecast, adopting=self.clock() < pool.adopt_until)
 
     # -- actions ---------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ class Scaler:
             if so is not None:
                 fields["waiting"] = so.waiting
             fv = obs.forecast
-            if fv is not None and self.limits.rules.policy != "demand":  # demand ignores the forecast
+            if fv is not None and reads_forecast(self.limits.rules):
                 fields["forecast"] = fv.source
                 fields["idle_cpus"] = round(fv.idle[0], 3) if fv.idle else None
                 fields["admit_cpus"] = round(admission_cpus(fv, self.limits.rules), 3)

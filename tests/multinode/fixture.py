@@ -27,12 +27,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.fixture import ClusterUnavailable, SlurmCluster, _free_ports, session_cluster
+from tests.slurm.fixture import (
+    BASH,
+    ClusterUnavailable,
+    SlurmCluster,
+    _free_ports,
+    session_cluster,
+    start_script,
+)
 
 NETNS_SH = Path(__file__).resolve().with_name("netns.sh")
-BASH = shutil.which("bash") or "/bin/bash"
-_EXIT_NOT_INSTALLABLE = 3
-_EXIT_NOT_ROOT = 4
 
 
 def _free_subnet() -> str:
@@ -102,19 +106,7 @@ class MultiNodeCluster(SlurmCluster):
         # killed session, or another session's, is never in the way.
         env["TEST_MN_SUBNET"] = subnet or env.get("TEST_MN_SUBNET") or _free_subnet()
         env["TEST_MN_PREFIX"] = prefix or env.get("TEST_MN_PREFIX") or f"ubm{os.getpid() % 100000}"
-        directory.mkdir(parents=True, exist_ok=True)
-        res = subprocess.run(
-            [BASH, str(NETNS_SH), "start", str(directory)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if res.returncode in (_EXIT_NOT_INSTALLABLE, _EXIT_NOT_ROOT):
-            raise ClusterUnavailable(res.stderr.strip())
-        if res.returncode != 0:
-            raise RuntimeError(f"multi-node test cluster did not start:\n{res.stderr.rstrip()}")
-        directory = directory.resolve()
+        directory = start_script(NETNS_SH, directory, env, timeout, "multi-node test cluster")
         net = dict(line.split("=", 1) for line in (directory / "net.env").read_text().split() if "=" in line)
         sub, pre = net["SUBNET"], net["PREFIX"]
         node_list = [

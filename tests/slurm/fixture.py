@@ -100,19 +100,7 @@ class SlurmCluster:
             raise ClusterUnavailable(inst.stderr.strip() or "SLURM packages cannot be installed")
         if inst.returncode != 0:
             raise RuntimeError(f"cluster.sh install failed ({inst.returncode}): {inst.stderr.strip()}")
-        directory.mkdir(parents=True, exist_ok=True)
-        res = subprocess.run(
-            [BASH, str(CLUSTER_SH), "start", str(directory)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if res.returncode in (_EXIT_NOT_INSTALLABLE, _EXIT_NOT_ROOT):
-            raise ClusterUnavailable(res.stderr.strip())
-        if res.returncode != 0:
-            raise RuntimeError(f"SLURM test cluster did not start:\n{res.stderr.rstrip()}")
-        directory = directory.resolve()
+        directory = start_script(CLUSTER_SH, directory, env, timeout, "SLURM test cluster")
         conf = directory / "slurm.conf"
         env["SLURM_CONF"] = str(conf)
         return cls(dir=directory, conf=conf, env=env)
@@ -209,6 +197,20 @@ class SlurmCluster:
         with contextlib.suppress(OSError):
             return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+
+def start_script(script: Path, directory: Path, env: dict[str, str], timeout: float, what: str) -> Path:
+    """``script start DIR`` (cluster.sh, multinode/netns.sh): the resolved directory; a start this
+    machine cannot have (not root, packages not installable) is ``ClusterUnavailable``, a skip."""
+    directory.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(
+        [BASH, str(script), "start", str(directory)], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if res.returncode in (_EXIT_NOT_INSTALLABLE, _EXIT_NOT_ROOT):
+        raise ClusterUnavailable(res.stderr.strip())
+    if res.returncode != 0:
+        raise RuntimeError(f"{what} did not start:\n{res.stderr.rstrip()}")
+    return directory.resolve()
 
 
 def session_cluster(start: Callable[[Path], C], prefix: str, what: str) -> Iterator[C]:
