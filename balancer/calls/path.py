@@ -6,25 +6,23 @@ call that finds no server waits in the dispatcher's queue and counts as demand f
 call whose server vanished is retried on another server (up to ``max_attempts``); a model's own
 error answer is passed on as it is, byte for byte.
 
-Two ways through, one behaviour: ``evaluate`` is the coroutine that can wait for anything (model
-discovery, the first metadata, a slot, a connection). ``evaluate_fast`` runs first for every call
-and takes it whenever no wait is needed before it goes out: the checks against cached flags and
-sizes, a free slot, a kept-alive connection; the answer then comes back by callback (``_Call``),
-with no task per call and two event-loop passes instead of four. A fast call that must wait after
-all (no free slot, no open connection, a lost attempt) continues in a task from where it is.
+Two ways through, one behaviour: ``evaluate`` (here) is the coroutine that can wait for anything
+(model discovery, the first metadata, a slot, a connection); ``evaluate_fast`` (``calls.fast``, the
+base class) runs first and takes every call that needs no wait before it goes out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
 
 from balancer.calls import protocol
 from balancer.calls.dispatcher import Dispatcher, Slot
+from balancer.calls.fast import Call, FastPath, Headers
 from balancer.calls.metadata import Metadata, pass_headers
 from balancer.calls.protocol import ProtocolError
 from balancer.control.probe import Probe
@@ -36,62 +34,8 @@ from balancer.pool.pool import Pool
 from balancer.pool.servers import Server
 from balancer.pool.states import ServerState
 
-Headers = list[tuple[bytes, bytes]]
-Done = Callable[[Reply], None]
 
-
-class _Call:
-    """One client call: what its events say besides their own fields (the operation, the model,
-    when it arrived and how long it waited), and for a fast call on its way, what its answer's
-    callback needs."""
-
-    __slots__ = ("body", "calls", "done", "id", "m0", "model", "op", "queue_s", "srv", "t0", "target")
-
-    def __init__(self, calls: Calls, op: str, model: str | None = None) -> None:
-        self.calls = calls
-        self.id = next(calls._call_ids)
-        self.op = op
-        self.model = model  # cut to ``ECHO_MAX`` (the client's name, of any length) for the events
-        self.m0 = time.monotonic()
-        self.queue_s: float | None = None  # received to first dispatch, once dispatched
-        self.body = b""
-        self.done: Done | None = None
-        self.srv: Server | None = None
-        self.target = ""  # the model's name as the client sent it: what a fast call is routed by
-        self.t0 = 0.0
-
-    def handed(self, slot: Slot | None, exc: Exception | None) -> None:
-        """The dispatcher's callback for a fast call that waited: a slot, or why none will come."""
-        calls, done = self.calls, self.done
-        assert done is not None
-        if slot is None:
-            calls._call_ended()
-            done(calls._reject(self, ProtocolError("ServiceUnavailable", str(exc), 503)))
-            return
-        s = cast(Server, slot)  # the dispatcher's members are the pool's records
-        if not s.serving:  # drained (or stopped) since the slot was handed: wait again, first in line
-            calls.disp.release(s, time.monotonic())
-            calls.disp.enqueue_cb(self.target, self.handed, front=True)
-            return
-        calls._send(self, s)
-
-    def answered(self, status: int, raw: Headers, data: bytes, exc: Exception | None) -> None:
-        """The fast path's upstream callback: the answer (or the attempt's loss) arrived."""
-        calls, done, srv = self.calls, self.done, self.srv
-        assert done is not None and srv is not None
-        if exc is not None:
-            calls._spawn(calls._resume(self, srv, exc))
-            return
-        try:
-            reply = calls._answered(self, srv, status, raw, data)
-        except Exception as err:  # a bug: still one journaled, readable answer
-            reply = calls._reject(self, ProtocolError("InternalError", f"{type(err).__name__}: {err}", 500))
-        finally:
-            calls._call_ended()
-        done(reply)
-
-
-class Calls:
+class Calls(FastPath):
     def __init__(
         self, pool: Pool, dispatcher: Dispatcher, bus: EventBus, probe: Probe, max_body_mb: float
     ) -> None:
@@ -144,10 +88,10 @@ class Calls:
         self.pool.fail(s, f"lost: {reason}")
 
     # -- the events of a call --------------------------------------------------------------------
-    def _received(self, c: _Call, nbytes: int | None) -> None:
+    def _received(self, c: Call, nbytes: int | None) -> None:
         self.bus.emit(Ev.CALL_RECEIVED, call=c.id, op=c.op, model=c.model, bytes=nbytes)
 
-    def _reject(self, c: _Call, exc: ProtocolError) -> Reply:
+    def _reject(self, c: Call, exc: ProtocolError) -> Reply:
         self.bus.emit(
             Ev.CALL_FAILED,
             call=c.id,
@@ -159,7 +103,7 @@ class Calls:
         )
         return error_reply(exc.kind, exc.message, exc.status)
 
-    def _completed(self, c: _Call, server: str | None, status: int, nbytes: int, **more: Any) -> None:
+    def _completed(self, c: Call, server: str | None, status: int, nbytes: int, **more: Any) -> None:
         self.bus.emit(
             Ev.CALL_COMPLETED,
             call=c.id,
@@ -174,7 +118,7 @@ class Calls:
 
     # -- handlers --------------------------------------------------------------------------------
     async def info(self, request: Request) -> Reply:
-        c = _Call(self, "Info")
+        c = Call(self, "Info")
         self._received(c, 0)
         if not self.pool.all_discovered():
             await self._wait_as_demand("", self.pool.all_discovered)
@@ -200,7 +144,7 @@ class Calls:
         held = [rt.held_reason for rt in pool.specs.values() if rt.held]
         return f"no model can be served: {'; '.join(held)}" if held else ""
 
-    def _read(self, c: _Call, request: Request) -> dict[str, Any]:
+    def _read(self, c: Call, request: Request) -> dict[str, Any]:
         """The request's JSON object (journaled as received either way)."""
         body = request.body
         if request.too_large:
@@ -221,7 +165,7 @@ class Calls:
         return doc
 
     async def metadata(self, request: Request, op: str) -> Reply:
-        c = _Call(self, op)
+        c = Call(self, op)
         try:
             doc = self._read(c, request)
             await self._check_model(doc["name"])
@@ -241,7 +185,7 @@ class Calls:
         (model, support, fields, sizes), then queue, forward, retry on loss."""
         self.inflight += 1
         try:
-            c = _Call(self, op)
+            c = Call(self, op)
             doc: dict[str, Any] | None
             req: protocol.ParsedRequest | None
             try:
@@ -273,7 +217,7 @@ class Calls:
     # -- forwarding ------------------------------------------------------------------------------
     async def _forward(
         self,
-        c: _Call,
+        c: Call,
         model: str,
         body: bytes,
         first: Server | None = None,
@@ -334,14 +278,14 @@ class Calls:
                 raise
             return self._answered(c, srv, status, raw, data)
 
-    def _dispatched(self, c: _Call, srv: Server, attempt: int) -> None:
+    def _dispatched(self, c: Call, srv: Server, attempt: int) -> None:
         c.t0 = now = time.monotonic()
         if c.queue_s is None:
             c.queue_s = now - c.m0
         self.bus.emit(Ev.CALL_DISPATCHED, call=c.id, server=srv.id, attempt=attempt)
 
     async def _attempt_lost(
-        self, c: _Call, srv: Server, exc: Exception, attempt: int, charged: int, max_attempts: int
+        self, c: Call, srv: Server, exc: Exception, attempt: int, charged: int, max_attempts: int
     ) -> tuple[int, Reply | None]:
         """An attempt on ``srv`` broke: is the server gone (probed, holding the slot meanwhile)?
         Returns the attempts charged so far and, when they are used up, the call's 503."""
@@ -361,7 +305,7 @@ class Calls:
         self.disp.release(srv, time.monotonic())
         return charged, reply
 
-    def _answered(self, c: _Call, srv: Server, status: int, raw: Headers, data: bytes) -> Reply:
+    def _answered(self, c: Call, srv: Server, status: int, raw: Headers, data: bytes) -> Reply:
         t1 = time.monotonic()
         took = t1 - c.t0
         self.pool.count_call(srv, took)
@@ -383,96 +327,6 @@ class Calls:
         self.inflight -= 1
         if self.inflight == 0 and self.pool.closing:
             self.pool.changed()
-
-    # -- the fast path: no task while nothing waits ----------------------------------------------
-    def evaluate_fast(self, request: Request, op: str, done: Done) -> bool:
-        """``evaluate`` without a task where no wait comes before the call goes out (module
-        docstring). False (nothing done, nothing journaled) when a check needs a server's answer
-        first: then ``evaluate`` runs as a coroutine."""
-        if request.too_large:
-            return False
-        body = request.body
-        try:
-            doc = protocol.parse_body(body)
-        except ProtocolError:
-            return False
-        model = doc["name"]
-        support = self.meta.support.get(model)
-        if support is None or not self.pool.serves(model):
-            return False
-        try:
-            if support.get(op) is False:
-                raise ProtocolError("UnsupportedFeature", f"{op} not supported by model!")
-            req = protocol.check_fields(op, doc)
-            sizes = self.meta.known_sizes(model, req.config_key, op)
-            if sizes is None:
-                return False  # asked of a server first (or its answer was unusable): the coroutine
-            protocol.check_sizes(op, doc, *sizes)
-        except ProtocolError as exc:
-            c = _Call(self, op, clip(model))
-            self._received(c, len(body))
-            done(self._reject(c, exc))
-            return True
-        except (KeyError, TypeError):
-            pass  # a server with odd size answers: leave the checks to it
-        c = _Call(self, op, clip(model))
-        self._received(c, len(body))
-        self.inflight += 1
-        c.target, c.body, c.done = model, body, done
-        s = cast("Server | None", self.disp.try_acquire(model))
-        if s is not None:
-            self._send(c, s)
-            return True
-        if not self.pool.can_serve(model):
-            self._call_ended()
-            why = self.pool.unservable_reason(model)
-            done(self._reject(c, ProtocolError("ServiceUnavailable", why, 503)))
-            return True
-        self.disp.enqueue_cb(model, c.handed)
-        if c.srv is None:  # waits (not handed a slot at once)
-            self.bus.emit(Ev.CALL_QUEUED, call=c.id, model=model, depth=self.disp.depth(model))
-            self.pool.wake.set()
-        return True
-
-    def _send(self, c: _Call, s: Server) -> None:
-        """A fast call's first attempt on ``s`` (its slot taken): out now on a kept-alive
-        connection, or from a task that connects."""
-        c.srv = s
-        if s.upstream is not None and s.upstream.post_nowait("/" + c.op, c.body, c.answered):
-            self._dispatched(c, s, 1)
-        else:
-            assert c.done is not None
-            self._spawn(self._forward_then(c, c.target, c.body, s, c.done))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)  # a task nobody references may be collected mid-call
-        task.add_done_callback(self._tasks.discard)
-
-    async def _forward_then(
-        self, c: _Call, model: str, body: bytes, first: Server | None, done: Done
-    ) -> None:
-        """A fast call that waits: for a slot or a connection."""
-        try:
-            reply = await self._forward(c, model, body, first)
-        except Exception as exc:  # a bug: still one journaled, readable answer
-            reply = self._reject(c, ProtocolError("InternalError", f"{type(exc).__name__}: {exc}", 500))
-        finally:
-            self._call_ended()
-        done(reply)
-
-    async def _resume(self, c: _Call, srv: Server, exc: Exception) -> None:
-        """A fast call's first attempt broke: what ``_forward`` does after a loss, then on."""
-        assert c.done is not None
-        try:
-            charged, reply = await self._attempt_lost(c, srv, exc, 1, 0, self._max_attempts(c.target))
-            if reply is None:
-                reply = await self._forward(c, c.target, c.body, None, 1, charged)
-        except Exception as err:  # a bug: still one journaled, readable answer
-            reply = self._reject(c, ProtocolError("InternalError", f"{type(err).__name__}: {err}", 500))
-        finally:
-            self._call_ended()
-        c.done(reply)
 
 
 async def shmem_unsupported(request: Request) -> Reply:
